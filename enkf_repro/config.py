@@ -1,0 +1,295 @@
+"""Structured configs: the schema that every YAML file under ``configs/`` is checked against.
+
+Hydra composes ``configs/config.yaml`` with the groups ``dataset``, ``model``, ``optimizer``,
+``scale`` and ``figure``; the dataclasses below make a misspelt key, a wrong type or an unknown
+enum value fail at start-up. Value ranges (``J >= 2``, ``sigma > 0`` ...) are checked by
+:func:`validate`, which raises :class:`~enkf_repro.errors.ConfigError` with one line naming the
+key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from .errors import ConfigError
+
+
+class Activation(str, Enum):
+    logistic = "logistic"
+    relu = "relu"
+    tanh = "tanh"
+
+
+class DatasetName(str, Enum):
+    mnist = "mnist"
+    fashion_mnist = "fashion_mnist"
+    notmnist = "notmnist"
+
+
+class DataFormat(str, Enum):
+    auto = "auto"      # IDX files if present, else one folder of PNGs per class
+    idx = "idx"
+    folder = "folder"
+
+
+class ModelName(str, Enum):
+    paper_cnn = "paper_cnn"
+    mlp = "mlp"
+    dnn1 = "dnn1"
+    dnn2 = "dnn2"
+    dnn3 = "dnn3"
+    dnn4 = "dnn4"
+
+
+class InitScheme(str, Enum):
+    normal = "normal"  # every weight ~ N(0, sigma^2), biases 0 (the paper)
+    glorot = "glorot"  # Glorot-normal weights, biases 0 (the 2019 thesis MLP)
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    tf32 = "tf32"
+    bf16 = "bf16"
+
+
+class UpdateMode(str, Enum):
+    sequential = "sequential"  # the published code: the 64 samples of a batch one at a time
+    batch = "batch"            # the textbook joint update with d = B * C
+
+
+class NonfinitePolicy(str, Enum):
+    redraw = "redraw"  # drop non-finite members from the statistics, redraw them around the mean
+    fail = "fail"      # stop the run with a DivergenceError
+
+
+class ScaleName(str, Enum):
+    paper = "paper"
+    smoke = "smoke"
+
+
+@dataclass
+class DatasetConfig:
+    name: DatasetName = DatasetName.mnist
+    # One sub-folder per dataset (mnist/, fashion-mnist/, notmnist/) holding the IDX .gz files.
+    root: str = "${oc.env:ENKF_REPRO_DATA,'~/.cache/enkf-repro/data'}"
+    # Build train/test from the t10k files alone: a fixed, seeded split of the 10,000 images.
+    test_only: bool = False
+    test_only_train_size: int = 8000
+    split_seed: int = 0
+    # Evaluate on a fixed, seeded subset of the test set (null: the whole test set).
+    test_size: Optional[int] = None
+    download: bool = True  # mnist / fashion_mnist through torchvision when files are missing
+    format: DataFormat = DataFormat.auto
+
+
+@dataclass
+class ModelConfig:
+    name: ModelName = ModelName.paper_cnn
+    activation: Activation = Activation.logistic
+    # paper_cnn: the published code has no pool after conv2 (flatten 20*8*8 = 1280, 18,050
+    # parameters); the paper's text pools both conv layers (flatten 20*4*4 = 320).
+    pool_conv2: bool = False
+    hidden: List[int] = field(default_factory=list)  # dense models: hidden layer widths
+
+
+@dataclass
+class InitConfig:
+    scheme: InitScheme = InitScheme.normal
+    sigma: float = 0.1
+
+
+@dataclass
+class EnsembleConfig:
+    # Members per batched forward call; null picks a size that keeps intermediates in cache (CPU)
+    # or within a fixed memory budget (CUDA).
+    chunk_size: Optional[int] = None
+    precision: Precision = Precision.fp32  # forward pass only; the update runs in fp32 or fp64
+    compile: bool = False                  # torch.compile the per-chunk forward
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64
+    epochs: float = 1.0
+    max_batches: Optional[int] = None  # distinct training batches per epoch (null: all)
+    shuffle: bool = False              # EnKF reads the training set in a fixed order
+    eval_every: int = 500              # iterations between test-error evaluations
+    eval_batch_size: int = 2000
+
+
+@dataclass
+class AdaptiveConfig:
+    """Algorithm 1 of the paper (adaptive J, r and iteration budget); see ``adaptive.py``."""
+
+    enabled: bool = False
+    tau: int = 500           # iterations between decisions (the evaluation cadence)
+    epsilon: float = 10.0    # test-error threshold in percent
+    kappa: float = 1.0       # improvement threshold in percentage points
+    v: int = 1000            # members added or removed per decision
+    b_l: int = 1000          # lower bound on J
+    b_u: int = 10000         # upper bound on J (the published config uses 9000)
+
+
+@dataclass
+class EnKFConfig:
+    name: str = "enkf"
+    ensemble_size: int = 5000  # J
+    gamma: float = 0.01        # observation noise: Gamma = gamma * I
+    repetitions: int = 8       # r: EnKF iterations per mini-batch
+    update_mode: UpdateMode = UpdateMode.sequential
+    nonfinite: NonfinitePolicy = NonfinitePolicy.redraw
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
+
+
+@dataclass
+class SGDConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+
+@dataclass
+class AdamConfig:
+    name: str = "adam"
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+
+
+@dataclass
+class ScaleConfig:
+    name: ScaleName = ScaleName.paper
+
+
+@dataclass
+class FigureSettings:
+    """What a figure runs at one scale (``figure.paper`` or ``figure.smoke``).
+
+    ``overrides`` holds run-level settings (nested like the run config, e.g.
+    ``{train: {max_batches: 40}}``) applied to every run of the figure at this scale; the
+    lists are the values the figure sweeps. Fields a figure does not use keep their defaults.
+    """
+
+    seeds: int = 1
+    overrides: Dict[str, Any] = field(default_factory=dict)
+    ensemble_size: Optional[int] = None
+    ensemble_sizes: List[int] = field(default_factory=list)
+    activations: List[Activation] = field(default_factory=list)
+    sigmas: List[float] = field(default_factory=list)
+    optimizers: List[str] = field(default_factory=list)
+
+
+@dataclass
+class FigureConfig:
+    id: str = "none"
+    paper: FigureSettings = field(default_factory=FigureSettings)
+    smoke: FigureSettings = field(default_factory=FigureSettings)
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    optimizer: Any = MISSING
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    figure: FigureConfig = field(default_factory=FigureConfig)
+    seed: int = 0
+    device: Device = Device.auto
+    out_dir: str = "results"
+    restart: bool = False        # ignore checkpoints and finished runs, start over
+    checkpoint_every: int = 500  # iterations (or optimizer steps) between checkpoints
+    progress: bool = True
+    only: Optional[str] = None  # run only the series matching this pattern ("relu", "*J100", "relu|tanh")
+
+
+# Optimizer schemas by group option name; yaml files in configs/optimizer extend them.
+OPTIMIZER_SCHEMAS: Dict[str, type] = {
+    "enkf": EnKFConfig,
+    "sgd": SGDConfig,
+    "adam": AdamConfig,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def register_configs() -> None:
+    """Register the schemas with Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    for name, schema in OPTIMIZER_SCHEMAS.items():
+        cs.store(group="optimizer", name=f"{name}_schema", node=schema)
+
+
+def config_dir() -> Path:
+    """The folder of Hydra configs: packaged in a wheel, or ``configs/`` of a source checkout."""
+    pkg = Path(__file__).resolve().parent
+    for candidate in (pkg / "configs", pkg.parent / "configs"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"no Hydra configs found next to {pkg} (expected configs/config.yaml)")
+
+
+def _check(ok: bool, key: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, allowed)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check value ranges that types alone cannot express; raise ConfigError on the first bad one."""
+    opt = cfg.optimizer
+    name = opt.name
+    if "ensemble_size" in opt:
+        _check(opt.ensemble_size >= 2, "optimizer.ensemble_size", opt.ensemble_size, "an integer >= 2 (J)")
+    if "gamma" in opt:
+        _check(opt.gamma > 0, "optimizer.gamma", opt.gamma, "a number > 0")
+    if "repetitions" in opt:
+        _check(opt.repetitions >= 1, "optimizer.repetitions", opt.repetitions, "an integer >= 1 (r)")
+    if "lr" in opt:
+        _check(opt.lr > 0, "optimizer.lr", opt.lr, "a number > 0")
+    if name == "enkf" and opt.adaptive.enabled:
+        a = opt.adaptive
+        _check(a.tau >= 1, "optimizer.adaptive.tau", a.tau, "an integer >= 1")
+        _check(a.v >= 1, "optimizer.adaptive.v", a.v, "an integer >= 1")
+        _check(2 <= a.b_l <= a.b_u, "optimizer.adaptive.b_l", a.b_l,
+               f"an integer with 2 <= b_l <= b_u = {a.b_u}")
+    _check(cfg.init.sigma > 0, "init.sigma", cfg.init.sigma, "a number > 0")
+    cs = cfg.ensemble.chunk_size
+    _check(cs is None or cs >= 1, "ensemble.chunk_size", cs, "an integer >= 1, or null for automatic")
+    t = cfg.train
+    _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
+    _check(t.epochs > 0, "train.epochs", t.epochs, "a number > 0")
+    _check(t.max_batches is None or t.max_batches >= 1, "train.max_batches", t.max_batches,
+           "an integer >= 1, or null for the whole training set")
+    _check(t.eval_every >= 1, "train.eval_every", t.eval_every, "an integer >= 1")
+    _check(t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, "an integer >= 1")
+    ts = cfg.dataset.test_size
+    _check(ts is None or ts >= 1, "dataset.test_size", ts, "an integer >= 1, or null for the whole test set")
+    n = cfg.dataset.test_only_train_size
+    _check(1 <= n < 10000, "dataset.test_only_train_size", n, "an integer in [1, 9999]")
+    _check(cfg.checkpoint_every >= 1, "checkpoint_every", cfg.checkpoint_every, "an integer >= 1")
+    for scale in ("paper", "smoke"):
+        s = cfg.figure[scale].seeds
+        _check(s >= 1, f"figure.{scale}.seeds", s, "an integer >= 1")
+
+
+def to_plain(cfg: DictConfig) -> dict:
+    """Resolved config as plain Python (enums as their string values)."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

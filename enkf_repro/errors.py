@@ -1,0 +1,33 @@
+"""Errors the command line turns into one clear line (exit code 2) instead of a traceback."""
+
+from __future__ import annotations
+
+
+class EnkfReproError(Exception):
+    """Base class: a user-facing problem with a one-line explanation."""
+
+    exit_code = 2
+
+
+class ConfigError(EnkfReproError):
+    """A config key has a wrong value; the message names the key, the value and what is allowed."""
+
+    def __init__(self, key: str, value: object, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+
+class DataError(EnkfReproError):
+    """Dataset files are missing, truncated or malformed; the message names the file."""
+
+
+class DivergenceError(EnkfReproError):
+    """Training produced non-finite values it cannot recover from; the CSV written so far is kept."""
+
+    exit_code = 3
+
+
+class Interrupted(EnkfReproError):
+    """SIGINT/SIGTERM arrived; a checkpoint was written and rerunning the command resumes."""
+
+    exit_code = 130

@@ -1,0 +1,36 @@
+"""Helpers shared by figure modules: reading quantities off the tidy rows."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def runs_where(df: pd.DataFrame, **cols) -> pd.DataFrame:
+    """Rows whose config columns equal the given values (compared as strings)."""
+    mask = pd.Series(True, index=df.index)
+    for k, v in cols.items():
+        mask &= df[k].astype(str) == str(v)
+    return df[mask]
+
+
+def curve(df: pd.DataFrame, metric: str = "test_error") -> pd.DataFrame:
+    return df[df["metric"] == metric]
+
+
+def value_at(df: pd.DataFrame, metric: str, which: str = "last", skip_zero: bool = True) -> float | None:
+    """Mean over seeds of ``metric`` at the first evaluation after iteration 0 (``which="first"``)
+    or at each run's last evaluation (``"last"``); None when there is no such row."""
+    c = curve(df, metric)
+    if skip_zero:
+        c = c[c["iteration"] > 0]
+    if c.empty:
+        return None
+    per_run = c.sort_values("iteration").groupby("run_dir")
+    rows = per_run.head(1) if which == "first" else per_run.tail(1)
+    return float(rows["value"].mean())
+
+
+def first_eval_iteration(df: pd.DataFrame, metric: str = "test_error") -> int | None:
+    c = curve(df, metric)
+    c = c[c["iteration"] > 0]
+    return int(c["iteration"].min()) if not c.empty else None
