@@ -125,7 +125,9 @@ class TrainConfig:
     batch_size: int = 64
     epochs: float = 1.0
     max_batches: Optional[int] = None  # distinct training batches per epoch (null: all)
-    shuffle: bool = False              # EnKF reads the training set in a fixed order
+    # null: the method's default, a fixed order for ensemble methods (the paper's EnKF) and a
+    # per-epoch reshuffle for backprop (SGD / Adam)
+    shuffle: Optional[bool] = None
     eval_every: int = 500              # iterations between test-error evaluations
     eval_batch_size: int = 2000
 

@@ -120,9 +120,10 @@ class LoopState:
 
 class Batches:
     """The run's stream of mini-batches: ``epochs`` passes over the first ``max_batches`` batches,
-    in order (or in a per-epoch permutation derived from the seed when ``shuffle``)."""
+    in order, or in a per-epoch permutation derived from (seed, epoch) when shuffling, so a resumed
+    run sees exactly the batches an uninterrupted one would."""
 
-    def __init__(self, data: Data, tcfg, seed: int):
+    def __init__(self, data: Data, tcfg, seed: int, shuffle_default: bool = False):
         self.data = data
         self.B = int(tcfg.batch_size)
         n = data.train_x.shape[0]
@@ -136,12 +137,13 @@ class Batches:
         self.per_epoch = per_epoch
         self.n_used = min(n, per_epoch * self.B)
         self.total = max(1, math.ceil(float(tcfg.epochs) * per_epoch))
-        self.shuffle = bool(tcfg.shuffle)
+        self.shuffle = shuffle_default if tcfg.shuffle is None else bool(tcfg.shuffle)
         self.seed = int(seed)
         self._perm_epoch, self._perm = -1, None
         self.C = data.num_classes
 
-    def get(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, k: int, onehot: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch k of the stream: images and one-hot targets (or integer labels)."""
         epoch, i = divmod(k, self.per_epoch)
         idx = slice(i * self.B, min((i + 1) * self.B, self.n_used))
         if self.shuffle:
@@ -153,7 +155,7 @@ class Batches:
             x, y = self.data.train_x[sel], self.data.train_y[sel]
         else:
             x, y = self.data.train_x[idx], self.data.train_y[idx]
-        return x, F.one_hot(y, self.C).to(x.dtype)
+        return x, (F.one_hot(y, self.C).to(x.dtype) if onehot else y)
 
     def epoch_of(self, batch_progress: float) -> float:
         """Fraction of epochs done when ``batch_progress`` batches have been fully presented."""
