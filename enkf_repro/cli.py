@@ -153,9 +153,11 @@ def prevalidate(overrides: list[str]) -> None:
     for i, c in enumerate(choices):
         combos += [first[:i] + [v] + first[i + 1:] for v in c[1:]]
     for combo in combos[:64]:
-        cfg = _compose_checked(combo)
-    plan(_compose_checked(first), first)
-    del cfg
+        _compose_checked(combo)
+    from .runner import check_data
+
+    for spec in plan(_compose_checked(first), first):
+        check_data(spec.cfg)
 
 
 def _hydra_task(cfg) -> None:

@@ -192,6 +192,43 @@ def _load_cpu(name: str, root: str, test_only: bool, train_size: int, split_seed
     return Data(name, tx, ty, x, y, len(info.classes))
 
 
+def _count(path: Path, magic: int) -> int:
+    """Number of items an IDX file declares, from its header alone (no decompression of the rest)."""
+    try:
+        with gzip.open(path, "rb") as f:
+            head = f.read(8)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: corrupt or truncated gzip file ({e})") from None
+    if len(head) < 8 or int.from_bytes(head[:4], "big") != magic:
+        got = f"0x{int.from_bytes(head[:4], 'big'):08x}" if len(head) >= 4 else "a short header"
+        raise DataError(f"{path}: wrong IDX magic number {got}, expected 0x{magic:08x}")
+    return int.from_bytes(head[4:8], "big")
+
+
+def dataset_sizes(dcfg) -> tuple[int, int] | None:
+    """(train, test) sizes that ``load_data`` will produce, read from file headers only; checks
+    that the needed files exist first (same one-line errors). None for image-folder layouts."""
+    name = str(getattr(dcfg.name, "value", dcfg.name))
+    info = DATASETS[name]
+    folder = resolve_root(str(dcfg.root)) / info.folder
+    fmt = str(getattr(dcfg.format, "value", dcfg.format))
+    if fmt == "folder" or (name == "notmnist" and not (folder / FILES["test_images"]).is_file()
+                           and folder.is_dir() and any(p.is_dir() for p in folder.iterdir())):
+        return None
+    needed = ["test_images", "test_labels"] if dcfg.test_only else list(FILES)
+    _require(info, folder, [FILES[k] for k in needed], bool(dcfg.download), bool(dcfg.test_only))
+    n_test = _count(folder / FILES["test_images"], IMAGES_MAGIC)
+    if dcfg.test_only:
+        n_train, n_test = int(dcfg.test_only_train_size), n_test - int(dcfg.test_only_train_size)
+    else:
+        n_train = _count(folder / FILES["train_images"], IMAGES_MAGIC)
+    if dcfg.test_size is not None:
+        n_test = min(n_test, int(dcfg.test_size))
+    return n_train, n_test
+
+
 def load_data(dcfg, device: torch.device | str = "cpu") -> Data:
     """Load ``cfg.dataset`` onto ``device``; ``test_size`` keeps a fixed, seeded test subset."""
     name = str(getattr(dcfg.name, "value", dcfg.name))

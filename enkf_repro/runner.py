@@ -167,6 +167,16 @@ def plan(cfg: DictConfig, user_overrides: list[str]) -> list[RunSpec]:
     return specs
 
 
+def check_data(cfg: DictConfig) -> None:
+    """Fail before any work when the dataset's files are missing or the batch does not fit."""
+    from .data import dataset_sizes
+
+    sizes = dataset_sizes(cfg.dataset)
+    if sizes is not None and cfg.train.batch_size > sizes[0]:
+        raise ConfigError("train.batch_size", cfg.train.batch_size,
+                          f"at most the training set size {sizes[0]} of dataset {_name(cfg.dataset.name)}")
+
+
 def trainer_for(cfg: DictConfig):
     name = cfg.optimizer.name
     from .train import METHODS, train_ensemble
@@ -205,6 +215,8 @@ def _say(msg: str) -> None:
 def run_figure(cfg: DictConfig, user_overrides: list[str]) -> Path:
     """Run (or resume, or skip) every run of the figure in ``cfg``; return the figure folder."""
     specs = plan(cfg, user_overrides)
+    for cfg_key in {spec.run_id: spec.cfg for spec in specs}.values():
+        check_data(cfg_key)
     restart = bool(cfg.restart)
     diverged = []
     for i, spec in enumerate(specs, 1):
