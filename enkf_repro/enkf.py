@@ -93,15 +93,21 @@ def kalman_factors(outputs: torch.Tensor, targets: torch.Tensor, gamma: float,
     return W, Z
 
 
-def apply_low_rank_(U: torch.Tensor, W: torch.Tensor, Z: torch.Tensor, block: int = 8192) -> torch.Tensor:
+BLOCK_ELEMENTS = 1 << 24  # elements of U centred at a time (64 MiB in fp32)
+
+
+def apply_low_rank_(U: torch.Tensor, W: torch.Tensor, Z: torch.Tensor, block: int | None = None) -> torch.Tensor:
     """In place: U <- U + W Z^T (U - mean(U)), blocked over parameter columns.
 
     Z^T 1 = 0 in exact arithmetic, so centring U changes nothing but the rounding error (it
     keeps fp32 accurate when the ensemble has collapsed far from the origin). When J is small
-    against d the J x J matrix W Z^T is formed instead of two J x d x P products.
+    against d the J x J matrix W Z^T is formed instead of two J x d x P products. Blocks of
+    about 2^24 elements keep the temporary (J x block) bounded whatever J is.
     """
     J, P = U.shape
     d = W.shape[1]
+    if block is None:
+        block = max(256, BLOCK_ELEMENTS // max(J, 1))
     W = W.to(U.dtype)
     Z = Z.to(U.dtype)
     T = W @ Z.T if J <= d else None

@@ -77,3 +77,45 @@ def test_init_draws_normal_weights_with_sigma():
     assert abs(float(U.std()) - 0.1) < 0.002 and abs(float(U.mean())) < 0.002
     V = spec.init(50, init, torch.Generator().manual_seed(0))
     assert torch.equal(U, V)
+
+
+def test_bf16_forward_close_to_fp32():
+    """precision=bf16 (autocast) changes the forward's rounding only."""
+    spec = PaperCNNSpec("logistic")
+    g = torch.Generator().manual_seed(4)
+    U = torch.randn(6, spec.num_params, generator=g) * 0.1
+    x = torch.rand(8, 1, 28, 28, generator=g)
+    ref = EnsembleForward(spec, precision="fp32")(U, x)
+    got = EnsembleForward(spec, precision="bf16")(U, x)
+    assert got.dtype == torch.float32
+    assert (got - ref).abs().max() / ref.abs().max() < 3e-2
+
+
+@pytest.mark.slow
+def test_compiled_forward_equals_eager():
+    spec = PaperCNNSpec("relu")
+    g = torch.Generator().manual_seed(5)
+    U = torch.randn(5, spec.num_params, generator=g) * 0.1
+    x = torch.rand(4, 1, 28, 28, generator=g)
+    ref = EnsembleForward(spec, chunk_size=5)(U, x)
+    got = EnsembleForward(spec, chunk_size=5, compile=True)(U, x)
+    assert (got - ref).abs().max() < 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision,tol", [("fp32", 1e-4), ("tf32", 5e-3), ("bf16", 3e-2)])
+def test_cuda_forward_and_update_match_cpu(precision, tol):
+    from enkf_repro.enkf import enkf_update
+
+    spec = PaperCNNSpec("tanh")
+    g = torch.Generator().manual_seed(6)
+    U = torch.randn(40, spec.num_params, generator=g) * 0.1
+    x = torch.rand(16, 1, 28, 28, generator=g)
+    Y = torch.nn.functional.one_hot(torch.arange(16) % 10, 10).float()
+    ref = EnsembleForward(spec)(U, x)
+    got = EnsembleForward(spec, chunk_size=7, precision=precision, device="cuda")(U.cuda(), x.cuda()).cpu()
+    assert (got - ref).abs().max() / ref.abs().max() < tol
+    new_ref = enkf_update(U, ref, Y, 0.01)
+    new_gpu = enkf_update(U.cuda(), ref.cuda(), Y.cuda(), 0.01).cpu()
+    assert (new_gpu - new_ref).abs().max() / (new_ref - U).abs().max() < 1e-3
