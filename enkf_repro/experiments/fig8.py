@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..plotting import COLORS, band, caption, metric
 from .base import Figure, PaperNumber, Variant, register
-from .common import runs_where, value_at
+from .common import curve, runs_where, value_at
 
 ACT_LABEL = {"logistic": "logistic", "relu": "ReLU", "tanh": "tanh"}
 
@@ -56,13 +56,24 @@ def plot(df: pd.DataFrame, cfg):
     return fig
 
 
-def _measure(act: str, which: str, J: int | None = None):
+def _at(df: pd.DataFrame, which: str, j: int):
+    """(value, "it N, J=j") of the first evaluation after 0 or the last one; None if absent."""
+    value = value_at(df, "test_error", which)
+    if value is None:
+        return None
+    c = curve(df)
+    c = c[c["iteration"] > 0]
+    it = int(c["iteration"].min() if which == "first" else c["iteration"].max())
+    return value, f"it {it}, J={j}"
+
+
+def _measure(act: str, which: str):
     def f(df, cfg):
         err = metric(df, "test_error")
         if err.empty:
             return None
-        j = J if J is not None else main_ensemble_size(err)
-        return value_at(runs_where(err, activation=act, ensemble_size=j), "test_error", which)
+        j = main_ensemble_size(err)
+        return _at(runs_where(err, activation=act, ensemble_size=j), which, j)
 
     return f
 
@@ -75,7 +86,7 @@ def _measure_size(rank: str, which: str):
         if not sizes:
             return None
         j = {"smallest": sizes[0], "main": main_ensemble_size(metric(df, "test_error")), "largest": sizes[-1]}[rank]
-        return value_at(runs_where(err, ensemble_size=j), "test_error", which)
+        return _at(runs_where(err, ensemble_size=j), which, j)
 
     return f
 

@@ -1,0 +1,59 @@
+"""`enkf-repro reproduce`: runs, plots and REPORT.md with the paper-versus-rerun table."""
+
+from __future__ import annotations
+
+import re
+
+from PIL import Image
+
+# Two figures at smoke scale, shrunk further so the test takes seconds: Figure 2 (drawn) and a
+# tiny Figure 8. `++` because Figure 2's config has no per-scale run overrides to override.
+TINY = ["scale=smoke", "figures=2,8", "figure.smoke.ensemble_size=6", "figure.smoke.ensemble_sizes=[4]",
+        "++figure.smoke.overrides.train.max_batches=2"]
+
+
+def table_rows(report: str) -> list[list[str]]:
+    start = report.index("| figure | quantity | paper reports | this run | difference |")
+    rows = []
+    for line in report[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def test_reproduce_two_figures_writes_report_then_reruns_without_training(cli, synthetic_root, tmp_path):
+    env = {"ENKF_REPRO_DATA": str(synthetic_root)}
+    proc = cli("reproduce", *TINY, f"out_dir={tmp_path}", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 figures, 4 runs (0 already finished)" in proc.stderr and "estimated" in proc.stderr
+    assert re.search(r"\[4/4\] fig 8 .*ETA", proc.stderr)
+    report_path = tmp_path / "smoke" / "REPORT.md"
+    report = report_path.read_text()
+    assert report.startswith("# enkf-repro report (smoke scale)")
+    assert "`enkf-repro reproduce scale=smoke figures=2,8" in report
+    rows = table_rows(report)
+    fig8 = [r for r in rows if r[0] == "8"]
+    assert len(fig8) == 9
+    for fig, quantity, paper, ours, diff in fig8:
+        value = float(ours.split(" ")[0])
+        assert 0 <= value <= 100 and "J=" in ours
+        assert abs(float(diff) - (value - float(paper))) < 0.06
+    assert all(cell for row in rows for cell in row)  # no empty cell
+    for png in ("fig2/fig2.png", "fig8/fig8.png"):
+        assert f"]({png})" in report
+        with Image.open(tmp_path / "smoke" / png) as im:
+            assert im.size[0] > 400
+    csvs = sorted((tmp_path / "smoke" / "fig8").glob("*/metrics.csv"))
+    stamps = [c.stat().st_mtime_ns for c in csvs]
+    again = cli("reproduce", *TINY, f"out_dir={tmp_path}", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "(4 already finished); to do 0 TFLOP" in again.stderr and "[1/" not in again.stderr
+    assert [c.stat().st_mtime_ns for c in csvs] == stamps
+
+
+def test_reproduce_rejects_figure_and_bad_scale(cli):
+    proc = cli("reproduce", "figure=8")
+    assert proc.returncode == 2 and "figures=" in proc.stderr
+    proc = cli("reproduce", "scale=huge")
+    assert proc.returncode == 2 and "scale='huge'" in proc.stderr
