@@ -90,6 +90,27 @@ def cli():
     return run_cli
 
 
+@pytest.fixture
+def cli_inprocess(capsys, monkeypatch):
+    """Run ``enkf_repro.cli.main(args)`` in this process (no interpreter start-up): for the
+    many short error-path checks. Returns (exit code, stdout, stderr)."""
+    from enkf_repro.cli import main
+
+    def run(*args: str, env: dict | None = None):
+        monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+        for k, v in (env or {}).items():
+            monkeypatch.setenv(k, v)
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
 # A tiny Figure 8 (2 members, 2 batches) for end-to-end tests on synthetic data.
 TINY_FIG8 = ["figure=8", "scale=smoke", "figure.smoke.ensemble_size=6", "figure.smoke.ensemble_sizes=[4]",
              "figure.smoke.overrides.train.max_batches=3", "figure.smoke.overrides.train.eval_every=4",

@@ -154,12 +154,12 @@ BAD_CONFIGS = [
 
 
 @pytest.mark.parametrize("args,expect", BAD_CONFIGS, ids=[" ".join(a) for a, _ in BAD_CONFIGS])
-def test_bad_config_fails_with_one_line(cli, synthetic_root, tmp_path, args, expect):
-    proc = cli("run", "progress=false", f"out_dir={tmp_path}", *args, env=_env(synthetic_root))
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == 2, proc.stderr
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_bad_config_fails_with_one_line(cli_inprocess, synthetic_root, tmp_path, args, expect):
+    code, _, err = cli_inprocess("run", "progress=false", f"out_dir={tmp_path}", *args, env=_env(synthetic_root))
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
     for e in expect:
         assert e in lines[0], (e, lines[0])
     assert not (tmp_path / "smoke").exists() and not (tmp_path / "paper").exists()  # no work done
@@ -203,16 +203,20 @@ def _damage(root: Path, kind: str) -> str:
 
 @pytest.mark.parametrize("kind", ["missing folder", "missing file", "truncated gz", "corrupt gz", "wrong magic",
                                   "count mismatch", "short payload"])
-def test_data_faults_give_one_line_naming_the_file(cli, tmp_path, kind):
+def test_data_faults_give_one_line_naming_the_file(cli_inprocess, tmp_path, kind):
+    from enkf_repro.data import _load_cpu
+
+    _load_cpu.cache_clear()
     root = make_dataset(tmp_path / "data")
     name = _damage(root, kind)
-    proc = cli("run", *RUN, "dataset.download=false", f"out_dir={tmp_path / 'out'}", env=_env(root))
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == 2, proc.stderr
-    assert len(lines) == 1 and name in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    code, _, err = cli_inprocess("run", *RUN, "dataset.download=false", f"out_dir={tmp_path / 'out'}",
+                                 env=_env(root))
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("[")]
+    assert code == 2, err
+    assert len(lines) == 1 and name in lines[0] and "Traceback" not in err, err
 
 
-def test_missing_files_message_lists_the_fixes(cli, tmp_path):
+def test_missing_files_message_lists_the_fixes(cli_inprocess, tmp_path):
     root = tmp_path / "data"
     d = root / "mnist"
     d.mkdir(parents=True)
@@ -221,9 +225,10 @@ def test_missing_files_message_lists_the_fixes(cli, tmp_path):
     x, y = synthetic_images(100, 0)
     write_idx(d / FILES["test_images"], x)
     write_idx(d / FILES["test_labels"], y)
-    proc = cli("run", *RUN, "dataset.download=false", f"out_dir={tmp_path / 'out'}", env=_env(root))
-    line = proc.stderr.strip()
-    assert proc.returncode == 2
+    code, _, err = cli_inprocess("run", *RUN, "dataset.download=false", f"out_dir={tmp_path / 'out'}",
+                                 env=_env(root))
+    line = err.strip()
+    assert code == 2
     for part in (FILES["train_images"], str(d), "ENKF_REPRO_DATA", "dataset.test_only=true"):
         assert part in line
 
