@@ -75,6 +75,16 @@ class NonfinitePolicy(str, Enum):
     fail = "fail"      # stop the run with a DivergenceError
 
 
+class ShrinkMode(str, Enum):
+    keep_mean = "keep_mean"  # Algorithm 1: drop the last members, shift the rest onto the old mean
+    random = "random"        # drop a uniformly random subset (the mean moves by sampling noise)
+
+
+class BudgetMode(str, Enum):
+    epoch = "epoch"      # N = iterations done + what is left of the epoch at the new r
+    literal = "literal"  # N = D_s / m * r with the new r, as printed in Algorithm 1
+
+
 class ScaleName(str, Enum):
     paper = "paper"
     smoke = "smoke"
@@ -143,6 +153,9 @@ class AdaptiveConfig:
     v: int = 1000            # members added or removed per decision
     b_l: int = 1000          # lower bound on J
     b_u: int = 10000         # upper bound on J (the published config uses 9000)
+    shrink: ShrinkMode = ShrinkMode.keep_mean  # which members are dropped
+    budget: BudgetMode = BudgetMode.epoch      # what N = D_s / m * r means when r changes mid-run
+    use_initial_error: bool = False  # use the iteration-0 (untrained) error as t_0
 
 
 @dataclass
@@ -272,6 +285,10 @@ def validate(cfg: DictConfig) -> None:
         _check(a.v >= 1, "optimizer.adaptive.v", a.v, "an integer >= 1")
         _check(2 <= a.b_l <= a.b_u, "optimizer.adaptive.b_l", a.b_l,
                f"an integer with 2 <= b_l <= b_u = {a.b_u}")
+        _check(a.epsilon > 0, "optimizer.adaptive.epsilon", a.epsilon, "a test error in percent > 0")
+        _check(a.kappa >= 0, "optimizer.adaptive.kappa", a.kappa, "a number of percentage points >= 0")
+        _check(a.tau % cfg.train.eval_every == 0, "optimizer.adaptive.tau", a.tau,
+               f"a multiple of train.eval_every = {cfg.train.eval_every} (decisions use evaluations)")
     _check(cfg.init.sigma > 0, "init.sigma", cfg.init.sigma, "a number > 0")
     cs = cfg.ensemble.chunk_size
     _check(cs is None or cs >= 1, "ensemble.chunk_size", cs, "an integer >= 1, or null for automatic")

@@ -82,6 +82,12 @@ class EnKF:
     def eval_params(self) -> dict[str, torch.Tensor]:
         return {"": self.U.mean(0)}
 
+    def resize(self, ensemble_size: int, shrink: str = "keep_mean") -> None:
+        """Change J (Algorithm 1): drop or add members with the run's generator (adaptive.py)."""
+        from .adaptive import resize_ensemble
+
+        self.U = resize_ensemble(self.U, int(ensemble_size), self.generator, shrink)
+
     def diagnostics(self) -> dict[str, float]:
         return {"ensemble_spread": float(self.U.std(0).mean()), "nonfinite_members": self.nonfinite_total,
                 "ensemble_size": self.ensemble_size}

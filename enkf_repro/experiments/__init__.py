@@ -1,4 +1,9 @@
 """The figure registry: importing this package registers every figure module."""
 
 from .base import FIGURES, Figure, PaperNumber, Variant, figure_ids, get_figure, register  # noqa: F401
-from . import fig2, fig8  # noqa: F401,E402  (registration)
+
+# one line per figure module (registration happens on import)
+from . import fig2  # noqa: F401,E402
+from . import fig8  # noqa: F401,E402
+from . import fig9  # noqa: F401,E402
+from . import fig10  # noqa: F401,E402

@@ -1,0 +1,124 @@
+"""Figure 10: Algorithm 1 (adaptive ensemble size J, repetitions r, budget N) against the fixed
+EnKF, one epoch, both starting at J = 5000 and r = 8 (adaptive.py has the algorithm).
+
+The paper reports the same test error for both runs, r dropping by 1 every 500 iterations and J
+dropping by 1000 after 1500 iterations. Drawn as the paper's figure: test error of both runs
+over the iterations, with J and r of each run on two secondary axes.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from ..plotting import COLORS, band, caption, mean_std, metric
+from .base import Figure, PaperNumber, Variant, register
+from .common import value_at
+
+J_METRIC, R_METRIC = "adaptive_ensemble_size", "adaptive_repetitions"
+
+
+def variants(cfg, s) -> list[Variant]:
+    J = int(s.ensemble_size)
+    return [Variant(f"fixed-J{J}", (f"optimizer.ensemble_size={J}", "optimizer.adaptive.enabled=false")),
+            Variant(f"adaptive-J{J}", (f"optimizer.ensemble_size={J}", "optimizer.adaptive.enabled=true"))]
+
+
+def split_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows of the fixed runs, rows of the adaptive runs): adaptive runs log ``adaptive_*`` rows."""
+    adaptive = set(df.loc[df["metric"] == J_METRIC, "run_dir"])
+    mask = df["run_dir"].isin(adaptive)
+    return df[~mask], df[mask]
+
+
+def _steps(ax, rows: pd.DataFrame, color: str, label: str, **kw) -> None:
+    s = mean_std(rows)
+    if not s.empty:
+        ax.plot(s["iteration"], s["mean"], drawstyle="steps-post", color=color, label=label, **kw)
+
+
+def _flat(ax, fixed: pd.DataFrame, column: str, color: str, label: str) -> None:
+    if fixed.empty:
+        return
+    x = [0, int(fixed["iteration"].max())]
+    ax.plot(x, [float(fixed[column].astype(float).iloc[0])] * 2, color=color, linestyle="--", label=label)
+
+
+def plot(df: pd.DataFrame, cfg):
+    fixed, adaptive = split_runs(df)
+    fig, ax = plt.subplots(figsize=(7.2, 3.9))
+    band(ax, metric(fixed, "test_error"), "test error, fixed", COLORS[0])
+    band(ax, metric(adaptive, "test_error"), "test error, adaptive", COLORS[1])
+    ax.set_xlabel("EnKF iteration")
+    ax.set_ylabel("test error (%)")
+    ax_j = ax.twinx()
+    _flat(ax_j, fixed, "ensemble_size", COLORS[2], "J, fixed")
+    _steps(ax_j, metric(adaptive, J_METRIC), COLORS[2], "J, adaptive")
+    ax_j.set_ylabel("ensemble size J (members)", color=COLORS[2])
+    ax_j.set_ylim(bottom=0, top=1.1 * max(ax_j.get_ylim()[1], 1))
+    ax_r = ax.twinx()
+    ax_r.spines["right"].set_position(("outward", 48))
+    _flat(ax_r, fixed, "repetitions", COLORS[3], "r, fixed")
+    _steps(ax_r, metric(adaptive, R_METRIC), COLORS[3], "r, adaptive", linewidth=1.2)
+    ax_r.set_ylabel("repetitions r (iterations per batch)", color=COLORS[3])
+    ax_r.set_ylim(0, max(9, ax_r.get_ylim()[1]))
+    for a in (ax_j, ax_r):
+        a.grid(False)
+        a.spines["right"].set_visible(True)
+    handles, labels = [], []
+    for a in (ax, ax_j, ax_r):
+        h, l_ = a.get_legend_handles_labels()
+        handles += h
+        labels += l_
+    ax.legend(handles, labels, fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3)
+    fig.suptitle("Figure 10: adaptive ensemble size and repetitions (Algorithm 1)", fontsize=11)
+    its = {name: int(part["iteration"].max()) for name, part in (("fixed", fixed), ("adaptive", adaptive))
+           if not part.empty}
+    caption(fig, cfg, df, "iterations: " + ", ".join(f"{k} {v}" for k, v in its.items()))
+    return fig
+
+
+def _final(which: str, metric_name: str = "test_error"):
+    def f(df, cfg):
+        fixed, adaptive = split_runs(df)
+        return value_at(fixed if which == "fixed" else adaptive, metric_name, "last")
+
+    return f
+
+
+def _gap(df, cfg):
+    a, b = _final("adaptive")(df, cfg), _final("fixed")(df, cfg)
+    return None if a is None or b is None else a - b
+
+
+def _first_drop(metric_name: str):
+    """Mean over seeds of the first iteration where the adaptive run's J (or r) is below its start."""
+    def f(df, cfg):
+        _, adaptive = split_runs(df)
+        rows = metric(adaptive, metric_name).sort_values("iteration")
+        its = []
+        for _, run in rows.groupby("run_dir"):
+            start = run["value"].iloc[0]
+            below = run[run["value"] < start]
+            if not below.empty:
+                its.append(float(below["iteration"].iloc[0]))
+        return sum(its) / len(its) if its else None
+
+    return f
+
+
+register(Figure(
+    id="10", config="fig10",
+    title="Adaptive ensemble size and repetitions (Algorithm 1)",
+    description="EnKF, 1 epoch: fixed J=5000, r=8 vs Algorithm 1 (adaptive J, r, budget)",
+    variants=variants, plot=plot, varies=("optimizer.adaptive.enabled",),
+    paper_numbers=(
+        PaperNumber("test error (%) after the epoch, fixed", "same as adaptive", _final("fixed")),
+        PaperNumber("test error (%) after the epoch, adaptive", "same as fixed", _final("adaptive")),
+        PaperNumber("final test error, adaptive - fixed (points)", 0.0, _gap),
+        PaperNumber("ensemble size J at the end, adaptive", "5000 - 1000 after 1500 its", _final("adaptive", J_METRIC)),
+        PaperNumber("repetitions r at the end, adaptive", "8 - 1 every 500 its", _final("adaptive", R_METRIC)),
+        PaperNumber("iteration of the first decrease of J", 1500, _first_drop(J_METRIC)),
+        PaperNumber("iteration of the first decrease of r", 500, _first_drop(R_METRIC)),
+    ),
+))

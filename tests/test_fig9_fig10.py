@@ -1,0 +1,86 @@
+"""Figures 9 and 10 end to end at a tiny size: run, CSV contents, plot, paper numbers."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from omegaconf import OmegaConf
+from PIL import Image
+
+from enkf_repro.adaptive import decide
+from enkf_repro.experiments import get_figure
+from enkf_repro.results import read_runs
+from test_letters import make_letter_folders
+
+
+def _paper_numbers(fig_id, fig_dir):
+    df = read_runs(fig_dir)
+    cfg = OmegaConf.create({"scale": {"name": "smoke"}})
+    return {p.quantity: p.measure(df, cfg) for p in get_figure(fig_id).paper_numbers}
+
+
+def test_figure9_on_letter_folders(cli, tmp_path):
+    make_letter_folders(tmp_path / "data", per_class=10, corrupt=1)   # 100 readable + 1 corrupt
+    out = tmp_path / "res"
+    args = ["figure=9", "scale=smoke", "figure.smoke.ensemble_sizes=[4,8]", "dataset.test_only_train_size=64",
+            "figure.smoke.overrides.train.max_batches=1", "figure.smoke.overrides.train.eval_every=4",
+            "progress=false", f"out_dir={out}"]
+    proc = cli("run", *args, env={"ENKF_REPRO_DATA": str(tmp_path / "data")})
+    assert proc.returncode == 0, proc.stderr
+    # one warning line for the corrupt file (the data is loaded once for both runs)
+    assert (proc.stdout + proc.stderr).count("skipped 1 unreadable image file (e.g. C/broken0.png)") == 1
+    runs = sorted((out / "smoke" / "fig9").glob("*/metrics.csv"))
+    assert [p.parent.name.split("-")[0] for p in runs] == ["J4", "J8"]
+    for csv in runs:
+        err = pd.read_csv(csv).query("metric == 'test_error'")
+        assert err["iteration"].tolist() == [0, 4, 8]     # 1 batch x r = 8, every 4 iterations
+        assert err["dataset"].eq("notmnist").all() and err["value"].between(0, 100).all()
+    proc = cli("plot", "figure=9", "scale=smoke", f"out_dir={out}")
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(out / "smoke" / "fig9" / "fig9.png") as im:
+        assert im.size[0] > 400
+    nums = _paper_numbers("9", out / "smoke" / "fig9")
+    assert all(v is not None and 0 <= v <= 100 for v in nums.values()), nums
+
+
+def test_figure10_fixed_and_adaptive(cli, synthetic_root, tmp_path):
+    out = tmp_path / "res"
+    # epsilon = kappa = 100: every improvement shrinks (J 40 -> 30 -> 20 ..., r 8 -> 7 -> 6 ...)
+    args = ["figure=10", "scale=smoke", "figure.smoke.ensemble_size=40", "train.max_batches=4",
+            "train.eval_every=4", "optimizer.adaptive.tau=4", "optimizer.adaptive.epsilon=100",
+            "optimizer.adaptive.kappa=100", "optimizer.adaptive.v=10", "optimizer.adaptive.b_l=10",
+            "optimizer.adaptive.b_u=60", "progress=false", f"out_dir={out}"]
+    proc = cli("run", *args, env={"ENKF_REPRO_DATA": str(synthetic_root)})
+    assert proc.returncode == 0, proc.stderr
+    fig_dir = out / "smoke" / "fig10"
+    (fixed,) = fig_dir.glob("fixed-J40-*/metrics.csv")
+    (adaptive,) = fig_dir.glob("adaptive-J40-*/metrics.csv")
+    f, a = pd.read_csv(fixed), pd.read_csv(adaptive)
+    assert not f["metric"].str.startswith("adaptive_").any()
+    assert f.query("metric == 'test_error'")["iteration"].max() == 4 * 8
+    wide = a.pivot_table(index="iteration", columns="metric", values="value")
+    # J, r and N at every evaluation
+    assert wide[["test_error", "adaptive_ensemble_size", "adaptive_repetitions", "adaptive_budget"]].notna().all().all()
+    # replay Algorithm 1 on the logged errors: every decision, J and r as decide() says
+    J, r, prev, shrinks = 40, 8, None, 0
+    for it, row in wide.iterrows():
+        if it == 0 or it % 4 or it == wide.index.max():
+            assert row["adaptive_decision"] == 0
+            continue
+        d = decide(row["test_error"], prev, J, r, epsilon=100, kappa=100, v=10, b_l=10, b_u=60)
+        assert row["ensemble_size"] == J                       # the J that produced this error
+        assert (row["adaptive_decision"], row["adaptive_ensemble_size"], row["adaptive_repetitions"]) \
+            == (d.action, d.ensemble_size, d.repetitions), it
+        J, r, prev = d.ensemble_size, d.repetitions, row["test_error"]
+        shrinks += d.action == -1
+    assert shrinks >= 1
+    assert wide["adaptive_budget"].iloc[-1] == wide.index.max()
+    proc = cli("plot", "figure=10", "scale=smoke", f"out_dir={out}")
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(fig_dir / "fig10.png") as im:
+        assert im.size[0] > 500
+    nums = _paper_numbers("10", fig_dir)
+    assert nums["final test error, adaptive - fixed (points)"] is not None
+    assert nums["ensemble size J at the end, adaptive"] == J
+    assert all(v is None or math.isfinite(v) for v in nums.values())
