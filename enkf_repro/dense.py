@@ -12,8 +12,12 @@ are unconfirmed (related-methods.md); the widths live in ``configs/model/<name>.
     dnn4: 784 -> 128 -> 128 -> 128 -> 10
 
 Batched forward of a chunk of Jc members: every member sees the same images, so the first
-layer of all members is ONE GEMM (B x 784) @ (784 x Jc*H1); the later layers are one batched
-matrix product (bmm) each. No Python loop over members.
+layer of all members is one batched GEMM call with the images broadcast (stride 0) against the
+members' weights read in place from the ensemble matrix: the (B x 784) @ (784 x Jc*H1) product
+without first copying the Jc x H1 x 784 weight block into one matrix (measured on 2 CPU cores:
+12 ms instead of 23 ms at Jc = 64, B = 64, H1 = 128; on a GPU the copy would cost as much memory
+traffic as the GEMM itself). The later layers are one batched matrix product (bmm) each. No
+Python loop over members.
 """
 
 from __future__ import annotations
@@ -73,7 +77,7 @@ class DenseSpec(ModelSpec):
     def forward_chunk(self, W: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         """Logits (Jc, B, 10) of the members W (Jc, P) on the flattened images ctx (B, 784)."""
         x = ctx
-        Jc, B = W.shape[0], x.shape[0]
+        Jc = W.shape[0]
         last = len(self.dims) - 1
         offset = 0
         h = x
@@ -83,9 +87,9 @@ class DenseSpec(ModelSpec):
             b = W[:, offset: offset + fout]
             offset += fout
             if i == 0:
-                # shared input: one GEMM for all members, (B, fin) @ (fin, Jc*fout)
-                h = torch.mm(x, w.reshape(Jc * fout, fin).t()).view(B, Jc, fout).transpose(0, 1)
-                h = h + b.unsqueeze(1)
+                # shared input: one batched GEMM call, x broadcast (stride 0) against every
+                # member's weights read in place: (B, fin) @ (Jc, fin, fout) -> (Jc, B, fout)
+                h = torch.matmul(x, w.transpose(1, 2)).add_(b.unsqueeze(1))
             else:
                 h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))   # (Jc, B, fout)
             if i < last:

@@ -123,11 +123,15 @@ def prior_std(model: ModelSpec, init_cfg, device=None, dtype=torch.float32) -> t
     return torch.cat(parts)
 
 
-def randomize_(U: torch.Tensor, noise: torch.Tensor, scale: float) -> torch.Tensor:
-    """In place: u_j <- mean(u) + scale * (xi_j - mean(xi)) for U, noise (J, P): the (R) redraw.
-    Centring the noise keeps the ensemble mean (the evaluated network) exactly."""
+def randomize_(U: torch.Tensor, noise: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """In place: u_j <- mean(u) + scale * (xi_j - mean(xi)), the (R) redraw, for U, noise (J, P)
+    and scale a number or per-parameter (P,) (gamma(n) times the prior std). Centring the noise
+    keeps the ensemble mean (the evaluated network) exactly. ``noise`` is used as work space."""
     mean = U.mean(0, keepdim=True)
-    return U.copy_(noise).sub_(noise.mean(0, keepdim=True)).mul_(scale).add_(mean)
+    noise.sub_(noise.mean(0, keepdim=True))
+    if isinstance(scale, torch.Tensor):
+        return torch.addcmul(mean, noise, scale, out=U)
+    return torch.add(mean, noise, alpha=float(scale), out=U)
 
 
 class SpreadSchedule:
@@ -238,8 +242,7 @@ class EKI:
         self.U = V
         if self.randomize:
             noise = torch.randn(self.U.shape, generator=self.generator, device=self.U.device, dtype=self.U.dtype)
-            noise.mul_(self.prior_std)                                   # xi_j ~ the init prior
-            randomize_(self.U, noise, self.spread(self.n + 1))
+            randomize_(self.U, noise, self.spread(self.n + 1) * self.prior_std)   # xi_j ~ the init prior
         self.n += 1
         self.last = {"step_size": info["h"], "d_norm": info["d_norm"]}
         return {"train_loss": float(info["loss"].mean()) / x.shape[0]}   # per sample, mean over members
