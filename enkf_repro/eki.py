@@ -2,9 +2,11 @@
 "Ensemble Kalman inversion: a derivative-free technique for machine learning tasks".
 
 Notation (related-methods.md): ensemble U (J x P), outputs G (J x B x C) of the members on a
-mini-batch, targets Y (B x C) one-hot, loss Psi(z, y) per member as the SUM over the batch of
-the per-sample loss (so ||D|| grows with B and, with h0 = 2, eps = 0.5, the step is the
-normalised h_n ||D|| = 2 ||D|| / (||D|| + 0.5) < 2, which keeps I - h_n D a contraction), d = B * C. The discrete scheme (K&S, the EKI iteration with adaptive step)
+mini-batch, targets Y (B x C) one-hot, d = B * C, and the loss Psi(z, y) of a member is the SUM
+over the batch of the per-sample loss (our reading: then ||D|| is O(1) or larger for B = 64 and
+the adaptive step is really normalised, h_n ||D||_F = h0 ||D|| / (||D|| + eps) < h0; with a
+batch MEAN, ||D|| << eps = 0.5 and h_n would be the constant h0 / eps). The discrete scheme
+(K&S, the EKI iteration with adaptive step):
 
     D_jk = (1/J) < G(u_k) - mean G , grad_z Psi(G(u_j), y) >        (J x J, summed over b, c)
     u_{n+1} = u_n - h_n D(u_n) u_n,      h_n = h0 / (||D(u_n)||_F + eps)                  (1)

@@ -118,7 +118,7 @@ def test_tiny_thesis_end_to_end(synthetic_root, tmp_path):
 
 
 @pytest.mark.parametrize("args", [["optimizer=haber", "model=dnn2", "optimizer.ensemble_size=6"],
-                                  ["optimizer=ienk_simple", "model=mlp", "optimizer.mode=batch"],
+                                  ["optimizer=ienk_simple", "model=paper_cnn", "optimizer.mode=batch"],
                                   ["optimizer=eki", "model=paper_cnn", "optimizer.ensemble_size=5",
                                    "optimizer.loss=mse"]])
 def test_single_runs_of_each_method_on_dense_and_cnn_models(synthetic_root, tmp_path, args):

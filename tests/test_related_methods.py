@@ -302,7 +302,8 @@ def test_ienk_perturbs_one_layer_per_member_and_updates_only_along_its_noise():
     M = perturbed_members(theta, noise, blocks)
     assert M.shape == (1 + 3 * 2, model.num_params) and torch.equal(M[0], theta)
     (a1, b1, _), (a2, b2, _) = blocks
-    assert torch.equal(M[1:4, a2:b2], theta[a2:b2].expand(3, -1)) and torch.equal(M[1:4, a1:b1], theta[a1:b1] + noise[:, a1:b1])
+    assert torch.equal(M[1:4, a2:b2], theta[a2:b2].expand(3, -1))
+    assert torch.equal(M[1:4, a1:b1], theta[a1:b1] + noise[:, a1:b1])
     assert torch.equal(M[4:7, a1:b1], theta[a1:b1].expand(3, -1))
     c = torch.tensor([1.0, 0.0, 0.0, 0.0, 2.0, 0.0], dtype=F64)
     new = ienk_update_(theta.clone(), noise, c, blocks, lr=0.5)
