@@ -220,7 +220,7 @@ class HaberConfig:
     ensemble_size: int = 100         # K fresh perturbations per step
     sigma: float = 0.01              # perturbation std, Omega ~ N(0, sigma^2 I)
     alpha: float = 1.0               # step size
-    gamma: float = 1e-3              # regularisation of the K x K Gauss-Newton system
+    gamma: float = 1.0               # regularisation (damping) of the K x K Gauss-Newton system
     output: HaberOutput = HaberOutput.softmax
 
 

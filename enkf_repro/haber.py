@@ -14,7 +14,10 @@ spanned by the omega_k (a K x K solve):
 with d = B * C and F the network outputs on the mini-batch (softmax probabilities by default,
 ``optimizer.output=logits`` for the raw logits). For a linear F (a strongly convex quadratic
 objective), alpha = 1 and gamma -> 0, each step minimises the objective exactly over
-theta + span(Omega), so the iterates converge to the minimiser.
+theta + span(Omega), so the iterates converge to the minimiser. For mini-batch training a larger
+gamma damps the step (Levenberg-Marquardt-like; for gamma >> ||Q||^2 the step tends to gradient
+descent with rate alpha sigma^2 / gamma): the default gamma = 1 with sigma = 0.01 was the best of
+{0.01, 0.1, 1, 10} in a 60-batch MNIST check (DNN 2, K = 64).
 """
 
 from __future__ import annotations

@@ -92,22 +92,24 @@ class IEnKSimple:
         for a, b, s in self.blocks:
             self.std[a:b] = s
 
-    def _update(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def _update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(1)-(2) on the samples x (one, or a mini-batch); returns the summed cross-entropy of the
+        unperturbed network before the update (a tensor: no device sync per sample)."""
         noise = torch.randn(self.K, self.theta.shape[0], generator=self.generator, device=self.theta.device,
-                            dtype=self.theta.dtype) * self.std
+                            dtype=self.theta.dtype).mul_(self.std)
         p = torch.softmax(self.forward(perturbed_members(self.theta, noise, self.blocks), x), -1)
-        if not bool(torch.isfinite(p).all()):
-            raise DivergenceError("ienk_simple: non-finite network outputs")
         c = ienk_coefficients(p[1:], p[0], y, self.delta)
         ienk_update_(self.theta, noise, c, self.blocks, self.lr)
-        return float(-(y * torch.log(p[0] + 1e-12)).sum())   # cross-entropy of the unperturbed net
+        return -(y * torch.log(p[0] + 1e-12)).sum()
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         if self.per_sample:
             loss = sum(self._update(x[s: s + 1], y[s: s + 1]) for s in range(x.shape[0]))
         else:
             loss = self._update(x, y)
-        return {"train_loss": loss / x.shape[0]}
+        if not bool(torch.isfinite(self.theta).all()):     # checked once per mini-batch
+            raise DivergenceError("ienk_simple: non-finite parameters (diverged)")
+        return {"train_loss": float(loss) / x.shape[0]}
 
     def eval_params(self) -> dict[str, torch.Tensor]:
         return {"": self.theta}
