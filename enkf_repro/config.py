@@ -187,6 +187,67 @@ class AdamConfig:
     weight_decay: float = 0.0
 
 
+class EKILoss(str, Enum):
+    mse = "mse"                      # Psi = |G - y|^2 / 2 on the logits (mean over the batch)
+    cross_entropy = "cross_entropy"  # Psi = -<y, log(G + delta)> on the softmax outputs
+
+
+class Momentum(str, Enum):
+    none = "none"
+    nesterov = "nesterov"            # MEKI: v_n = u_n + lambda_n (u_n - u_{n-1})
+
+
+class HaberOutput(str, Enum):
+    logits = "logits"
+    softmax = "softmax"
+
+
+class IEnKMode(str, Enum):
+    sample = "sample"  # the thesis: one update per training sample, in order
+    batch = "batch"    # one update per mini-batch (coefficients summed over its samples)
+
+
+@dataclass
+class EKIConfig:
+    """Kovachki & Stuart's EKI (eki.py): U <- U - h_n D(U) U, h_n = h0 / (||D||_F + eps)."""
+
+    name: str = "eki"
+    ensemble_size: int = 2000        # J
+    h0: float = 2.0
+    eps: float = 0.5
+    loss: EKILoss = EKILoss.cross_entropy
+    delta: float = 0.005             # cross_entropy: grad = -y / (G + delta)
+    momentum: Momentum = Momentum.none
+    momentum_coef: Optional[float] = None  # null: Nesterov's n / (n + 3); a number: constant lambda
+    randomize: bool = False          # (R): redraw members as mean + gamma(n) * prior noise
+    random_gamma0: float = 1.0       # gamma(n) = gamma0 / sqrt(1 + n / tau)
+    random_tau: float = 100.0
+    best_of: int = 512               # training samples (most recent batches) ranking the best member
+
+
+@dataclass
+class HaberConfig:
+    """Haber, Lucka & Ruthotto's "never look back" EnKF (haber.py)."""
+
+    name: str = "haber"
+    ensemble_size: int = 100         # K fresh perturbations per step
+    sigma: float = 0.01              # perturbation std, Omega ~ N(0, sigma^2 I)
+    alpha: float = 1.0               # step size
+    gamma: float = 1.0               # regularisation (damping) of the K x K Gauss-Newton system
+    output: HaberOutput = HaberOutput.softmax
+
+
+@dataclass
+class IEnKSimpleConfig:
+    """The 2019 thesis's simplified iterative EnKF (ienk.py)."""
+
+    name: str = "ienk_simple"
+    ensemble_size: int = 10          # K perturbations per layer
+    lr: float = 0.001
+    delta: float = 0.005
+    mode: IEnKMode = IEnKMode.sample
+
+
 @dataclass
 class ScaleConfig:
     name: ScaleName = ScaleName.paper
@@ -241,6 +302,9 @@ OPTIMIZER_SCHEMAS: Dict[str, type] = {
     "enkf": EnKFConfig,
     "sgd": SGDConfig,
     "adam": AdamConfig,
+    "eki": EKIConfig,
+    "haber": HaberConfig,
+    "ienk_simple": IEnKSimpleConfig,
 }
 
 
@@ -285,10 +349,23 @@ def validate(cfg: DictConfig) -> None:
         _check(a.v >= 1, "optimizer.adaptive.v", a.v, "an integer >= 1")
         _check(2 <= a.b_l <= a.b_u, "optimizer.adaptive.b_l", a.b_l,
                f"an integer with 2 <= b_l <= b_u = {a.b_u}")
+<<<<<<< HEAD
         _check(a.epsilon > 0, "optimizer.adaptive.epsilon", a.epsilon, "a test error in percent > 0")
         _check(a.kappa >= 0, "optimizer.adaptive.kappa", a.kappa, "a number of percentage points >= 0")
         _check(a.tau % cfg.train.eval_every == 0, "optimizer.adaptive.tau", a.tau,
                f"a multiple of train.eval_every = {cfg.train.eval_every} (decisions use evaluations)")
+=======
+    for key in ("h0", "eps", "alpha", "sigma", "random_gamma0", "random_tau"):
+        if key in opt:
+            _check(opt[key] > 0, f"optimizer.{key}", opt[key], "a number > 0")
+    if "delta" in opt:
+        _check(opt.delta >= 0, "optimizer.delta", opt.delta, "a number >= 0")
+    if "best_of" in opt:
+        _check(opt.best_of >= 0, "optimizer.best_of", opt.best_of, "an integer >= 0 (0: no best member)")
+    if opt.get("momentum_coef") is not None:
+        _check(0 <= opt.momentum_coef < 1, "optimizer.momentum_coef", opt.momentum_coef,
+               "a number in [0, 1), or null for Nesterov's n / (n + 3)")
+>>>>>>> issue7-eki
     _check(cfg.init.sigma > 0, "init.sigma", cfg.init.sigma, "a number > 0")
     cs = cfg.ensemble.chunk_size
     _check(cs is None or cs >= 1, "ensemble.chunk_size", cs, "an integer >= 1, or null for automatic")

@@ -214,8 +214,23 @@ class PaperCNNSpec(ModelSpec):
         return torch.bmm(o.transpose(0, 1), w3.transpose(1, 2))        # (Jc, B, 10)
 
 
+def _dense(name: str) -> Callable[..., ModelSpec]:
+    """Builder of a dense model (dense.py; widths from ``model.hidden``), imported lazily."""
+    def build(mcfg) -> ModelSpec:
+        from .dense import DenseSpec
+
+        return DenseSpec(name, mcfg.hidden, mcfg.activation)
+
+    return build
+
+
 MODELS: dict[str, Callable[..., ModelSpec]] = {
     "paper_cnn": lambda mcfg: PaperCNNSpec(mcfg.activation, mcfg.pool_conv2),
+    "mlp": _dense("mlp"),    # the 2019 thesis: 784-128-10
+    "dnn1": _dense("dnn1"),  # Kovachki & Stuart DNN 1-4 (widths in configs/model/dnn*.yaml)
+    "dnn2": _dense("dnn2"),
+    "dnn3": _dense("dnn3"),
+    "dnn4": _dense("dnn4"),
 }
 
 

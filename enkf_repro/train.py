@@ -103,6 +103,13 @@ class EnKF:
 # optimizer name -> constructor(cfg, model, forward, generator, device)
 METHODS: dict[str, Callable[..., EnsembleMethod]] = {"enkf": EnKF}
 
+# The seeds' related methods (related-methods.md): EKI / MEKI / (R), never-look-back, thesis IEnK.
+from .eki import EKI  # noqa: E402
+from .haber import Haber  # noqa: E402
+from .ienk import IEnKSimple  # noqa: E402
+
+METHODS.update({"eki": EKI, "haber": Haber, "ienk_simple": IEnKSimple})
+
 
 @torch.no_grad()
 def test_error(model: ModelSpec, theta: torch.Tensor, data: Data, batch_size: int = 2000) -> float:

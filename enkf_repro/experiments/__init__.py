@@ -7,3 +7,6 @@ from . import fig2  # noqa: F401,E402
 from . import fig8  # noqa: F401,E402
 from . import fig9  # noqa: F401,E402
 from . import fig10  # noqa: F401,E402
+from . import eki_table  # noqa: F401,E402
+from . import eki_scaling  # noqa: F401,E402
+from . import thesis  # noqa: F401,E402

@@ -1,0 +1,150 @@
+"""Kovachki & Stuart's table: dense networks DNN 1-4 on MNIST, J = 2000, final test accuracy.
+
+Rows: SGD, momentum SGD, EKI, MEKI, EKI(R), MEKI(R) (ensemble methods: the mean network and the
+best member); columns: DNN 1-4 (dense.py). The seed reports SGD 0.9199 / 0.9735 / 0.9798 /
+0.9818, EKI (mean) 0.9092 / 0.9398 / 0.9424 / 0.9404 and EKI(R) (mean) 0.9252 / 0.9721 /
+0.9738 / 0.9741. The plot is a table image; ``eki_table.csv`` (tidy) and ``eki_table.md`` are
+written next to it.
+
+Baselines (our choice; the seed gives no settings): SGD lr 0.1 without momentum, momentum SGD
+lr 0.01 with momentum 0.9 (the same effective step lr / (1 - momentum) = 0.1), cross-entropy,
+batch 64, shuffled. MEKI variants use h0 = 0.5: Nesterov momentum is stable for h ||D|| <= 1 on
+quadratics, and h0 = 2 drifted with mini-batch noise in a smoke-scale check.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from ..models import _name
+from ..plotting import caption
+from ..results import figure_dir, write_text_atomic
+from .base import Figure, PaperNumber, Variant, register
+
+MODELS = ("dnn1", "dnn2", "dnn3", "dnn4")
+# method label -> (display name, Hydra overrides, ensemble method?)
+METHODS: dict[str, tuple[str, tuple[str, ...], bool]] = {
+    "sgd": ("SGD", ("optimizer=sgd", "optimizer.lr=0.1", "optimizer.momentum=0.0"), False),
+    "msgd": ("momentum SGD", ("optimizer=sgd", "optimizer.lr=0.01", "optimizer.momentum=0.9"), False),
+    "eki": ("EKI", ("optimizer=eki",), True),
+    "meki": ("MEKI", ("optimizer=eki", "optimizer.momentum=nesterov", "optimizer.h0=0.5"), True),
+    "eki_r": ("EKI(R)", ("optimizer=eki", "optimizer.randomize=true"), True),
+    "meki_r": ("MEKI(R)", ("optimizer=eki", "optimizer.momentum=nesterov", "optimizer.h0=0.5",
+                           "optimizer.randomize=true"), True),
+}
+# values the seed reports (accuracy), by (method, network) and model
+REPORTED: dict[tuple[str, str], tuple[float, float, float, float]] = {
+    ("sgd", "mean"): (0.9199, 0.9735, 0.9798, 0.9818),
+    ("eki", "mean"): (0.9092, 0.9398, 0.9424, 0.9404),
+    ("eki_r", "mean"): (0.9252, 0.9721, 0.9738, 0.9741),
+}
+
+
+def method_overrides(method: str, J: int | None) -> tuple[str, ...]:
+    if method not in METHODS:
+        from ..errors import ConfigError
+
+        raise ConfigError("figure.<scale>.optimizers", method, "a list of " + ", ".join(METHODS))
+    _, ov, ensemble = METHODS[method]
+    return ov + ((f"optimizer.ensemble_size={J}",) if ensemble and J else ())
+
+
+def variants(cfg, s) -> list[Variant]:
+    J = int(s.ensemble_size) if s.ensemble_size else None
+    return [Variant(f"{m}-{meth}", (f"model={m}",) + method_overrides(meth, J))
+            for m in MODELS for meth in s.optimizers]
+
+
+def final_accuracy(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, network): the accuracy (fraction) at the run's last evaluation."""
+    rows = df[df["metric"].isin(["test_error", "test_error_best"])]
+    last = rows.sort_values("iteration").groupby(["run_dir", "metric"]).tail(1).copy()
+    last["network"] = last["metric"].map({"test_error": "mean", "test_error_best": "best"})
+    last["accuracy"] = 1.0 - last["value"] / 100.0
+    last["method"] = last["series"].astype(str).str.split("-", n=1).str[1]
+    return last
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Tidy table: method, network, model, accuracy mean / std over seeds, runs, reported value."""
+    acc = final_accuracy(df)
+    g = acc.groupby(["method", "network", "model"])["accuracy"]
+    out = pd.DataFrame({"accuracy": g.mean(), "accuracy_std": g.std(ddof=0), "runs": g.count()}).reset_index()
+    out["reported"] = [REPORTED.get((m, n), (None,) * 4)[MODELS.index(k)] if k in MODELS else None
+                       for m, n, k in zip(out["method"], out["network"], out["model"])]
+    out["_m"] = out["method"].map({m: i for i, m in enumerate(METHODS)})
+    out["_n"] = out["network"].map({"mean": 0, "best": 1})
+    return out.sort_values(["_m", "_n", "model"]).drop(columns=["_m", "_n"]).reset_index(drop=True)
+
+
+def cells(tab: pd.DataFrame) -> tuple[list[str], list[str], list[list[str]]]:
+    """(row labels, column labels, cell texts) of the rendered table."""
+    models = [m for m in MODELS if m in set(tab["model"])]
+    row_labels, text = [], []
+    for (method, network), t in tab.groupby(["method", "network"], sort=False):
+        name = METHODS.get(method, (method,))[0]
+        row_labels.append(f"{name} ({network})" if METHODS.get(method, ("", (), True))[2] else name)
+        by = t.set_index("model")
+        row = []
+        for m in models:
+            if m not in by.index:
+                row.append("-")
+                continue
+            r = by.loc[m]
+            s = f"{r['accuracy']:.4f}" + (f" ± {r['accuracy_std']:.4f}" if r["runs"] > 1 else "")
+            if pd.notna(r["reported"]):
+                s += f" ({r['reported']:.4f})"
+            row.append(s)
+        text.append(row)
+    return row_labels, [m.upper().replace("DNN", "DNN ") for m in models], text
+
+
+def markdown(tab: pd.DataFrame) -> str:
+    rows, cols, text = cells(tab)
+    lines = ["| method | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]
+    lines += ["| " + r + " | " + " | ".join(t) + " |" for r, t in zip(rows, text)]
+    return "\n".join(lines) + "\n\nFinal test accuracy; in parentheses the value the seed reports (J = 2000, MNIST).\n"
+
+
+def plot(df: pd.DataFrame, cfg):
+    tab = summary(df)
+    out = figure_dir(cfg.out_dir, _name(cfg.scale.name), "eki_table")
+    out.mkdir(parents=True, exist_ok=True)
+    tab.to_csv(Path(out) / "eki_table.csv", index=False)
+    write_text_atomic(Path(out) / "eki_table.md", markdown(tab))
+    rows, cols, text = cells(tab)
+    fig, ax = plt.subplots(figsize=(9, 0.3 * len(rows) + 0.9))
+    ax.axis("off")
+    t = ax.table(cellText=text, rowLabels=rows, colLabels=cols, loc="center", cellLoc="center")
+    t.auto_set_font_size(False)
+    t.set_fontsize(8)
+    t.scale(1.0, 1.25)
+    Js = sorted({int(j) for j in df["ensemble_size"].dropna() if str(j) != ""})
+    ax.set_title("Kovachki & Stuart's table: final MNIST test accuracy of dense networks "
+                 f"(ensemble J = {', '.join(map(str, Js)) or '-'}; in parentheses: the seed, J = 2000)", fontsize=9)
+    caption(fig, cfg, df, "mean = ensemble-mean network, best = lowest training loss member")
+    return fig
+
+
+def _measure(method: str, model: str):
+    def f(df, cfg):
+        acc = final_accuracy(df)
+        acc = acc[(acc["method"] == method) & (acc["model"] == model) & (acc["network"] == "mean")]
+        return float(acc["accuracy"].mean()) if not acc.empty else None
+
+    return f
+
+
+register(Figure(
+    id="eki_table", config="eki_table",
+    title="EKI family vs SGD on dense networks DNN 1-4 (Kovachki & Stuart's table)",
+    description="DNN 1-4 x {SGD, momentum SGD, EKI, MEKI, EKI(R), MEKI(R)}, J=2000, MNIST: final accuracy table",
+    variants=variants, plot=plot, varies=("model", "optimizer"),
+    paper_numbers=tuple(
+        PaperNumber(f"test accuracy, {METHODS[meth][0]}{' (mean)' if meth != 'sgd' else ''}, DNN {i + 1}",
+                    vals[i], _measure(meth, MODELS[i]))
+        for (meth, _), vals in REPORTED.items() for i in range(4)),
+))

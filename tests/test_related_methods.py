@@ -1,0 +1,325 @@
+"""EKI / MEKI / (R), never-look-back and the thesis IEnK: known solutions and invariants."""
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from enkf_repro.eki import (EKI, RecentBatches, SpreadSchedule, eki_loss_grad, eki_matrix, eki_step, eki_step_,
+                            nesterov_coefficient, prior_std, randomize_)
+from enkf_repro.ensemble import EnsembleForward
+from enkf_repro.haber import Haber, haber_step
+from enkf_repro.ienk import IEnKSimple, ienk_coefficients, ienk_update_, layer_blocks, perturbed_members
+from enkf_repro.models import build_model
+
+F64 = torch.float64
+
+
+def linear_problem(J=10, P=30, d=20, seed=0):
+    """G(u) = A u with y = A u*, u* in the affine hull of the initial ensemble (reachable)."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(d, P, generator=g, dtype=F64) / P ** 0.5
+    U0 = torch.randn(J, P, generator=g, dtype=F64)
+    c = torch.randn(J, generator=g, dtype=F64)
+    u_star = (c - c.mean() + 1.0 / J) @ U0
+    return A, U0, (A @ u_star).reshape(d, 1)
+
+
+def outputs(U, A):
+    return (U @ A.T).unsqueeze(-1)          # (J, d, 1): d "samples" of one output
+
+
+def mean_misfit(U, A, y):
+    return float(0.5 * ((A @ U.mean(0)).reshape(-1, 1) - y).pow(2).sum())
+
+
+def ensemble_misfit(U, A, y):
+    return float(0.5 * (outputs(U, A) - y).pow(2).sum((1, 2)).mean())
+
+
+# -- EKI ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("J,P,B,C", [(6, 15, 4, 3), (40, 25, 3, 2)])   # J <= d and J > d
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_eki_step_equals_the_formula_with_an_explicit_D(J, P, B, C, loss):
+    g = torch.Generator().manual_seed(J)
+    U = torch.randn(J, P, generator=g, dtype=F64)
+    G = torch.rand(J, B, C, generator=g, dtype=F64)
+    Y = torch.nn.functional.one_hot(torch.randint(0, C, (B,), generator=g), C).to(F64)
+    _, grad = eki_loss_grad(G, Y, loss, 0.005)
+    D = torch.zeros(J, J, dtype=F64)
+    Gbar = G.mean(0)
+    for j in range(J):
+        for k in range(J):
+            D[j, k] = ((G[k] - Gbar) * grad[j]).sum() / J
+    assert (eki_matrix(G, grad) - D).abs().max() < 1e-12
+    assert D.sum(1).abs().max() < 1e-12                      # rows sum to zero
+    h = 2.0 / (torch.linalg.matrix_norm(D) + 0.5)
+    got, info = eki_step_(U.clone(), G, Y, 2.0, 0.5, loss)
+    assert abs(info["h"] - float(h)) < 1e-12
+    assert (got - (U - h * D @ U)).abs().max() < 1e-10
+
+
+def test_cross_entropy_gradient_is_minus_y_over_g_plus_delta():
+    G = torch.tensor([[[0.2, 0.8], [0.6, 0.4]]], dtype=F64)
+    Y = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=F64)
+    psi, grad = eki_loss_grad(G, Y, "cross_entropy", 0.005)
+    assert torch.allclose(grad[0], torch.tensor([[0.0, -1 / 0.805], [-1 / 0.605, 0.0]], dtype=F64))
+    assert abs(float(psi[0]) + math.log(0.805) + math.log(0.605)) < 1e-12
+
+
+def test_eki_misfit_decreases_monotonically_for_small_h0():
+    A, U, y = linear_problem()
+    start = mean_misfit(U, A, y)
+    prev_mean, prev_ens = start, ensemble_misfit(U, A, y)
+    for _ in range(300):
+        U = eki_step(U, outputs(U, A), y, h0=0.1, eps=0.5, loss="mse")
+        m, e = mean_misfit(U, A, y), ensemble_misfit(U, A, y)
+        assert m <= prev_mean * (1 + 1e-12) and e <= prev_ens * (1 + 1e-12)
+        prev_mean, prev_ens = m, e
+    assert prev_mean < 0.1 * start
+
+
+def iterations_to(tol, A, U0, y, momentum, h0=0.5, limit=3000):
+    U, prev = U0.clone(), U0.clone()
+    start = mean_misfit(U0, A, y)
+    for n in range(limit):
+        lam = nesterov_coefficient(n) if momentum else 0.0
+        V = U + lam * (U - prev)
+        prev, U = U, eki_step(V, outputs(V, A), y, h0=h0, eps=0.5, loss="mse")
+        if mean_misfit(U, A, y) < tol * start:
+            return n + 1
+    return limit
+
+
+@pytest.mark.parametrize("tol", [1e-2, 1e-3])
+def test_nesterov_meki_needs_fewer_iterations_than_eki(tol):
+    A, U0, y = linear_problem()
+    plain = iterations_to(tol, A, U0, y, momentum=False)
+    nesterov = iterations_to(tol, A, U0, y, momentum=True)
+    assert plain < 3000 and nesterov < 0.5 * plain, (plain, nesterov)
+
+
+def test_nesterov_coefficient():
+    assert nesterov_coefficient(0) == 0 and nesterov_coefficient(7) == 0.7
+    assert nesterov_coefficient(5, 0.9) == 0.9
+
+
+def tiny_cfg(**opt):
+    base = {"name": "eki", "ensemble_size": 8, "h0": 2.0, "eps": 0.5, "loss": "cross_entropy", "delta": 0.005,
+            "momentum": "none", "momentum_coef": None, "randomize": False, "random_gamma0": 1.0,
+            "random_tau": 100.0, "best_of": 16}
+    base.update(opt)
+    return OmegaConf.create({"optimizer": base, "init": {"scheme": "glorot", "sigma": 0.1}})
+
+
+def tiny_batch(seed, B=8):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(B, 1, 28, 28, generator=g)
+    y = torch.nn.functional.one_hot(torch.randint(0, 10, (B,), generator=g), 10).float()
+    return x, y
+
+
+def dense(name="dnn1", hidden=()):
+    return build_model(OmegaConf.create({"name": name, "hidden": list(hidden), "activation": "relu"}))
+
+
+@pytest.mark.parametrize("momentum", ["none", "nesterov"])
+def test_eki_members_stay_in_the_initial_span_without_randomisation(momentum):
+    model = dense()
+    cfg = tiny_cfg(momentum=momentum)
+    eki = EKI(cfg, model, EnsembleForward(model), torch.Generator().manual_seed(0), torch.device("cpu"))
+    eki.U = eki.U.double()
+    U0 = eki.U.clone()
+    for i in range(6):
+        eki.step(*[t.double() for t in tiny_batch(i)])
+    Q, _ = torch.linalg.qr(U0.T)
+    assert (eki.U.T - Q @ (Q.T @ eki.U.T)).abs().max() < 1e-9 * eki.U.abs().max()
+    assert not torch.allclose(eki.U, U0)
+    assert (eki.U[:, model.num_params - 10:] == 0).all()   # output biases: 0 in every member, kept
+
+
+def test_randomisation_keeps_the_mean_and_sets_the_spread():
+    g = torch.Generator().manual_seed(0)
+    U = torch.randn(4000, 3, generator=g, dtype=F64) + torch.tensor([1.0, 2.0, 3.0], dtype=F64)
+    mean = U.mean(0)
+    noise = torch.randn(4000, 3, generator=g, dtype=F64) * torch.tensor([1.0, 0.5, 0.0], dtype=F64)
+    randomize_(U, noise, 0.2)
+    assert (U.mean(0) - mean).abs().max() < 1e-12
+    assert torch.allclose(U.std(0), torch.tensor([0.2, 0.1, 0.0], dtype=F64), atol=0.01)
+    s = SpreadSchedule(1.0, 100.0)
+    assert s(0) == 1.0 and s(300) == 0.5 and s(1000) < s(999)
+
+
+@pytest.mark.parametrize("scheme", ["normal", "glorot"])
+def test_prior_std_matches_the_init_draws(scheme):
+    model = dense("dnn2", [32])
+    init = OmegaConf.create({"scheme": scheme, "sigma": 0.3})
+    U = model.init(400, init, torch.Generator().manual_seed(0))
+    std = prior_std(model, init)
+    for a, b in [(0, 32 * 784), (32 * 784, 32 * 785), (32 * 785, model.num_params - 10)]:
+        want = float(std[a])
+        assert (std[a:b] == want).all()
+        assert abs(float(U[:, a:b].std()) - want) <= 0.02 * want + 1e-12
+
+
+def test_eki_randomised_step_moves_the_mean_by_the_eki_step_only():
+    """(R): the redraw changes the members but not the mean, and the spread follows gamma(n)."""
+    model = dense()
+    cfg = tiny_cfg(randomize=True, ensemble_size=400, random_gamma0=0.5, random_tau=1.0)
+    eki = EKI(cfg, model, EnsembleForward(model), torch.Generator().manual_seed(0), torch.device("cpu"))
+    x, y = tiny_batch(0)
+    U = eki.U.clone()
+    G = torch.softmax(EnsembleForward(model)(U, x), -1)
+    want = eki_step(U.double(), G.double(), y.double(), 2.0, 0.5, "cross_entropy").mean(0)
+    eki.step(x, y)
+    assert (eki.U.double().mean(0) - want).abs().max() < 1e-5
+    ratio = eki.U[:, :7840].std(0).mean() / (U[:, :7840].std(0).mean())
+    assert abs(float(ratio) - 0.5 / math.sqrt(2.0)) < 0.02
+
+
+def test_eki_state_dict_resumes_exactly():
+    model = dense()
+    cfg = tiny_cfg(momentum="nesterov", randomize=True)
+
+    def make():
+        gen = torch.Generator().manual_seed(3)
+        return EKI(cfg, model, EnsembleForward(model), gen, torch.device("cpu")), gen
+
+    a, ga = make()
+    for i in range(3):
+        a.step(*tiny_batch(i))
+    state, gstate = a.state_dict(), ga.get_state()
+    for i in range(3, 5):
+        a.step(*tiny_batch(i))
+    b, gb = make()
+    b.load_state_dict(state)
+    gb.set_state(gstate)
+    for i in range(3, 5):
+        b.step(*tiny_batch(i))
+    assert torch.equal(a.U, b.U)
+    assert torch.equal(a.eval_params()["best"], b.eval_params()["best"])
+
+
+def test_best_member_is_the_lowest_training_loss_member():
+    model = dense()
+    eki = EKI(tiny_cfg(best_of=16), model, EnsembleForward(model), torch.Generator().manual_seed(0),
+              torch.device("cpu"))
+    x, y = tiny_batch(0, B=16)
+    eki.recent.add(x, y)
+    p = torch.softmax(EnsembleForward(model)(eki.U, x), -1)
+    ce = -(y * torch.log(p + 0.005)).sum((1, 2))
+    assert torch.equal(eki.eval_params()["best"], eki.U[int(ce.argmin())])
+
+
+def test_recent_batches_keeps_the_last_n_samples_and_skips_repeats():
+    r = RecentBatches(10)
+    for i in range(5):
+        x = torch.full((4, 1), float(i))
+        r.add(x, x)
+        r.add(x, x)          # the same batch presented again: not stored twice
+    xs, _ = r.get()
+    assert xs.shape == (10, 1) and xs[:, 0].tolist() == [2, 2, 3, 3, 3, 3, 4, 4, 4, 4]
+
+
+# -- never look back ---------------------------------------------------------------------------
+def test_haber_converges_to_the_minimiser_of_a_strongly_convex_quadratic():
+    """F(theta) = A theta, 0.5 |A theta - y|^2 with A of full column rank (strongly convex) and
+    inconsistent y: K < P random directions per step, still converges to the least-squares
+    minimiser."""
+    g = torch.Generator().manual_seed(0)
+    P, K, d = 30, 8, 60
+    A = torch.randn(d, P, generator=g, dtype=F64)
+    y = torch.randn(d, generator=g, dtype=F64)
+    x_star = torch.linalg.lstsq(A, y.unsqueeze(1)).solution.squeeze(1)
+    theta = torch.randn(P, generator=g, dtype=F64)
+    for _ in range(400):
+        omega = 0.1 * torch.randn(K, P, generator=g, dtype=F64)
+        theta = haber_step(theta, omega, A @ theta, (theta + omega) @ A.T, y, alpha=1.0, gamma=1e-10)
+    assert torch.linalg.norm(theta - x_star) < 1e-3 * torch.linalg.norm(x_star)
+
+
+def test_haber_step_lies_in_the_span_of_the_perturbations():
+    g = torch.Generator().manual_seed(1)
+    theta = torch.randn(20, generator=g, dtype=F64)
+    omega = torch.randn(4, 20, generator=g, dtype=F64)
+    new = haber_step(theta, omega, torch.rand(3, 5, generator=g, dtype=F64),
+                     torch.rand(4, 3, 5, generator=g, dtype=F64), torch.rand(3, 5, generator=g, dtype=F64), 0.7, 0.01)
+    Q, _ = torch.linalg.qr(omega.T)
+    delta = new - theta
+    assert (delta - Q @ (Q.T @ delta)).abs().max() < 1e-12 and delta.abs().max() > 0
+
+
+def test_haber_method_lowers_the_misfit_on_a_fixed_batch():
+    model = dense()
+    cfg = OmegaConf.create({"optimizer": {"ensemble_size": 20, "sigma": 0.01, "alpha": 1.0, "gamma": 1e-3,
+                                          "output": "softmax"}, "init": {"scheme": "glorot", "sigma": 0.1}})
+    h = Haber(cfg, model, EnsembleForward(model), torch.Generator().manual_seed(0), torch.device("cpu"))
+    x, y = tiny_batch(0, B=16)
+    first = h.step(x, y)["train_misfit"]
+    for _ in range(20):
+        last = h.step(x, y)["train_misfit"]
+    assert last < 0.5 * first
+
+
+# -- thesis IEnK --------------------------------------------------------------------------------
+def test_layer_blocks_of_the_mlp():
+    model = dense("mlp", [128])
+    (a1, b1, s1), (a2, b2, s2) = layer_blocks(model)
+    assert (a1, b1, a2, b2) == (0, 128 * 785, 128 * 785, 101770) and model.num_params == 101770
+    assert s1 == pytest.approx(math.sqrt(2 / (784 + 128))) and s2 == pytest.approx(math.sqrt(2 / 138))
+
+
+def test_ienk_update_is_a_scaled_gradient_step():
+    """sum_k dW_k c_k = sigma^2 grad_W [-<y, log(p + delta)>] + O(sigma^3) when the K perturbations
+    are sigma times the coordinate directions (K = P): the thesis's step is a derivative-free
+    gradient step (float64, one-hidden-layer net, one sample)."""
+    model = dense("dnn2", [2])
+    blocks = layer_blocks(model)
+    g = torch.Generator().manual_seed(0)
+    theta = model.init(1, OmegaConf.create({"scheme": "glorot", "sigma": 0.1}), g, dtype=F64)[0]
+    theta[model.num_params - 10:] = 0.1 * torch.randn(10, generator=g, dtype=F64)
+    x = torch.rand(1, 1, 28, 28, generator=g, dtype=F64)
+    y = torch.nn.functional.one_hot(torch.tensor([3]), 10).to(F64)
+    sigma = 1e-6
+    noise = sigma * torch.eye(model.num_params, dtype=F64)
+    p = torch.softmax(EnsembleForward(model, chunk_size=4096)(perturbed_members(theta, noise, blocks), x), -1)
+    c = ienk_coefficients(p[1:], p[0], y)
+    step = ienk_update_(torch.zeros_like(theta), noise, c, blocks, lr=1.0)   # = -sum_k dW_k c_k
+    net = model.module().double()
+    torch.nn.utils.vector_to_parameters(theta.clone(), net.parameters())
+    loss = -(y * torch.log(torch.softmax(net(x), -1) + 0.005)).sum()
+    grad = torch.nn.utils.parameters_to_vector(torch.autograd.grad(loss, list(net.parameters())))
+    assert torch.linalg.norm(-step / sigma ** 2 - grad) < 1e-4 * torch.linalg.norm(grad)
+
+
+def test_ienk_perturbs_one_layer_per_member_and_updates_only_along_its_noise():
+    model = dense("mlp", [16])
+    blocks = layer_blocks(model)
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(model.num_params, generator=g, dtype=F64)
+    noise = torch.randn(3, model.num_params, generator=g, dtype=F64)
+    M = perturbed_members(theta, noise, blocks)
+    assert M.shape == (1 + 3 * 2, model.num_params) and torch.equal(M[0], theta)
+    (a1, b1, _), (a2, b2, _) = blocks
+    assert torch.equal(M[1:4, a2:b2], theta[a2:b2].expand(3, -1))
+    assert torch.equal(M[1:4, a1:b1], theta[a1:b1] + noise[:, a1:b1])
+    assert torch.equal(M[4:7, a1:b1], theta[a1:b1].expand(3, -1))
+    c = torch.tensor([1.0, 0.0, 0.0, 0.0, 2.0, 0.0], dtype=F64)
+    new = ienk_update_(theta.clone(), noise, c, blocks, lr=0.5)
+    assert torch.allclose(new[a1:b1], theta[a1:b1] - 0.5 * noise[0, a1:b1])
+    assert torch.allclose(new[a2:b2], theta[a2:b2] - 1.0 * noise[1, a2:b2])
+
+
+@pytest.mark.parametrize("mode", ["sample", "batch"])
+def test_ienk_method_learns_a_fixed_batch(mode):
+    model = dense("mlp", [16])
+    cfg = OmegaConf.create({"optimizer": {"ensemble_size": 10, "lr": 0.05,
+                                          "delta": 0.005, "mode": mode},
+                            "init": {"scheme": "glorot", "sigma": 0.1}})
+    m = IEnKSimple(cfg, model, EnsembleForward(model), torch.Generator().manual_seed(0), torch.device("cpu"))
+    x, y = tiny_batch(0, B=8)
+    first = m.step(x, y)["train_loss"]
+    for _ in range(30):
+        last = m.step(x, y)["train_loss"]
+    assert last < 0.7 * first
