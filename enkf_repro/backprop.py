@@ -92,7 +92,7 @@ def train_backprop(run, rd: RunDir) -> dict[str, Any]:
                 step += 1
                 bar.update(1)
                 if step % eval_every == 0 or step == total:
-                    log_eval(float(loss))
+                    log_eval(loss.item())
                 if rd.due(step):
                     rd.checkpoint(state())
                 rd.stop_if_requested(state)

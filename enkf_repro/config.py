@@ -349,12 +349,10 @@ def validate(cfg: DictConfig) -> None:
         _check(a.v >= 1, "optimizer.adaptive.v", a.v, "an integer >= 1")
         _check(2 <= a.b_l <= a.b_u, "optimizer.adaptive.b_l", a.b_l,
                f"an integer with 2 <= b_l <= b_u = {a.b_u}")
-<<<<<<< HEAD
         _check(a.epsilon > 0, "optimizer.adaptive.epsilon", a.epsilon, "a test error in percent > 0")
         _check(a.kappa >= 0, "optimizer.adaptive.kappa", a.kappa, "a number of percentage points >= 0")
         _check(a.tau % cfg.train.eval_every == 0, "optimizer.adaptive.tau", a.tau,
                f"a multiple of train.eval_every = {cfg.train.eval_every} (decisions use evaluations)")
-=======
     for key in ("h0", "eps", "alpha", "sigma", "random_gamma0", "random_tau"):
         if key in opt:
             _check(opt[key] > 0, f"optimizer.{key}", opt[key], "a number > 0")
@@ -365,7 +363,6 @@ def validate(cfg: DictConfig) -> None:
     if opt.get("momentum_coef") is not None:
         _check(0 <= opt.momentum_coef < 1, "optimizer.momentum_coef", opt.momentum_coef,
                "a number in [0, 1), or null for Nesterov's n / (n + 3)")
->>>>>>> issue7-eki
     _check(cfg.init.sigma > 0, "init.sigma", cfg.init.sigma, "a number > 0")
     cs = cfg.ensemble.chunk_size
     _check(cs is None or cs >= 1, "ensemble.chunk_size", cs, "an integer >= 1, or null for automatic")
@@ -379,7 +376,8 @@ def validate(cfg: DictConfig) -> None:
     ts = cfg.dataset.test_size
     _check(ts is None or ts >= 1, "dataset.test_size", ts, "an integer >= 1, or null for the whole test set")
     n = cfg.dataset.test_only_train_size
-    _check(1 <= n < 10000, "dataset.test_only_train_size", n, "an integer in [1, 9999]")
+    _check(n >= 1, "dataset.test_only_train_size", n,
+           "an integer >= 1 (and below the number of images; the loader checks that)")
     _check(cfg.checkpoint_every >= 1, "checkpoint_every", cfg.checkpoint_every, "an integer >= 1")
     for scale in ("paper", "smoke"):
         s = cfg.figure[scale].seeds

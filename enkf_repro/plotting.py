@@ -45,6 +45,8 @@ def _groups() -> set[str]:
 
 
 def _same(a, b: str) -> bool:
+    if a is None:
+        return b in ("null", "None", "none", "")
     a = _name(a)
     if isinstance(a, bool):
         return str(a).lower() == b.lower()
