@@ -8,7 +8,15 @@ import torch
 from enkf_repro.enkf import cholesky_jittered, enkf_update, kalman_factors, redraw_members
 from enkf_repro.errors import DivergenceError
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """Reference computations in float64, for this module's tests only."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def naive_sequential(U, G, Y, gamma):
