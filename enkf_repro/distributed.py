@@ -4,6 +4,10 @@ Launch (one process per GPU, or per CPU socket; the same across nodes with ``--n
 
     torchrun --nproc_per_node=N -m enkf_repro run figure=8 distributed=true
 
+or let a submitit job's tasks be the ranks (SLURM: ``hydra/launcher=slurm
+hydra.launcher.tasks_per_node=N``; one machine: ``hydra/launcher=submitit_local``).
+Under torchrun every rank runs the figure's runs in the same order, each run over all ranks.
+
 Partition. The J members are split into N contiguous row blocks in rank order (``partition``:
 sizes differ by at most one, the first J mod N ranks hold one more). Rank k holds its block U_k
 (J_k x P) and evaluates it on its own device; every rank reads the same mini-batches.
@@ -363,12 +367,15 @@ class DistributedEnKF(EnKF):
 
 
 # -- process group ------------------------------------------------------------------------------
-def _export_slurm_env() -> None:
-    """In a multi-task SLURM job started by submitit (hydra/launcher=slurm with tasks_per_node or
-    nodes > 1) and not under torchrun: set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT
-    from the job (submitit's helper)."""
-    if "WORLD_SIZE" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1 \
-            or "SUBMITIT_EXECUTOR" not in os.environ:
+def _in_submitit_job() -> bool:
+    return "SUBMITIT_EXECUTOR" in os.environ
+
+
+def _export_submitit_env() -> None:
+    """In a job started by submitit (``hydra/launcher=slurm`` or ``submitit_local``, with
+    ``tasks_per_node`` or ``nodes`` > 1 giving the ranks) and not under torchrun: set RANK,
+    WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT from the job (submitit's helper)."""
+    if "WORLD_SIZE" in os.environ or not _in_submitit_job():
         return
     from submitit.helpers import TorchDistributedEnvironment
 
@@ -376,11 +383,14 @@ def _export_slurm_env() -> None:
 
 
 def launcher_world_size() -> int | None:
-    """WORLD_SIZE set by the launcher (torchrun, or a multi-task SLURM job), None without one."""
+    """Number of processes of the launch (torchrun's WORLD_SIZE, or the tasks of a submitit job);
+    None when the process was not started by such a launcher."""
     if "WORLD_SIZE" in os.environ:
         return int(os.environ["WORLD_SIZE"])
-    if "SUBMITIT_EXECUTOR" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        return int(os.environ["SLURM_NTASKS"])
+    if _in_submitit_job():
+        import submitit
+
+        return int(submitit.JobEnvironment().num_tasks)
     return None
 
 
@@ -392,11 +402,11 @@ def setup(cfg) -> Comm:
         return _COMM
     from .ensemble import resolve_device
 
-    _export_slurm_env()
+    _export_submitit_env()
     if launcher_world_size() is None:
-        raise ConfigError("distributed", True, "a launch that sets RANK and WORLD_SIZE, e.g. "
-                          "`torchrun --nproc_per_node=N -m enkf_repro run ... distributed=true`, "
-                          "or distributed=false")
+        raise ConfigError("distributed", True, "a launch that sets RANK and WORLD_SIZE: `torchrun "
+                          "--nproc_per_node=N -m enkf_repro run ... distributed=true`, a submitit job with "
+                          "tasks_per_node=N (hydra/launcher=slurm), or distributed=false")
     device = resolve_device(cfg.device)
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))

@@ -186,7 +186,7 @@ def _free_port() -> int:
 
 def _torchrun_cmd(nproc: int, args: list[str], env: dict) -> tuple[list[str], dict]:
     """``torchrun --nproc_per_node=N -m enkf_repro run <args>`` (one thread per rank: 2 cores here)."""
-    full = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **env)
+    full = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env}
     full.pop("HYDRA_FULL_ERROR", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
            f"--master_port={_free_port()}", "-m", "enkf_repro", "run", *args]
@@ -249,4 +249,20 @@ def test_checkpoint_of_two_ranks_resumes_in_one_process(cli, synthetic_root, tmp
     assert not (csv.parent / "done.json").exists() and (csv.parent / "checkpoint.pt").exists()
     rerun = cli("run", *args, f"out_dir={out}", env=env)
     assert rerun.returncode == 0, rerun.stderr
+    _compare(csv, _csv(ref))
+
+
+@pytest.mark.slow
+def test_a_submitit_job_with_two_tasks_is_one_distributed_run(cli, synthetic_root, tmp_path):
+    """hydra/launcher=submitit_local with tasks_per_node=2: the job's two tasks become two ranks (the
+    path a SLURM job with tasks_per_node=N takes)."""
+    env = {"ENKF_REPRO_DATA": str(synthetic_root), "OMP_NUM_THREADS": "1"}
+    ref = tmp_path / "one"
+    assert cli("run", *RUN, f"out_dir={ref}", env=env).returncode == 0
+    out = tmp_path / "two"
+    proc = cli("run", "-m", *RUN, "distributed=true", "hydra/launcher=submitit_local",
+               "hydra.launcher.tasks_per_node=2", f"out_dir={out}", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    csv = _csv(out)
+    assert '"ranks": 2' in (csv.parent / "done.json").read_text()
     _compare(csv, _csv(ref))
