@@ -147,8 +147,9 @@ def _first_values(overrides: list[str]) -> list[str]:
 
 def check_hydra_overrides(hydra_overrides: list[str], first: list[str], cfg) -> None:
     """Launcher choice and ``hydra.*`` keys, composed with the first combination: an unknown
-    launcher, one whose plugin is not installed, or a key the launcher lacks
-    (``hydra.launcher.n_jobs`` with the basic launcher) fails here, in one line, before any job."""
+    launcher, one whose plugin is not installed, a key the launcher lacks (``hydra.launcher.n_jobs``
+    with the basic launcher), or ``distributed=true`` without a launch that starts the ranks fails
+    here, in one line, before any job."""
     from hydra import compose
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -157,8 +158,6 @@ def check_hydra_overrides(hydra_overrides: list[str], first: list[str], cfg) -> 
     from .errors import ConfigError
     from .runner import hydra_context
 
-    if not hydra_overrides:
-        return
     try:
         hydra_first = _first_values(hydra_overrides)
     except Exception as e:
@@ -167,12 +166,21 @@ def check_hydra_overrides(hydra_overrides: list[str], first: list[str], cfg) -> 
         raise _one_line(e) from None
     launcher = next((o.split("=", 1)[1] for o in hydra_first if o.split("=", 1)[0].lstrip("+") == "hydra/launcher"),
                     "basic")
+    if cfg.get("distributed", False):
+        from .distributed import launcher_world_size
+
+        if launcher == "joblib":
+            raise ConfigError("hydra/launcher", launcher, "basic (under torchrun every rank runs the jobs in the "
+                              "same order) or slurm / submitit_local with tasks_per_node=N, with distributed=true")
+        if launcher == "basic" and launcher_world_size() is None:
+            raise ConfigError("distributed", True, "a launch that starts the ranks: `torchrun --nproc_per_node=N "
+                              "-m enkf_repro run ... distributed=true`, or hydra/launcher=slurm with "
+                              "hydra.launcher.tasks_per_node=N; or distributed=false")
+    if not hydra_overrides:
+        return
     if launcher in PLUGIN_LAUNCHERS and not _importable(PLUGIN_LAUNCHERS[launcher]):
         raise ConfigError("hydra/launcher", launcher, "an installed launcher: pip install 'enkf-repro[cluster]' "
                           "(hydra-joblib-launcher, hydra-submitit-launcher)")
-    if launcher == "joblib" and cfg.get("distributed", False):
-        raise ConfigError("hydra/launcher", launcher, "basic (under torchrun every rank runs the jobs in the "
-                          "same order) or slurm / submitit_local with tasks_per_node=N, with distributed=true")
     try:
         with hydra_context():
             options = GlobalHydra.instance().config_loader().get_group_options("hydra/launcher")
