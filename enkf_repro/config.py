@@ -221,7 +221,8 @@ class Config:
     checkpoint_every: int = 500  # iterations (or optimizer steps) between checkpoints
     progress: bool = True
     only: Optional[str] = None  # run only the series matching this pattern ("relu", "*J100", "relu|tanh")
-    # One ensemble over the processes of a torchrun launch (distributed.py); same numbers as one process.
+    # One ensemble over the ranks of a torchrun launch or a multi-task submitit job (distributed.py);
+    # the same numbers as one process, so not part of the run identity.
     distributed: bool = False
 
 
