@@ -15,6 +15,8 @@ import re
 import sys
 from typing import Callable
 
+from hydra.errors import CompactHydraException
+
 USAGE = """usage: enkf-repro <command> [key=value ...]
 
 commands:
@@ -124,13 +126,99 @@ def _compose_checked(overrides: list[str]):
         raise err from None
 
 
-def prevalidate(overrides: list[str]) -> None:
-    """Compose each swept value (others at their first value) and plan the first combination."""
+# Launchers that come from plugins (the `cluster` extra); configs/hydra/launcher/slurm.yaml extends
+# submitit_slurm.
+PLUGIN_LAUNCHERS = {"joblib": "hydra_plugins.hydra_joblib_launcher",
+                    "submitit_local": "hydra_plugins.hydra_submitit_launcher",
+                    "submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
+                    "slurm": "hydra_plugins.hydra_submitit_launcher"}
+
+
+def _first_values(overrides: list[str]) -> list[str]:
+    """Each override at its first swept value."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from .runner import plan
+    out = []
+    for ov, text in zip(OverridesParser.create().parse_overrides(overrides), overrides):
+        out.append(f"{text.split('=', 1)[0]}={next(iter(ov.sweep_string_iterator()))}"
+                   if ov.is_sweep_override() else text)
+    return out
+
+
+def check_hydra_overrides(hydra_overrides: list[str], first: list[str], cfg) -> None:
+    """Launcher choice and ``hydra.*`` keys, composed with the first combination: an unknown
+    launcher, one whose plugin is not installed, a key the launcher lacks (``hydra.launcher.n_jobs``
+    with the basic launcher), or ``distributed=true`` without a launch that starts the ranks fails
+    here, in one line, before any job."""
+    from hydra import compose
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .errors import ConfigError
+    from .runner import hydra_context
+
+    try:
+        hydra_first = _first_values(hydra_overrides)
+    except Exception as e:
+        if _full_error():
+            raise
+        raise _one_line(e) from None
+    launcher = next((o.split("=", 1)[1] for o in hydra_first if o.split("=", 1)[0].lstrip("+") == "hydra/launcher"),
+                    "basic")
+    if cfg.get("distributed", False):
+        from .distributed import launcher_world_size
+
+        if launcher == "joblib":
+            raise ConfigError("hydra/launcher", launcher, "basic (under torchrun every rank runs the jobs in the "
+                              "same order) or slurm / submitit_local with tasks_per_node=N, with distributed=true")
+        if launcher == "basic" and launcher_world_size() is None:
+            raise ConfigError("distributed", True, "a launch that starts the ranks: `torchrun --nproc_per_node=N "
+                              "-m enkf_repro run ... distributed=true`, or hydra/launcher=slurm with "
+                              "hydra.launcher.tasks_per_node=N; or distributed=false")
+    if not hydra_overrides:
+        return
+    if launcher in PLUGIN_LAUNCHERS and not _importable(PLUGIN_LAUNCHERS[launcher]):
+        raise ConfigError("hydra/launcher", launcher, "an installed launcher: pip install 'enkf-repro[cluster]' "
+                          "(hydra-joblib-launcher, hydra-submitit-launcher)")
+    try:
+        with hydra_context():
+            options = GlobalHydra.instance().config_loader().get_group_options("hydra/launcher")
+            if launcher not in options:
+                raise ConfigError("hydra/launcher", launcher, "one of " + ", ".join(sorted(options)))
+            compose(config_name="config", overrides=first + hydra_first, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException, ValueError, KeyError) as e:
+        if _full_error():
+            raise
+        raise _one_line(e) from None
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _one_line(e: BaseException):
+    from .errors import ConfigError
+
+    err = ConfigError("", "", "")
+    err.args = (hydra_error_line(e),)
+    return err
+
+
+def prevalidate(overrides: list[str]) -> None:
+    """Compose each swept value (others at their first value), check its data, check the launcher
+    overrides, and plan the first combination."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from .runner import check_data, plan
 
     plain = [o for o in overrides if not o.startswith("hydra")]
+    hydra_overrides = [o for o in overrides if o.startswith("hydra")]
     try:
         parsed = OverridesParser.create().parse_overrides(plain)
     except Exception as e:
@@ -153,11 +241,17 @@ def prevalidate(overrides: list[str]) -> None:
     for i, c in enumerate(choices):
         combos += [first[:i] + [v] + first[i + 1:] for v in c[1:]]
     for combo in combos[:64]:
-        _compose_checked(combo)
-    from .runner import check_data
-
-    for spec in plan(_compose_checked(first), first):
+        check_data(_compose_checked(combo))   # a sweep job must not find its data missing
+    cfg = _compose_checked(first)
+    check_hydra_overrides(hydra_overrides, first, cfg)
+    for spec in plan(cfg, first):
         check_data(spec.cfg)
+
+
+class SweepJobFailed(CompactHydraException):
+    """A sweep job's one-line error, raised so that the launcher records this job as failed and runs
+    the others; Hydra then ends the sweep with exit status 1, printing the failed job's overrides
+    and this line (a compact Hydra error: no traceback)."""
 
 
 def _hydra_task(cfg) -> None:
@@ -166,7 +260,8 @@ def _hydra_task(cfg) -> None:
     from .errors import EnkfReproError
     from .runner import run_figure
 
-    overrides = list(HydraConfig.get().overrides.task)
+    hc = HydraConfig.get()
+    overrides = list(hc.overrides.task)
     try:
         out = run_figure(cfg, overrides)
         print(f"enkf-repro: results in {out}", file=sys.stderr)
@@ -174,6 +269,9 @@ def _hydra_task(cfg) -> None:
         if _full_error():
             raise
         print(f"enkf-repro: {e}", file=sys.stderr)
+        if str(getattr(hc.mode, "name", hc.mode)) == "MULTIRUN":
+            # a sweep job: fail this job only instead of exiting the launcher's process
+            raise SweepJobFailed(f"enkf-repro: {e}") from None
         sys.exit(e.exit_code)
 
 

@@ -295,6 +295,9 @@ class Config:
     checkpoint_every: int = 500  # iterations (or optimizer steps) between checkpoints
     progress: bool = True
     only: Optional[str] = None  # run only the series matching this pattern ("relu", "*J100", "relu|tanh")
+    # One ensemble over the ranks of a torchrun launch or a multi-task submitit job (distributed.py);
+    # the same numbers as one process, so not part of the run identity.
+    distributed: bool = False
 
 
 # Optimizer schemas by group option name; yaml files in configs/optimizer extend them.
@@ -382,6 +385,10 @@ def validate(cfg: DictConfig) -> None:
     for scale in ("paper", "smoke"):
         s = cfg.figure[scale].seeds
         _check(s >= 1, f"figure.{scale}.seeds", s, "an integer >= 1")
+    if cfg.get("distributed", False):
+        from .distributed import validate_distributed
+
+        validate_distributed(cfg)
 
 
 def to_plain(cfg: DictConfig) -> dict:

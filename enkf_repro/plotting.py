@@ -33,7 +33,7 @@ STYLE = Path(__file__).parent / "style" / "enkf_repro.mplstyle"
 COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 # Overrides that do not describe a run's configuration (never used to filter runs).
 NOT_FILTERS = {"figure", "scale", "out_dir", "device", "progress", "restart", "checkpoint_every", "only",
-               "ensemble.chunk_size", "ensemble.compile", "dataset.root", "dataset.download"}
+               "ensemble.chunk_size", "ensemble.compile", "dataset.root", "dataset.download", "distributed"}
 
 
 def use_style() -> None:

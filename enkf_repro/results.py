@@ -32,7 +32,8 @@ COLUMNS = [
 CONFIG_COLUMNS = COLUMNS[COLUMNS.index("run_id"):]
 
 # Keys that do not change the numbers a run produces: excluded from the run's identity.
-NON_SEMANTIC = {"device", "out_dir", "restart", "checkpoint_every", "progress", "only", "figure", "scale"}
+NON_SEMANTIC = {"device", "out_dir", "restart", "checkpoint_every", "progress", "only", "figure", "scale",
+                "distributed"}
 NON_SEMANTIC_NESTED = {"dataset": {"root", "download"}, "ensemble": {"chunk_size", "compile"}}
 
 RUN_FILES = ("config.yaml", "metrics.csv", "done.json", "checkpoint.pt")

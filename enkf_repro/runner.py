@@ -190,6 +190,10 @@ def trainer_for(cfg: DictConfig):
 
 def run_one(spec: RunSpec, restart: bool = False) -> dict[str, Any]:
     """Train one run into its folder; returns its status record."""
+    if spec.cfg.get("distributed", False):  # one ensemble over several processes: rank 0 writes
+        from .distributed import run_one as run_one_distributed
+
+        return run_one_distributed(spec, restart)
     done = spec.dir / "done.json"
     if done.exists() and not restart:
         return {"status": "skipped", "dir": str(spec.dir)}

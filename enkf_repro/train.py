@@ -206,7 +206,12 @@ def train_ensemble(run, rd: RunDir) -> dict[str, Any]:
     generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
     forward = EnsembleForward.from_config(model, cfg.ensemble, device)
     name = cfg.optimizer.name
-    method = METHODS[name](cfg, model, forward, generator, device)
+    make_method = METHODS[name]
+    if cfg.get("distributed", False):  # this rank's rows of one ensemble over several processes
+        from .distributed import distributed_method
+
+        make_method = distributed_method(name)
+    method = make_method(cfg, model, forward, generator, device)
     batches = Batches(data, cfg.train, int(cfg.seed))
     r = int(cfg.optimizer.get("repetitions", 1))
     st = LoopState(r=r, budget=batches.total * r)
