@@ -50,7 +50,10 @@ def plot(df: pd.DataFrame, cfg):
     for ax in (left, right):
         ax.set_xlabel("EnKF iteration")
         ax.set_ylabel("test error (%)")
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "no runs for this panel", transform=ax.transAxes, ha="center", color="0.4")
     fig.suptitle("Figure 8: EnKF on the paper CNN, one epoch", fontsize=11)
     caption(fig, cfg, df, "ensemble-mean network; first point = initial ensemble")
     return fig
