@@ -75,6 +75,12 @@ class NonfinitePolicy(str, Enum):
     fail = "fail"      # stop the run with a DivergenceError
 
 
+class StatsPer(str, Enum):
+    auto = "auto"            # per iteration for runs of at most one epoch, per epoch for longer runs
+    iteration = "iteration"
+    epoch = "epoch"
+
+
 class ScaleName(str, Enum):
     paper = "paper"
     smoke = "smoke"
@@ -175,6 +181,19 @@ class AdamConfig:
 
 
 @dataclass
+class InstrumentConfig:
+    """Backprop runs (backprop.py): per-layer activation and weight-gradient statistics and
+    gradient histograms in the run's CSV. Ensemble methods ignore it."""
+
+    enabled: bool = True
+    # Period of the mean/std rows: every iteration, or pooled over each epoch (50-epoch runs).
+    stats_per: StatsPer = StatsPer.auto
+    # Iterations between gradient histograms (plus the first and last iteration); null: 200
+    # with per-iteration statistics, one epoch with per-epoch statistics.
+    hist_every: Optional[int] = None
+
+
+@dataclass
 class ScaleConfig:
     name: ScaleName = ScaleName.paper
 
@@ -195,6 +214,9 @@ class FigureSettings:
     activations: List[Activation] = field(default_factory=list)
     sigmas: List[float] = field(default_factory=list)
     optimizers: List[str] = field(default_factory=list)
+    # Run-level overrides for single series, keyed by series label (nested like ``overrides``,
+    # applied after it), e.g. ``{enkf: {train: {max_batches: 12}}}``.
+    series_overrides: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -212,6 +234,7 @@ class Config:
     optimizer: Any = MISSING
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    instrument: InstrumentConfig = field(default_factory=InstrumentConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
     figure: FigureConfig = field(default_factory=FigureConfig)
     seed: int = 0
@@ -286,6 +309,8 @@ def validate(cfg: DictConfig) -> None:
     _check(ts is None or ts >= 1, "dataset.test_size", ts, "an integer >= 1, or null for the whole test set")
     n = cfg.dataset.test_only_train_size
     _check(1 <= n < 10000, "dataset.test_only_train_size", n, "an integer in [1, 9999]")
+    he = cfg.instrument.hist_every
+    _check(he is None or he >= 1, "instrument.hist_every", he, "an integer >= 1, or null for automatic")
     _check(cfg.checkpoint_every >= 1, "checkpoint_every", cfg.checkpoint_every, "an integer >= 1")
     for scale in ("paper", "smoke"):
         s = cfg.figure[scale].seeds
