@@ -50,8 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
     ap.add_argument("--sigma", type=float, default=1.0)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (1 gives steadier numbers on a shared machine)")
     ap.add_argument("extra", nargs="*", help="further overrides, e.g. dataset.test_only=true")
     args = ap.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     half = max(1, args.steps // 2)
     base = [f"optimizer={args.optimizer}", f"dataset={args.dataset}", f"init.sigma={args.sigma}",
             f"device={args.device}", "dataset.test_size=256", "train.eval_every=1000000",
@@ -68,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     steps = 2 * half
     wall0 = statistics.median(w for w, _, _ in results["off"]) / steps
     cpu0 = statistics.median(c for _, c, _ in results["off"]) / steps
+    import torch
+
     print(f"{args.optimizer}, sigma={args.sigma}, {args.dataset}, {steps} steps per run, "
-          f"median of {args.repeats} interleaved repeats")
+          f"median of {args.repeats} interleaved repeats, {torch.get_num_threads()} torch threads")
     print(f"{'mode':<14} {'wall ms/step':>12} {'overhead':>9} {'CPU ms/step':>12} {'overhead':>9} {'CSV rows':>9}")
     for mode, res in results.items():
         wall = statistics.median(w for w, _, _ in res) / steps

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
-from PIL import Image
 
 from enkf_repro.backprop import (Instrument, grad_hist_edges, histogram_counts, make_optimizer, moments,
                                  pool_moments, train_backprop)
@@ -216,26 +215,25 @@ def test_interrupted_run_resumes_bit_identically(synthetic_root, tmp_path, mode)
     assert (a.metric == "act_mean").sum() == (3 * 8 if mode == "iteration" else 3 * 2)
 
 
-def test_figure3_end_to_end_via_cli(cli, synthetic_root, tmp_path):
-    env = {"ENKF_REPRO_DATA": str(synthetic_root)}
-    args = ["figure=3", "scale=smoke", f"out_dir={tmp_path}", "progress=false", "figure.smoke.seeds=1",
-            "figure.smoke.overrides.train.max_batches=6", "figure.smoke.overrides.instrument.hist_every=4",
-            "figure.smoke.overrides.dataset.test_size=64"]
-    proc = cli("run", *args, env=env)
-    assert proc.returncode == 0, proc.stderr
-    (csv,) = (tmp_path / "smoke" / "fig3").glob("*/metrics.csv")
-    df = pd.read_csv(csv)
-    assert list(df.columns) == COLUMNS and set(df.optimizer) == {"sgd"} and set(df.init_sigma) == {1.0}
+def test_figure3_end_to_end(synthetic_root, tmp_path):
+    from enkf_repro.experiments import get_figure
+
+    df, cfg = _run_and_plot(["figure=fig3", "figure.smoke.overrides.train.max_batches=6",
+                             "figure.smoke.overrides.instrument.hist_every=4",
+                             "figure.smoke.overrides.dataset.test_size=64"], synthetic_root, tmp_path)
+    assert list(df.columns[:len(COLUMNS)]) == COLUMNS
+    assert set(df.optimizer) == {"sgd"} and set(df.init_sigma) == {1.0} and df.run_dir.nunique() == 1
     act = df[df.metric == "act_mean"]
     assert sorted(act.iteration.unique()) == list(range(1, 7)) and set(act.layer) == {1, 2, 3}
     assert act[act.layer == 3]["value"].round(6).eq(0.1).all()  # softmax rows average 1/10
+    assert df[df.metric == "act_std"]["value"].between(0, 0.5).all()  # logistic units in (0, 1)
     hist = df[df.metric == "grad_hist"]
     assert sorted(hist.iteration.unique()) == [1, 4, 6]  # first, every 4, last
     assert (hist.groupby(["iteration", "layer"])["value"].sum().unstack().values == [250, 5000, 12800]).all()
-    proc = cli("plot", *args, env=env)
-    assert proc.returncode == 0, proc.stderr
-    with Image.open(tmp_path / "smoke" / "fig3" / "fig3.png") as im:
-        assert im.size[0] > 800 and im.size[1] > 400
+    for pn in get_figure("3").paper_numbers[:6]:
+        v = pn.measure(df, cfg)
+        assert v is not None and 0 <= v <= 1, pn.quantity
+    assert (tmp_path / "smoke" / "fig3" / "fig3.pdf").stat().st_size > 1000
 
 
 def _run_and_plot(args, root, out):
@@ -273,8 +271,7 @@ def test_figure1_end_to_end(synthetic_root, tmp_path):
         assert v is not None and 0 <= v <= 100, pn.quantity
 
 
-@pytest.mark.slow
-def test_figure4_and_5_end_to_end(synthetic_root, tmp_path):
+def test_figure4_end_to_end(synthetic_root, tmp_path):
     from enkf_repro.experiments import get_figure
 
     df, cfg = _run_and_plot(["figure=fig4", "figure.smoke.overrides.train.epochs=3",
@@ -285,20 +282,37 @@ def test_figure4_and_5_end_to_end(synthetic_root, tmp_path):
     assert sorted(stats.epoch.unique()) == [1.0, 2.0, 3.0] and len(stats) == 3 * 3  # per epoch
     pct = df[df.metric == "act_mean_pct"]
     assert len(pct) == 3 * 3 * 7
-    # per layer and epoch the percentiles are ordered
-    for _, g in pct.groupby(["epoch", "layer"]):
+    for _, g in pct.groupby(["epoch", "layer"]):  # percentiles are ordered
         assert g.sort_values("bin")["value"].is_monotonic_increasing
-    assert sorted(df[df.metric == "grad_hist"].iteration.unique()) == [1, 2, 4, 6]
+    assert sorted(df[df.metric == "grad_hist"].iteration.unique()) == [1, 2, 4, 6]  # first + each epoch end
+    assert sorted(df[df.metric == "test_error"].epoch.unique()) == [0.0, 1.0, 2.0, 3.0]
     assert get_figure("4").paper_numbers[0].measure(df, cfg) is not None
 
-    df5, cfg5 = _run_and_plot(["figure=fig5", "figure.smoke.overrides.train.epochs=2",
-                               "figure.smoke.overrides.train.max_batches=2",
-                               "figure.smoke.overrides.train.eval_every=2",
-                               "figure.smoke.overrides.dataset.test_size=64"], synthetic_root, tmp_path)
-    runs = df5.groupby(["optimizer", "init_sigma"])["run_dir"].nunique()
+
+def test_figure5_end_to_end(synthetic_root, tmp_path):
+    from enkf_repro.experiments import get_figure
+
+    df, cfg = _run_and_plot(["figure=fig5", "figure.smoke.overrides.train.epochs=2",
+                             "figure.smoke.overrides.train.max_batches=2",
+                             "figure.smoke.overrides.train.eval_every=2",
+                             "figure.smoke.overrides.dataset.test_size=64"], synthetic_root, tmp_path)
+    runs = df.groupby(["optimizer", "init_sigma"])["run_dir"].nunique()
     assert runs.to_dict() == {("adam", 1.0): 1, ("adam", 3.0): 1, ("sgd", 1.0): 1, ("sgd", 3.0): 1}
-    err = df5[df5.metric == "test_error"]
+    err = df[df.metric == "test_error"]
     assert sorted(err.epoch.unique()) == [0.0, 1.0, 2.0]
-    assert not df5.metric.eq("act_mean").any()
-    acc = get_figure("5").paper_numbers[0].measure(df5, cfg5)
+    assert not df.metric.eq("act_mean").any()  # instrumentation off for Figure 5
+    acc = get_figure("5").paper_numbers[0].measure(df, cfg)
     assert acc is not None and 0 <= acc <= 100
+
+
+def test_override_that_one_series_cannot_take_is_a_one_line_error():
+    from enkf_repro.errors import EnkfReproError
+
+    ov = ["figure=fig1", "optimizer.lr=0.05"]
+    with pytest.raises(EnkfReproError, match="series 'enkf' of figure 1: Could not override 'optimizer.lr'"):
+        plan(compose_run(ov), ov)
+    ov = ["figure=fig1", "only=sgd|adam", "optimizer.lr=0.05"]  # the backprop series alone take it
+    assert {(s.label, s.cfg.optimizer.lr) for s in plan(compose_run(ov), ov)} == {("sgd", 0.05), ("adam", 0.05)}
+    ov = ["figure=fig1", "++figure.paper.series_overrides.sgd.optimizer.lr=0.05"]  # or one series only
+    lrs = {s.label: s.cfg.optimizer.get("lr") for s in plan(compose_run(ov), ov)}
+    assert lrs == {"sgd": 0.05, "adam": 1e-3, "enkf": None}

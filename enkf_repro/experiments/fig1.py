@@ -13,6 +13,7 @@ about 7 % at iteration 1000 and 4.3-4.5 % at 7500, SGD about 82 % mean error (wi
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from ..plotting import COLORS, band, caption, metric
@@ -66,10 +67,14 @@ def plot(df: pd.DataFrame, cfg):
     longest = err.groupby("optimizer")["samples"].max()
     if len(longest) > 1 and longest.max() > 4 * longest.min():
         # families of very different lengths (smoke scale): linear up to one batch, log beyond
-        ax.set_xscale("symlog", linthresh=float(err["batch_size"].max()))
+        ax.set_xscale("symlog", linthresh=float(err["batch_size"].max()), linscale=0.5)
+        top = float(err["samples"].max())
+        ax.set_xlim(0, top * 1.3)
+        ax.set_xticks([0.0] + [10.0 ** k for k in range(2, int(np.floor(np.log10(top * 1.3))) + 1)])
         ax.set_xlabel("training samples seen (log scale above one batch)")
     else:
         ax.set_xlabel("training samples seen")
+        ax.set_xlim(left=0)
     ax.set_ylabel("test error (%)")
     ax.set_ylim(0, 100)
     sigma = ", ".join(f"{s:g}" for s in sorted(pd.to_numeric(err["init_sigma"]).unique()))
@@ -98,7 +103,8 @@ register(Figure(
     id="1", config="fig1",
     title="SGD, Adam and EnKF at sigma = 1: test error over one epoch",
     description="SGD / Adam / EnKF (J=5000), sigma=1, 1 epoch, test error mean +/- std of 10 seeds",
-    variants=variants, plot=plot, varies=("optimizer",),
+    # series_overrides give the families different batch counts and evaluation cadences
+    variants=variants, plot=plot, varies=("optimizer", "train.max_batches", "train.eval_every"),
     paper_numbers=(
         PaperNumber("SGD test error (%) after the epoch, mean over seeds (paper: SGD does not learn; "
                     "about 82 % read off the authors' committed figure)", 82.0, _final("sgd")),

@@ -31,7 +31,7 @@ from .base import Figure, PaperNumber, Variant, register
 from .common import at_fraction, curve, runs_where, series_overrides, value_at
 
 ACT_TITLES = {1: "layer 1: conv1 + activation (before pooling)", 2: "layer 2: conv2 + activation",
-              3: "layer 3: softmax output"}
+              3: "layer 3: softmax output (mean 1/10 by construction)"}
 GRAD_TITLES = {1: "conv1 weights (layer 1)", 2: "conv2 weights (layer 2)", 3: "fc weights (layer 3)"}
 LABELS = {"sgd": "SGD", "adam": "Adam"}
 # Figure 3's reported end-of-epoch layer statistics (mean, std), SGD at sigma = 1.
@@ -121,8 +121,8 @@ def histogram_panel(ax, df: pd.DataFrame, layer: int, y: str = "iteration"):
     d = d.assign(bin=pd.to_numeric(d["bin"]))
     counts = d.pivot_table(index=y, columns="bin", values="value", aggfunc="sum").sort_index()
     counts = counts.reindex(sorted(counts.columns), axis=1).fillna(0)
-    frac = counts.div(counts.sum(1), axis=0).to_numpy()
-    total = float(counts.sum(1).max())
+    frac = counts.div(counts.sum(axis=1), axis=0).to_numpy()
+    total = float(counts.sum(axis=1).max())
     img = ax.imshow(np.ma.masked_equal(frac, 0), aspect="auto", origin="lower", interpolation="nearest",
                     cmap="viridis", norm=LogNorm(vmin=max(1e-5, 0.5 / max(total, 1)), vmax=1))
     edges = list(counts.columns)  # lower edges; -inf first
@@ -136,8 +136,10 @@ def histogram_panel(ax, df: pd.DataFrame, layer: int, y: str = "iteration"):
             labels.append("0")
     ax.set_xticks(ticks, labels, fontsize=7, rotation=60)
     rows = list(counts.index)
+    first_it = d.groupby(y)["iteration"].min()
     step = max(1, len(rows) // 6)
-    ax.set_yticks(range(0, len(rows), step), [f"{r:g}" for r in rows[::step]], fontsize=7)
+    labels = [f"{r:g}" if y == "iteration" or float(r).is_integer() else f"it {first_it[r]}" for r in rows]
+    ax.set_yticks(range(0, len(rows), step), labels[::step], fontsize=7)
     ax.set_ylabel(y)
     ax.set_xlabel("weight gradient (bins: 4 per decade)")
     ax.set_title(GRAD_TITLES.get(layer, f"layer {layer}"), fontsize=9)
@@ -187,6 +189,10 @@ def distribution_panel(ax, df: pd.DataFrame, layer: int, color: str) -> None:
             ax.fill_between(x, p[lo], p[hi], color=color, alpha=alpha, linewidth=0, label=f"{lo}-{hi} %")
     if 50 in p:
         ax.plot(x, p[50], color=color, label="median")
+    lo, hi = float(np.nanmin(p.to_numpy())), float(np.nanmax(p.to_numpy()))
+    if hi - lo < 1e-4:  # constant up to rounding (the softmax layer: mean 1/10 by construction)
+        ax.set_ylim((lo + hi) / 2 - 0.05, (lo + hi) / 2 + 0.05)
+    ax.ticklabel_format(axis="y", useOffset=False)
     ax.set_title(ACT_TITLES.get(layer, f"layer {layer}"), fontsize=9)
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean activation per iteration")
