@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from .data import load_data
 from .ensemble import resolve_device
+from .errors import ConfigError
 from .models import _name, build_model
 from .rundir import RunDir, progress_bar
 from .train import Batches
@@ -148,8 +149,9 @@ class Instrument:
         self.act_modules = [acts[k] for k in sorted(acts)]
         self.weights = [p for name, p in net.named_parameters() if name.endswith("weight")]
         if len(self.weights) != len(self.act_modules) + 1:
-            raise ValueError(f"instrumentation needs act1..actK modules and K+1 weights; "
-                             f"got {len(self.act_modules)} and {len(self.weights)}")
+            raise ConfigError("instrument.enabled", True,
+                              f"false for this model: instrumentation needs act1..actK modules and K+1 weight "
+                              f"layers, it has {len(self.act_modules)} and {len(self.weights)}")
         self.layers = len(self.weights)
         self.per_epoch_mode = stats_per_epoch(icfg, epochs)
         self.per_epoch = int(per_epoch)
