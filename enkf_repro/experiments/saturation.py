@@ -220,11 +220,11 @@ def plot_one_epoch(df: pd.DataFrame, cfg, number: str, paper: str = "fig3"):
         it = df["iteration"]
         if paper == "fig3":
             m, s = FIG3_PAPER[l]
-            ax.axhline(m, color="0.2", linestyle="--", linewidth=1, label=f"paper {m:g} \u00b1 {s:g}")
+            ax.axhline(m, color="0.2", linestyle="--", linewidth=1, label=f"paper (MNIST) {m:g} \u00b1 {s:g}")
             for v in (m - s, m + s):
                 ax.axhline(v, color="0.2", linestyle=":", linewidth=0.8)
         elif paper == "fig6" and l == 1:
-            ax.plot([it.min(), it.max()], [0.49, 0.53], "s", color="0.2", label="paper 0.49 \u2192 0.53")
+            ax.plot([it.min(), it.max()], [0.49, 0.53], "s", color="0.2", label="paper (MNIST) 0.49 \u2192 0.53")
         ax.legend(fontsize=7, loc="best")
     img = None
     for l in (1, 2, 3):
