@@ -85,6 +85,12 @@ class BudgetMode(str, Enum):
     literal = "literal"  # N = D_s / m * r with the new r, as printed in Algorithm 1
 
 
+class StatsPer(str, Enum):
+    auto = "auto"            # per iteration for runs of at most one epoch, per epoch for longer runs
+    iteration = "iteration"
+    epoch = "epoch"
+
+
 class ScaleName(str, Enum):
     paper = "paper"
     smoke = "smoke"
@@ -249,6 +255,19 @@ class IEnKSimpleConfig:
 
 
 @dataclass
+class InstrumentConfig:
+    """Backprop runs (backprop.py): per-layer activation and weight-gradient statistics and
+    gradient histograms in the run's CSV. Ensemble methods ignore it."""
+
+    enabled: bool = True
+    # Period of the mean/std rows: every iteration, or pooled over each epoch (50-epoch runs).
+    stats_per: StatsPer = StatsPer.auto
+    # Iterations between gradient histograms (plus the first and last iteration); null: 200
+    # with per-iteration statistics, one epoch with per-epoch statistics.
+    hist_every: Optional[int] = None
+
+
+@dataclass
 class ScaleConfig:
     name: ScaleName = ScaleName.paper
 
@@ -269,6 +288,9 @@ class FigureSettings:
     activations: List[Activation] = field(default_factory=list)
     sigmas: List[float] = field(default_factory=list)
     optimizers: List[str] = field(default_factory=list)
+    # Run-level overrides for single series, keyed by series label (nested like ``overrides``,
+    # applied after it), e.g. ``{enkf: {train: {max_batches: 12}}}``.
+    series_overrides: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -286,6 +308,7 @@ class Config:
     optimizer: Any = MISSING
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    instrument: InstrumentConfig = field(default_factory=InstrumentConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
     figure: FigureConfig = field(default_factory=FigureConfig)
     seed: int = 0
@@ -381,6 +404,8 @@ def validate(cfg: DictConfig) -> None:
     n = cfg.dataset.test_only_train_size
     _check(n >= 1, "dataset.test_only_train_size", n,
            "an integer >= 1 (and below the number of images; the loader checks that)")
+    he = cfg.instrument.hist_every
+    _check(he is None or he >= 1, "instrument.hist_every", he, "an integer >= 1, or null for automatic")
     _check(cfg.checkpoint_every >= 1, "checkpoint_every", cfg.checkpoint_every, "an integer >= 1")
     for scale in ("paper", "smoke"):
         s = cfg.figure[scale].seeds

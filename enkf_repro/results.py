@@ -39,9 +39,17 @@ NON_SEMANTIC_NESTED = {"dataset": {"root", "download"}, "ensemble": {"chunk_size
 RUN_FILES = ("config.yaml", "metrics.csv", "done.json", "checkpoint.pt")
 
 
+# Backprop-only settings (what a backprop run logs); not part of other runs' identity.
+BACKPROP_ONLY = {"instrument"}
+BACKPROP_OPTIMIZERS = {"sgd", "adam"}
+
+
 def semantic_config(cfg: DictConfig | Mapping) -> dict:
     plain = to_plain(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
     out = {k: v for k, v in plain.items() if k not in NON_SEMANTIC}
+    if (out.get("optimizer") or {}).get("name") not in BACKPROP_OPTIMIZERS:
+        for key in BACKPROP_ONLY:
+            out.pop(key, None)
     for key, drop in NON_SEMANTIC_NESTED.items():
         if isinstance(out.get(key), dict):
             out[key] = {k: v for k, v in out[key].items() if k not in drop}

@@ -22,7 +22,9 @@ from typing import Any, Iterable
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from .config import config_dir, register_configs, validate
 from .errors import ConfigError, DivergenceError, EnkfReproError
@@ -154,7 +156,14 @@ def plan(cfg: DictConfig, user_overrides: list[str]) -> list[RunSpec]:
     seen: set[str] = set()
     for v in variants:
         overrides = merge_overrides(scale_overrides + list(v.overrides), user_overrides)
-        base = compose_run(overrides)
+        try:
+            base = compose_run(overrides)
+        except (HydraException, OmegaConfBaseException) as e:
+            # e.g. optimizer.lr=... on a figure that also runs the EnKF (which has no lr)
+            raise EnkfReproError(
+                f"series {v.series!r} of figure {fig_id}: {str(e).strip().splitlines()[0]} (run the other "
+                f"series with only=..., or set it for one series with "
+                f"++figure.<scale>.series_overrides.<series>.<key>=<value>)") from None
         for i in range(int(settings.seeds)):
             seed = int(cfg.seed) + i
             run_cfg = base.copy()

@@ -34,3 +34,26 @@ def first_eval_iteration(df: pd.DataFrame, metric: str = "test_error") -> int | 
     c = curve(df, metric)
     c = c[c["iteration"] > 0]
     return int(c["iteration"].min()) if not c.empty else None
+
+
+def series_overrides(settings, series: str) -> tuple[str, ...]:
+    """The run-level overrides that ``settings.series_overrides`` holds for one series, as Hydra
+    override strings (appended to the variant's own overrides, so they win over the scale's)."""
+    from ..runner import flatten_overrides  # the runner imports the figure registry
+
+    node = (settings.get("series_overrides") or {}).get(series)
+    return tuple(flatten_overrides(node)) if node else ()
+
+
+def at_fraction(df: pd.DataFrame, metric: str, fraction: float) -> float | None:
+    """Mean over runs of ``metric`` at each run's evaluation nearest to ``fraction`` of that run's
+    length (in its ``epoch`` column): compares runs of different lengths at the same point of
+    their protocol (e.g. iteration 1000 of 7504 = 0.133 of an epoch)."""
+    c = curve(df, metric)
+    if c.empty:
+        return None
+    vals = []
+    for _, run in c.groupby("run_dir"):
+        target = fraction * run["epoch"].max()
+        vals.append(float(run.loc[(run["epoch"] - target).abs().idxmin(), "value"]))
+    return sum(vals) / len(vals)

@@ -1,0 +1,318 @@
+"""Backprop baselines and their instrumentation (backprop.py), Figures 1 and 3-7.
+
+Numbers in the instrumentation tests are worked out by hand in the comments."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from enkf_repro.backprop import (Instrument, grad_hist_edges, histogram_counts, make_optimizer, moments,
+                                 pool_moments, train_backprop)
+from enkf_repro.errors import ConfigError, Interrupted
+from enkf_repro.models import PaperCNN
+from enkf_repro.plotting import plot_figure
+from enkf_repro.results import COLUMNS, config_columns
+from enkf_repro.rundir import RunDir
+from enkf_repro.runner import RunSpec, compose_run, plan, run_figure, run_one
+
+
+# -- pure functions --------------------------------------------------------------------------
+def test_moments_and_pooling_by_hand():
+    m = moments(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert m.tolist() == pytest.approx([2.5, math.sqrt(1.25)])  # population std
+    # groups {1, 3} (mean 2, std 1) and {5, 7} (mean 6, std 1): union {1, 3, 5, 7}, mean 4, std sqrt(5)
+    pooled = pool_moments(torch.tensor([[2.0, 1.0], [6.0, 1.0]]))
+    assert pooled.tolist() == pytest.approx([4.0, math.sqrt(5.0)])
+
+
+def test_histogram_edges_and_counts_by_hand():
+    e = grad_hist_edges()
+    assert e.numel() == 90 and torch.all(e[1:] > e[:-1])
+    assert torch.equal(e[:45], -e[45:].flip(0))
+    assert e[45].item() == pytest.approx(1e-10) and e[-1].item() == pytest.approx(10.0)
+    assert e[46].item() == pytest.approx(10 ** -9.75)  # 4 bins per decade
+    vals = torch.tensor([0.0, 1e-12, -1e-12, 1e-10, 2e-10, -3e-3, 0.5, 20.0, -20.0])
+    c = histogram_counts(vals, e)
+    assert c.shape == (91,) and int(c.sum()) == vals.numel()
+    lower = [-math.inf] + e.tolist()
+
+    def count_in(lo):  # count of the bin whose lower edge is lo
+        k = min(range(91), key=lambda i: abs(lower[i] - lo) if math.isfinite(lower[i]) else math.inf)
+        return int(c[k])
+
+    assert int(c[0]) == 1 and int(c[-1]) == 1           # -20 below -10, 20 at or above 10
+    assert count_in(-1e-10) == 3                         # 0 and +/-1e-12: the zero bin [-1e-10, 1e-10)
+    assert count_in(1e-10) == 1                          # the lower edge belongs to its bin
+    assert count_in(10 ** -9.75) == 1                    # 2e-10 in [1.78e-10, 3.16e-10)
+    assert count_in(-(10 ** -2.5)) == 1                  # -3e-3 in [-3.16e-3, -1.78e-3)
+    assert count_in(10 ** -0.5) == 1                     # 0.5 in [0.316, 0.562)
+
+
+# -- the recorder on a network with hand-set weights -----------------------------------------
+def hand_net() -> PaperCNN:
+    """conv1: channels 0-4 all taps 0, channels 5-9 all taps ln(3)/25; conv2 and fc zero.
+    On an all-ones image conv1 gives 0 or ln 3, the logistic 1/2 or 3/4 (layer 1: mean 0.625,
+    std 0.125); conv2 gives 0 -> 1/2 everywhere (mean 0.5, std 0); the logits are 0 -> softmax
+    0.1 everywhere (mean 0.1, std 0). With fc = 0 no gradient reaches conv1 / conv2 (all 0);
+    fc's gradient is (softmax - onehot)^T h / B = 0.5 (0.1 - frac_k) in row k."""
+    net = PaperCNN("logistic")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.conv1.weight[5:] = math.log(3.0) / 25
+    return net
+
+
+def one_step(inst: Instrument, net, x, y, step):
+    net.zero_grad()
+    with inst.capture():
+        logits = net(x)
+    torch.nn.functional.cross_entropy(logits, y).backward()
+    inst.record(step, logits)
+    return inst.rows(step)
+
+
+def test_instrument_per_iteration_rows_by_hand():
+    net = hand_net()
+    icfg = OmegaConf.create({"stats_per": "iteration", "hist_every": 200})
+    inst = Instrument(net, icfg, per_epoch=10, total=10, epochs=1.0)
+    x, y = torch.ones(4, 1, 28, 28), torch.tensor([0, 0, 1, 2])
+    rows = one_step(inst, net, x, y, 1)  # step 1: histogram due, stats flushed with it
+    stats = {(r["metric"], r["layer"]): r["value"] for r in rows if r["metric"] != "grad_hist"}
+    # fc gradient rows: k=0: 0.5 (0.1 - 0.5) = -0.2; k=1,2: -0.075; k=3..9: 0.05 -> mean 0,
+    # std^2 = (0.04 + 2 * 0.005625 + 7 * 0.0025) / 10 = 0.006875
+    expect = {("act_mean", 1): 0.625, ("act_std", 1): 0.125, ("act_mean", 2): 0.5, ("act_std", 2): 0.0,
+              ("act_mean", 3): 0.1, ("act_std", 3): 0.0, ("grad_mean", 1): 0.0, ("grad_std", 1): 0.0,
+              ("grad_mean", 2): 0.0, ("grad_std", 2): 0.0, ("grad_mean", 3): 0.0,
+              ("grad_std", 3): math.sqrt(0.006875)}
+    assert stats.keys() == expect.keys()
+    for k, v in expect.items():
+        assert stats[k] == pytest.approx(v, abs=1e-6), k
+    assert all(r["iteration"] == 1 and r["epoch"] == pytest.approx(0.1) for r in rows)
+    hist = pd.DataFrame([r for r in rows if r["metric"] == "grad_hist"])
+    assert len(hist) == 3 * 91
+    assert hist.groupby("layer")["value"].sum().to_dict() == {1: 250, 2: 5000, 3: 12800}
+    nz = {(r.layer, round(r.bin, 12)): r.value for r in hist.itertuples() if r.value}
+    assert nz == {(1, -1e-10): 250, (2, -1e-10): 5000,              # zero gradients
+                  (3, round(-(10 ** -0.5), 12)): 1280,              # -0.2 in [-0.316, -0.178)
+                  (3, -0.1): 2560,                                  # -0.075 in [-0.1, -0.0562)
+                  (3, round(10 ** -1.5, 12)): 8960}                 # 0.05 in [0.0316, 0.0562)
+    # step 2: no histogram, stats held until the flush (every 100 iterations or at the end)
+    assert one_step(inst, net, x, y, 2) == [] and len(inst.pending) == 1
+    # forward passes outside capture() (evaluation) are not recorded
+    before = len(inst._acts)
+    net(x)
+    assert before == 2 and len(inst._acts) == 2
+
+
+def test_instrument_per_epoch_pools_and_percentiles_by_hand():
+    net = hand_net()
+    icfg = OmegaConf.create({"stats_per": "epoch", "hist_every": None})
+    inst = Instrument(net, icfg, per_epoch=2, total=4, epochs=2.0)
+    assert inst.hist_every == 2  # one epoch
+    y = torch.tensor([0, 0, 1, 2])
+    # iteration 1 on ones: layer 1 mean 0.625 std 0.125; iteration 2 on zeros: 0.5 everywhere.
+    # pooled: 3/4 of the values 0.5, 1/4 0.75 -> mean 0.5625, var 0.01171875
+    one_step(inst, net, torch.ones(4, 1, 28, 28), y, 1)
+    rows = one_step(inst, net, torch.zeros(4, 1, 28, 28), y, 2)
+    df = pd.DataFrame(rows)
+    stats = df[df.metric != "grad_hist"]
+    assert set(stats.iteration) == {2} and set(stats.epoch) == {1.0}
+    get = {(r.metric, r.bin if r.metric == "act_mean_pct" else None): r.value
+           for r in stats[stats.layer == 1].itertuples()}
+    assert get[("act_mean", None)] == pytest.approx(0.5625)
+    assert get[("act_std", None)] == pytest.approx(math.sqrt(0.01171875))
+    # percentiles of the per-iteration means {0.625, 0.5}, linear interpolation
+    assert get[("act_mean_pct", 0)] == pytest.approx(0.5)
+    assert get[("act_mean_pct", 50)] == pytest.approx(0.5625)
+    assert get[("act_mean_pct", 100)] == pytest.approx(0.625)
+    assert len(stats) == 3 * (4 + 7)
+    assert set(df[df.metric == "grad_hist"].iteration) == {2}  # end of epoch 1
+    assert inst.pending == []
+
+
+def test_make_optimizer_is_fresh_and_configurable():
+    net = PaperCNN()
+    cfg = compose_run(["optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.5"])
+    opt = make_optimizer(cfg.optimizer, net.parameters())
+    assert isinstance(opt, torch.optim.SGD) and opt.state_dict()["state"] == {}
+    assert opt.param_groups[0]["lr"] == 0.05 and opt.param_groups[0]["momentum"] == 0.5
+    adam = make_optimizer(compose_run(["optimizer=adam"]).optimizer, net.parameters())
+    assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["lr"] == 1e-3
+
+
+def test_bad_histogram_period_is_a_config_error():
+    with pytest.raises(ConfigError, match="instrument.hist_every"):
+        compose_run(["optimizer=sgd", "instrument.hist_every=0"])
+
+
+# -- runs on the synthetic dataset -----------------------------------------------------------
+def _tiny(root, out, *extra):
+    return ["optimizer=sgd", "init.sigma=1", f"dataset.root={root}", f"out_dir={out}", "progress=false",
+            "train.max_batches=4", "train.eval_every=2", "dataset.test_size=64", *extra]
+
+
+def _read(spec) -> pd.DataFrame:
+    return pd.read_csv(spec.dir / "metrics.csv").drop(columns=["elapsed_s"])
+
+
+def test_every_run_starts_from_fresh_model_and_optimizer(synthetic_root, tmp_path):
+    """Seed 1 run after seed 0 in the same process equals seed 1 run alone: nothing (optimizer
+    state, model, data order) carries over from one run to the next."""
+    for opt in ("adam", "sgd"):
+        ov = _tiny(synthetic_root, tmp_path / f"both-{opt}", f"optimizer={opt}", "figure=fig6",
+                   "scale=smoke", "figure.smoke.seeds=2")
+        specs = plan(compose_run(ov), ov)
+        assert [s.seed for s in specs] == [0, 1]
+        for s in specs:
+            assert run_one(s)["status"] == "finished"
+        ov1 = _tiny(synthetic_root, tmp_path / f"alone-{opt}", f"optimizer={opt}", "seed=1")
+        alone = plan(compose_run(ov1), ov1)[0]
+        assert run_one(alone)["status"] == "finished"
+        a, b = _read(specs[1]), _read(alone)
+        cols = ["iteration", "metric", "layer", "bin", "value"]
+        pd.testing.assert_frame_equal(a[cols], b[cols])
+        assert not _read(specs[0])[cols].equals(a[cols])  # a different seed is a different run
+
+
+@pytest.mark.parametrize("mode", ["iteration", "epoch"])
+def test_interrupted_run_resumes_bit_identically(synthetic_root, tmp_path, mode):
+    """Stop after 5 of 8 steps (checkpoint every 3: pending statistics in the checkpoint), resume,
+    and compare with an uninterrupted run."""
+    ov = _tiny(synthetic_root, tmp_path, "train.epochs=2", f"instrument.stats_per={mode}",
+               "instrument.hist_every=3", "checkpoint_every=3", "optimizer=adam")
+    cfg = compose_run(ov)
+
+    def spec(folder):
+        c = cfg.copy()
+        c.out_dir = str(tmp_path / folder)
+        return RunSpec("none", None, "t", 0, c, ())
+
+    whole = spec("whole")
+    assert run_one(whole)["status"] == "finished"
+    cut = spec("cut")
+    rd = RunDir(cut.dir, cut.cfg, config_columns(cut.cfg, "none", "t"), checkpoint_every=3)
+    calls = {"n": 0}
+    original = rd.stop_if_requested
+
+    def stop_after_five(state_fn):
+        calls["n"] += 1
+        rd.stop_requested = calls["n"] == 5
+        original(state_fn)
+
+    rd.stop_if_requested = stop_after_five
+    with pytest.raises(Interrupted):
+        train_backprop(cut, rd)
+    rd.close()
+    assert run_one(cut)["status"] == "finished"
+    a, b = _read(whole), _read(cut)
+    pd.testing.assert_frame_equal(a, b)
+    assert (a.metric == "act_mean").sum() == (3 * 8 if mode == "iteration" else 3 * 2)
+
+
+def test_figure3_end_to_end(synthetic_root, tmp_path):
+    from enkf_repro.experiments import get_figure
+
+    df, cfg = _run_and_plot(["figure=fig3", "figure.smoke.overrides.train.max_batches=6",
+                             "figure.smoke.overrides.instrument.hist_every=4",
+                             "figure.smoke.overrides.dataset.test_size=64"], synthetic_root, tmp_path)
+    assert list(df.columns[:len(COLUMNS)]) == COLUMNS
+    assert set(df.optimizer) == {"sgd"} and set(df.init_sigma) == {1.0} and df.run_dir.nunique() == 1
+    act = df[df.metric == "act_mean"]
+    assert sorted(act.iteration.unique()) == list(range(1, 7)) and set(act.layer) == {1, 2, 3}
+    assert act[act.layer == 3]["value"].round(6).eq(0.1).all()  # softmax rows average 1/10
+    assert df[df.metric == "act_std"]["value"].between(0, 0.5).all()  # logistic units in (0, 1)
+    hist = df[df.metric == "grad_hist"]
+    assert sorted(hist.iteration.unique()) == [1, 4, 6]  # first, every 4, last
+    assert (hist.groupby(["iteration", "layer"])["value"].sum().unstack().values == [250, 5000, 12800]).all()
+    for pn in get_figure("3").paper_numbers[:6]:
+        v = pn.measure(df, cfg)
+        assert v is not None and 0 <= v <= 1, pn.quantity
+    assert (tmp_path / "smoke" / "fig3" / "fig3.pdf").stat().st_size > 1000
+
+
+def _run_and_plot(args, root, out):
+    ov = list(args) + [f"dataset.root={root}", f"out_dir={out}", "progress=false", "scale=smoke"]
+    cfg = compose_run(ov)
+    fig_dir = run_figure(cfg, ov)
+    paths = plot_figure(cfg, [o for o in ov if not o.startswith("figure=")])
+    assert paths[0].suffix == ".png" and paths[0].stat().st_size > 10000
+    from enkf_repro.results import read_runs
+
+    return read_runs(fig_dir), cfg
+
+
+def test_figure1_end_to_end(synthetic_root, tmp_path):
+    from enkf_repro.experiments import get_figure
+    from enkf_repro.experiments.fig1 import samples_seen
+
+    df, cfg = _run_and_plot(
+        ["figure=fig1", "figure.smoke.seeds=2", "figure.smoke.ensemble_size=4",
+         "figure.smoke.overrides.dataset.test_size=64",
+         "figure.smoke.series_overrides.sgd.train.max_batches=4",
+         "figure.smoke.series_overrides.adam.train.max_batches=4",
+         "figure.smoke.series_overrides.enkf.train.max_batches=1"], synthetic_root, tmp_path)
+    assert df.groupby("optimizer")["seed"].nunique().to_dict() == {"adam": 2, "enkf": 2, "sgd": 2}
+    assert set(pd.to_numeric(df.init_sigma)) == {1.0}
+    assert not df.metric.isin(["act_mean", "grad_hist"]).any()  # instrumentation off for Figure 1
+    err = df[df.metric == "test_error"]
+    last = err.groupby("optimizer")["iteration"].max().to_dict()
+    assert last == {"adam": 4, "sgd": 4, "enkf": 8}  # 4 steps; 1 batch x r = 8
+    # samples seen: 4 steps x 64 = 256 for SGD/Adam, 8 iterations x 64 / 8 = 64 for the EnKF
+    s = err.assign(samples=samples_seen(err)).groupby("optimizer")["samples"].max().to_dict()
+    assert s == {"adam": 256, "sgd": 256, "enkf": 64}
+    for pn in get_figure("1").paper_numbers:
+        v = pn.measure(df, cfg)
+        assert v is not None and 0 <= v <= 100, pn.quantity
+
+
+def test_figure4_end_to_end(synthetic_root, tmp_path):
+    from enkf_repro.experiments import get_figure
+
+    df, cfg = _run_and_plot(["figure=fig4", "figure.smoke.overrides.train.epochs=3",
+                             "figure.smoke.overrides.train.max_batches=2",
+                             "figure.smoke.overrides.train.eval_every=2",
+                             "figure.smoke.overrides.dataset.test_size=64"], synthetic_root, tmp_path)
+    stats = df[df.metric == "grad_std"]
+    assert sorted(stats.epoch.unique()) == [1.0, 2.0, 3.0] and len(stats) == 3 * 3  # per epoch
+    pct = df[df.metric == "act_mean_pct"]
+    assert len(pct) == 3 * 3 * 7
+    for _, g in pct.groupby(["epoch", "layer"]):  # percentiles are ordered
+        assert g.sort_values("bin")["value"].is_monotonic_increasing
+    assert sorted(df[df.metric == "grad_hist"].iteration.unique()) == [1, 2, 4, 6]  # first + each epoch end
+    assert sorted(df[df.metric == "test_error"].epoch.unique()) == [0.0, 1.0, 2.0, 3.0]
+    assert get_figure("4").paper_numbers[0].measure(df, cfg) is not None
+
+
+def test_figure5_end_to_end(synthetic_root, tmp_path):
+    from enkf_repro.experiments import get_figure
+
+    df, cfg = _run_and_plot(["figure=fig5", "figure.smoke.overrides.train.epochs=2",
+                             "figure.smoke.overrides.train.max_batches=2",
+                             "figure.smoke.overrides.train.eval_every=2",
+                             "figure.smoke.overrides.dataset.test_size=64"], synthetic_root, tmp_path)
+    runs = df.groupby(["optimizer", "init_sigma"])["run_dir"].nunique()
+    assert runs.to_dict() == {("adam", 1.0): 1, ("adam", 3.0): 1, ("sgd", 1.0): 1, ("sgd", 3.0): 1}
+    err = df[df.metric == "test_error"]
+    assert sorted(err.epoch.unique()) == [0.0, 1.0, 2.0]
+    assert not df.metric.eq("act_mean").any()  # instrumentation off for Figure 5
+    acc = get_figure("5").paper_numbers[0].measure(df, cfg)
+    assert acc is not None and 0 <= acc <= 100
+
+
+def test_override_that_one_series_cannot_take_is_a_one_line_error():
+    from enkf_repro.errors import EnkfReproError
+
+    ov = ["figure=fig1", "optimizer.lr=0.05"]
+    with pytest.raises(EnkfReproError, match="series 'enkf' of figure 1: Could not override 'optimizer.lr'"):
+        plan(compose_run(ov), ov)
+    ov = ["figure=fig1", "only=sgd|adam", "optimizer.lr=0.05"]  # the backprop series alone take it
+    assert {(s.label, s.cfg.optimizer.lr) for s in plan(compose_run(ov), ov)} == {("sgd", 0.05), ("adam", 0.05)}
+    ov = ["figure=fig1", "++figure.paper.series_overrides.sgd.optimizer.lr=0.05"]  # or one series only
+    lrs = {s.label: s.cfg.optimizer.get("lr") for s in plan(compose_run(ov), ov)}
+    assert lrs == {"sgd": 0.05, "adam": 1e-3, "enkf": None}
