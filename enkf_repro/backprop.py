@@ -145,7 +145,7 @@ class Instrument:
 
     def __init__(self, net: torch.nn.Module, icfg, per_epoch: int, total: int, epochs: float):
         acts = {int(m.group(1)): mod for name, mod in net.named_modules()
-                if (m := re.fullmatch(r"act(\d+)", name))}
+                if (m := re.fullmatch(r"act(\d+)", name.rsplit(".", 1)[-1]))}
         self.act_modules = [acts[k] for k in sorted(acts)]
         self.weights = [p for name, p in net.named_parameters() if name.endswith("weight")]
         if len(self.weights) != len(self.act_modules) + 1:

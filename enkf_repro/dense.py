@@ -22,6 +22,8 @@ Python loop over members.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from typing import Sequence
 
 import torch
@@ -39,12 +41,14 @@ class DenseNet(nn.Module):
 
     def __init__(self, hidden: Sequence[int] = (), activation: str = "relu"):
         super().__init__()
-        layers: list[nn.Module] = [nn.Flatten()]
         widths = [INPUT, *[int(h) for h in hidden]]
-        for fin, fout in zip(widths[:-1], widths[1:]):
-            layers += [nn.Linear(fin, fout), ACTIVATION_MODULES[activation]()]
-        layers.append(nn.Linear(widths[-1], CLASSES))
-        self.net = nn.Sequential(*layers)
+        layers: dict[str, nn.Module] = {"flatten": nn.Flatten()}
+        for k, (fin, fout) in enumerate(zip(widths[:-1], widths[1:]), 1):
+            # named fcK / actK so that backprop instrumentation (act1..actK hooks) finds them
+            layers[f"fc{k}"] = nn.Linear(fin, fout)
+            layers[f"act{k}"] = ACTIVATION_MODULES[activation]()
+        layers[f"fc{len(widths)}"] = nn.Linear(widths[-1], CLASSES)
+        self.net = nn.Sequential(OrderedDict(layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

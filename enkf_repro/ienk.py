@@ -34,7 +34,7 @@ from .models import ModelSpec, _name
 
 def layer_blocks(model: ModelSpec) -> list[tuple[int, int, float]]:
     """(start, stop, std) of each layer's contiguous block of the flat parameter vector: the
-    parameters sharing a module prefix ("net.1.weight", "net.1.bias"), std from the weight."""
+    parameters sharing a module prefix ("net.fc1.weight", "net.fc1.bias"), std from the weight."""
     groups: "OrderedDict[str, list[tuple[int, int, tuple]]]" = OrderedDict()
     offset = 0
     for name, shape in model.shapes.items():

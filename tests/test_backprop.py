@@ -316,3 +316,21 @@ def test_override_that_one_series_cannot_take_is_a_one_line_error():
     ov = ["figure=fig1", "++figure.paper.series_overrides.sgd.optimizer.lr=0.05"]  # or one series only
     lrs = {s.label: s.cfg.optimizer.get("lr") for s in plan(compose_run(ov), ov)}
     assert lrs == {"sgd": 0.05, "adam": 1e-3, "enkf": None}
+
+
+@pytest.mark.parametrize("hidden", [(), (16,), (16, 8)])
+def test_instrument_finds_the_layers_of_dense_networks(hidden):
+    """The dense models (mlp, dnn1-4) name their layers fcK / actK inside a Sequential, so SGD /
+    Adam baselines on them record one activation and one gradient row per layer."""
+    from enkf_repro.dense import DenseNet
+
+    net = DenseNet(hidden, "relu")
+    icfg = OmegaConf.create({"stats_per": "iteration", "hist_every": 200})
+    inst = Instrument(net, icfg, per_epoch=10, total=10, epochs=1.0)
+    assert inst.layers == len(hidden) + 1
+    x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    rows = one_step(inst, net, x, y, 1)
+    layers = {r["layer"] for r in rows if r["metric"] == "act_mean"}
+    assert layers == set(range(1, len(hidden) + 2))
+    relu = [r["value"] for r in rows if r["metric"] == "act_mean" and r["layer"] <= len(hidden)]
+    assert all(v >= 0 for v in relu)
