@@ -325,7 +325,7 @@ def cmd_plot(args: list[str]) -> int:
 
 def cmd_list(args: list[str]) -> int:
     from .experiments import FIGURES, figure_ids
-    from .runner import estimate_flops, plan
+    from .runner import estimate_flops, estimate_seconds, plan
 
     _, overrides = split_flags(normalize_figure_args(args))
     rows = []
@@ -340,14 +340,17 @@ def cmd_list(args: list[str]) -> int:
             cfg = _compose_checked(ov)
             specs = plan(cfg, ov)
             flops = sum(estimate_flops(s.cfg) for s in specs)
-            costs.append(f"{len(specs)} runs, {_flops(flops)} (CPU {_dur(flops / 40e9)}, GPU {_dur(flops / 100e12)})")
+            cpu = sum(estimate_seconds(s.cfg, 40e9, "cpu") for s in specs)
+            gpu = sum(estimate_seconds(s.cfg, 100e12, "cuda") for s in specs)
+            costs.append(f"{len(specs)} runs, {_flops(flops)} (CPU {_dur(cpu)}, GPU {_dur(gpu)})")
         rows.append((fid, fig.description, *costs))
     print("figure | what it shows | smoke | paper")
     print("--- | --- | --- | ---")
     for r in rows:
         print(" | ".join(r))
     print("\ncost: FLOPs from the cost model in reference.md; times at 40 GFLOP/s (the 2-core CPU this was "
-          "developed on, measured by `enkf-repro bench`) and at an assumed 100 TFLOP/s on a GPU.")
+          "developed on, measured by `enkf-repro bench`) and at an assumed 100 TFLOP/s on a GPU, plus a fixed "
+          "cost per step (per sample for IEnK); rough.")
     return 0
 
 
@@ -359,6 +362,8 @@ def _flops(f: float) -> str:
 
 
 def _dur(s: float) -> str:
+    if s < 1:
+        return "<1 s"
     if s < 120:
         return f"~{s:.0f} s"
     if s < 7200:

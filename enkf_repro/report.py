@@ -73,7 +73,7 @@ def reproduce_main(args: list[str]) -> int:
     from .cli import _compose_checked, normalize_figure_args, split_flags
     from .experiments import FIGURES, figure_ids, get_figure
     from .plotting import plot_figure
-    from .runner import check_data, estimate_flops, plan, run_one
+    from .runner import check_data, estimate_flops, estimate_seconds, plan, run_one
 
     _, overrides = split_flags(normalize_figure_args(args))
     scale, figures, overrides = parse_args(overrides)
@@ -97,26 +97,27 @@ def reproduce_main(args: list[str]) -> int:
             check_data(cfg)
     all_specs = [s for fid in ids for s in plans[fid]]
     pending = [s for s in all_specs if not (s.dir / "done.json").exists()]
-    flops = {id(s): estimate_flops(s.cfg) for s in pending}
-    total = sum(flops.values())
+    flops = sum(estimate_flops(s.cfg) for s in pending)
     from .bench import gemm_rate
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rate = MEASURED_FRACTION * gemm_rate(device) if pending else 1.0
+    cost = {id(s): estimate_seconds(s.cfg, rate, device.type) for s in pending}   # ETA weights
+    total = sum(cost.values())
     _say(f"reproduce scale={scale}: {len(figs)} figures, {len(all_specs)} runs "
-         f"({len(all_specs) - len(pending)} already finished); to do {total / 1e12:.3g} TFLOP, "
-         f"estimated {_duration(total / rate)} on {device.type}")
+         f"({len(all_specs) - len(pending)} already finished); to do {flops / 1e12:.3g} TFLOP, "
+         f"estimated {_duration(total)} on {device.type}")
 
-    t0, done_flops, results = time.perf_counter(), 0.0, {}
+    t0, done_cost, results = time.perf_counter(), 0.0, {}
     for i, spec in enumerate(pending, 1):
         status = run_one(spec)
         results[spec.run_id] = status
-        done_flops += flops[id(spec)]
+        done_cost += cost[id(spec)]
         elapsed = time.perf_counter() - t0
-        eta = elapsed / done_flops * (total - done_flops) if done_flops else float("nan")
+        eta = elapsed / done_cost * (total - done_cost) if done_cost else float("nan")
         what = status["status"] + (f" in {status['seconds']:.1f} s" if "seconds" in status else "")
         _say(f"[{i}/{len(pending)}] fig {spec.figure} {spec.label} seed={spec.seed}: {what}; "
-             f"overall {100 * done_flops / max(total, 1):.0f} %, elapsed {_duration(elapsed)}, "
+             f"overall {100 * done_cost / max(total, 1e-9):.0f} %, elapsed {_duration(elapsed)}, "
              f"ETA {_duration(eta)}")
 
     plotted, measured = {}, {}

@@ -256,8 +256,27 @@ def run_figure(cfg: DictConfig, user_overrides: list[str]) -> Path:
 TRAIN_SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "notmnist": (8000, 2000)}
 
 
+# Seconds of fixed cost per step (kernel launches, Python), on top of the FLOPs: small models and
+# per-sample methods are bound by these, not by arithmetic. Rough values from smoke runs on 2 CPU
+# cores (thesis IEnK: ~7 ms per training sample; an EnKF or backprop step: ~2 ms).
+STEP_OVERHEAD_S = {"cpu": {"step": 2e-3, "sample": 7e-3}, "cuda": {"step": 3e-4, "sample": 2e-3}}
+
+
+def estimate_seconds(cfg: DictConfig, rate: float, device: str = "cpu") -> float:
+    """Rough wall time of one run: its FLOPs at ``rate`` FLOP/s plus a fixed cost per step."""
+    flops, steps, kind = estimate_cost(cfg)
+    return flops / rate + steps * STEP_OVERHEAD_S["cuda" if device == "cuda" else "cpu"][kind]
+
+
 def estimate_flops(cfg: DictConfig) -> float:
     """FLOPs of one run from reference.md's cost model (forward + update, plus evaluations)."""
+    return estimate_cost(cfg)[0]
+
+
+def estimate_cost(cfg: DictConfig) -> tuple[float, int, str]:
+    """(FLOPs, steps, step kind) of one run: FLOPs from reference.md's cost model (forward +
+    update, plus evaluations); steps are EnKF iterations, backprop steps, or training samples for
+    per-sample IEnK ("sample")."""
     from .models import build_model
 
     model = build_model(cfg.model)
@@ -280,6 +299,9 @@ def estimate_flops(cfg: DictConfig) -> float:
         iters = batches * r
         d = B * 10
         evals = iters // cfg.train.eval_every + 2
-        return iters * (J * B * f + 4.0 * J * d * P) + evals * n_test * f
+        flops = iters * (J * B * f + 4.0 * J * d * P) + evals * n_test * f
+        if _name(opt.name) == "ienk_simple" and _name(opt.get("mode", "batch")) == "sample":
+            return flops, batches * B, "sample"
+        return flops, iters, "step"
     evals = batches // max(1, cfg.train.eval_every) + 2
-    return batches * B * 3.0 * f + evals * n_test * f
+    return batches * B * 3.0 * f + evals * n_test * f, batches, "step"

@@ -1,0 +1,30 @@
+"""The cost model behind `enkf-repro list` and reproduce's estimate and ETA."""
+
+import pytest
+
+from enkf_repro.models import build_model
+from enkf_repro.runner import STEP_OVERHEAD_S, compose_run, estimate_cost, estimate_seconds
+
+
+def test_enkf_cost_is_reference_md_formula():
+    cfg = compose_run(["optimizer=enkf", "dataset=fashion_mnist", "optimizer.ensemble_size=100",
+                       "optimizer.repetitions=2", "train.max_batches=3", "train.eval_every=4",
+                       "dataset.test_size=500"])
+    model = build_model(cfg.model)
+    f, P, B = model.forward_flops(), model.num_params, cfg.train.batch_size
+    flops, steps, kind = estimate_cost(cfg)
+    iters = 3 * 2
+    evals = iters // 4 + 2
+    assert (steps, kind) == (iters, "step")
+    assert flops == pytest.approx(iters * (100 * B * f + 4.0 * 100 * B * 10 * P) + evals * 500 * f)
+    assert estimate_seconds(cfg, 1e10, "cpu") == pytest.approx(flops / 1e10 + iters * STEP_OVERHEAD_S["cpu"]["step"])
+
+
+def test_backprop_counts_steps_and_per_sample_ienk_counts_samples():
+    sgd = compose_run(["optimizer=sgd", "dataset=fashion_mnist", "train.max_batches=5"])
+    assert estimate_cost(sgd)[1:] == (5, "step")
+    ienk = compose_run(["optimizer=ienk_simple", "model=mlp", "dataset=fashion_mnist", "train.max_batches=5"])
+    flops, steps, kind = estimate_cost(ienk)
+    assert (steps, kind) == (5 * ienk.train.batch_size, "sample")
+    assert estimate_seconds(ienk, 40e9, "cpu") == pytest.approx(
+        flops / 40e9 + steps * STEP_OVERHEAD_S["cpu"]["sample"])
