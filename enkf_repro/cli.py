@@ -286,6 +286,12 @@ def cmd_run(args: list[str]) -> int:
 
     args = normalize_figure_args(args)
     flags, overrides = split_flags(args)
+    modes = [f for f in flags if f in ("-m", "--multirun", "-c", "--cfg", "-i", "--info", "--run", "-r")]
+    if len(modes) > 1:
+        from .errors import ConfigError
+
+        raise ConfigError("flags", " ".join(modes), "one of -m/--multirun, --cfg, --info, --run at a time "
+                          "(to see a sweep's launcher config, use --cfg hydra without -m)")
     if not (set(flags) & HYDRA_INFO_FLAGS):
         prevalidate(overrides)
     register_configs()

@@ -150,6 +150,7 @@ BAD_CONFIGS = [
     (["device=tpu"], ["device", "tpu", "cpu"]),
     (["optimizer.update_mode=joint"], ["optimizer.update_mode", "joint", "sequential", "batch"]),
     (["figure=8", "only=nosuchseries"], ["only='nosuchseries'", "relu-J5000"]),
+    (["-m", "figure=8", "--cfg", "hydra"], ["-m --cfg", "one of"]),
 ]
 
 
