@@ -33,7 +33,9 @@ def run(ranks: int, args, out: Path) -> float:
            f"train.max_batches={args.iterations + 1}", f"train.eval_every={args.iterations // 2}",
            "dataset.test_size=500", "distributed=true", f"device={args.device}", "progress=false",
            "checkpoint_every=100000", f"out_dir={out}"]
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"bench_distributed: {ranks} ranks failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
     csv = next(out.glob("*/runs/*/metrics.csv"))
     df = pd.read_csv(csv)
     ev = df[df.metric == "test_error"].sort_values("iteration")

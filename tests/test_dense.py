@@ -7,18 +7,9 @@ from enkf_repro.dense import DenseNet, DenseSpec
 from enkf_repro.ensemble import EnsembleForward
 from enkf_repro.models import build_model
 from enkf_repro.runner import compose_run
+from test_models import member_loop  # the per-member reference loop
 
 WIDTHS = {"mlp": [128], "dnn1": [], "dnn2": [128], "dnn3": [128, 128], "dnn4": [128, 128, 128]}
-
-
-def member_loop(spec, U, x):
-    net = spec.module().double()
-    outs = []
-    with torch.no_grad():
-        for theta in U:
-            torch.nn.utils.vector_to_parameters(theta, net.parameters())
-            outs.append(net(x))
-    return torch.stack(outs)
 
 
 @pytest.mark.parametrize("name", list(WIDTHS))
