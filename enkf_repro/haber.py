@@ -22,13 +22,12 @@ descent with rate alpha sigma^2 / gamma): the default gamma = 1 with sigma = 0.0
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from .enkf import cholesky_jittered
 from .errors import DivergenceError
 from .models import ModelSpec, _name
+from .single import SingleNetworkMethod
 
 
 def haber_step(theta: torch.Tensor, omega: torch.Tensor, F0: torch.Tensor, Fpert: torch.Tensor,
@@ -51,7 +50,7 @@ def haber_step(theta: torch.Tensor, omega: torch.Tensor, F0: torch.Tensor, Fpert
     return theta - alpha * (a.to(omega.dtype) @ omega)
 
 
-class Haber:
+class Haber(SingleNetworkMethod):
     """``optimizer=haber``: one network theta drawn from the init prior, updated by (1) with
     ``ensemble_size`` = K fresh perturbations per step (one batched forward of K + 1 networks)."""
 
@@ -75,15 +74,3 @@ class Haber:
             raise DivergenceError("haber: non-finite network outputs")
         self.theta = haber_step(self.theta, omega, F[0], F[1:], y, self.alpha, self.gamma)
         return {"train_misfit": 0.5 * float(((F[0] - y) ** 2).sum()) / x.shape[0]}
-
-    def eval_params(self) -> dict[str, torch.Tensor]:
-        return {"": self.theta}
-
-    def diagnostics(self) -> dict[str, float]:
-        return {"ensemble_size": self.K}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"theta": self.theta}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.theta = state["theta"].to(self.theta.device)

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Any
 
 import torch
 
 from .eki import glorot_std
 from .errors import DivergenceError
 from .models import ModelSpec, _name
+from .single import SingleNetworkMethod
 
 
 def layer_blocks(model: ModelSpec) -> list[tuple[int, int, float]]:
@@ -77,7 +77,7 @@ def ienk_update_(theta: torch.Tensor, noise: torch.Tensor, c: torch.Tensor, bloc
     return theta
 
 
-class IEnKSimple:
+class IEnKSimple(SingleNetworkMethod):
     """``optimizer=ienk_simple``: (1)-(2) per training sample (``mode=sample``, the thesis) or
     per mini-batch (``mode=batch``). ``ensemble_size`` is K, the perturbations per layer."""
 
@@ -110,15 +110,3 @@ class IEnKSimple:
         if not bool(torch.isfinite(self.theta).all()):     # checked once per mini-batch
             raise DivergenceError("ienk_simple: non-finite parameters (diverged)")
         return {"train_loss": float(loss) / x.shape[0]}
-
-    def eval_params(self) -> dict[str, torch.Tensor]:
-        return {"": self.theta}
-
-    def diagnostics(self) -> dict[str, float]:
-        return {"ensemble_size": self.K}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"theta": self.theta}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.theta = state["theta"].to(self.theta.device)
