@@ -262,13 +262,14 @@ def _hydra_task(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from .errors import EnkfReproError
-    from .runner import run_figure
+    from .runner import quiet_rank, run_figure
 
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
     try:
         out = run_figure(cfg, overrides)
-        print(f"enkf-repro: results in {out}", file=sys.stderr)
+        if not quiet_rank():
+            print(f"enkf-repro: results in {out}", file=sys.stderr)
     except EnkfReproError as e:
         if _full_error():
             raise

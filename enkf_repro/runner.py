@@ -13,6 +13,7 @@ import contextlib
 import fnmatch
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -221,8 +222,14 @@ def run_one(spec: RunSpec, restart: bool = False) -> dict[str, Any]:
         rd.close()
 
 
+def quiet_rank() -> bool:
+    """True on the ranks other than 0 of a torchrun launch: they do the work but do not report."""
+    return int(os.environ.get("RANK", "0")) != 0
+
+
 def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    if not quiet_rank():
+        print(msg, file=sys.stderr, flush=True)
 
 
 def run_figure(cfg: DictConfig, user_overrides: list[str]) -> Path:
