@@ -240,16 +240,13 @@ def prevalidate(overrides: list[str]) -> None:
     combos = [first]
     for i, c in enumerate(choices):
         combos += [first[:i] + [v] + first[i + 1:] for v in c[1:]]
-    checked = set()
+    specs = []
     for combo in combos[:64]:   # a sweep job must not find its data missing
         cfg = _compose_checked(combo)
         if combo is first:
             check_hydra_overrides(hydra_overrides, first, cfg)
-        for spec in plan(cfg, combo):   # the figure's per-scale overrides may change the dataset
-            key = repr(sorted(spec.cfg.dataset.items())) + str(spec.cfg.train.batch_size)
-            if key not in checked:
-                checked.add(key)
-                check_data(spec.cfg)
+        specs += plan(cfg, combo)   # the figure's per-scale overrides may change the dataset
+    check_data(specs)
 
 
 class SweepJobFailed(CompactHydraException):

@@ -27,13 +27,14 @@ from .errors import EnkfReproError  # noqa: E402
 if TYPE_CHECKING:  # figure modules import this module; the registry is imported lazily
     from .experiments.base import Figure
 from .models import _name  # noqa: E402
-from .results import config_hash, figure_dir, read_runs, semantic_config  # noqa: E402
+from .results import (NON_SEMANTIC, NON_SEMANTIC_NESTED, config_hash, figure_dir, read_runs,  # noqa: E402
+                      semantic_config)
 
 STYLE = Path(__file__).parent / "style" / "enkf_repro.mplstyle"
 COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 # Overrides that do not describe a run's configuration (never used to filter runs).
-NOT_FILTERS = {"figure", "scale", "out_dir", "device", "progress", "restart", "checkpoint_every", "only",
-               "ensemble.chunk_size", "ensemble.compile", "dataset.root", "dataset.download", "distributed"}
+# These are exactly the keys left out of a run's identity (results.py).
+NOT_FILTERS = NON_SEMANTIC | {f"{group}.{key}" for group, keys in NON_SEMANTIC_NESTED.items() for key in keys}
 
 
 def use_style() -> None:

@@ -92,9 +92,7 @@ def reproduce_main(args: list[str]) -> int:
         for spec in specs:
             spec.cfg.progress = False
         plans[fig.id] = specs
-    for specs in plans.values():
-        for cfg in {s.run_id: s.cfg for s in specs}.values():
-            check_data(cfg)
+    check_data(s for specs in plans.values() for s in specs)
     all_specs = [s for fid in ids for s in plans[fid]]
     pending = [s for s in all_specs if not (s.dir / "done.json").exists()]
     flops = sum(estimate_flops(s.cfg) for s in pending)

@@ -27,7 +27,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import config_dir, register_configs, validate
+from .config import config_dir, register_configs, to_plain, validate
 from .errors import ConfigError, DivergenceError, EnkfReproError
 from .experiments import Figure, get_figure
 from .models import _name
@@ -177,14 +177,22 @@ def plan(cfg: DictConfig, user_overrides: list[str]) -> list[RunSpec]:
     return specs
 
 
-def check_data(cfg: DictConfig) -> None:
-    """Fail before any work when the dataset's files are missing or the batch does not fit."""
+def check_data(specs: Iterable[RunSpec]) -> None:
+    """Fail before any work when a run's dataset files are missing or its batch does not fit
+    (each distinct dataset config and batch size checked once)."""
     from .data import dataset_sizes
 
-    sizes = dataset_sizes(cfg.dataset)
-    if sizes is not None and cfg.train.batch_size > sizes[0]:
-        raise ConfigError("train.batch_size", cfg.train.batch_size,
-                          f"at most the training set size {sizes[0]} of dataset {_name(cfg.dataset.name)}")
+    seen = set()
+    for spec in specs:
+        cfg = spec.cfg
+        key = (repr(to_plain(cfg.dataset)), int(cfg.train.batch_size))
+        if key in seen:
+            continue
+        seen.add(key)
+        sizes = dataset_sizes(cfg.dataset)
+        if sizes is not None and cfg.train.batch_size > sizes[0]:
+            raise ConfigError("train.batch_size", cfg.train.batch_size,
+                              f"at most the training set size {sizes[0]} of dataset {_name(cfg.dataset.name)}")
 
 
 def trainer_for(cfg: DictConfig):
@@ -235,8 +243,7 @@ def _say(msg: str) -> None:
 def run_figure(cfg: DictConfig, user_overrides: list[str]) -> Path:
     """Run (or resume, or skip) every run of the figure in ``cfg``; return the figure folder."""
     specs = plan(cfg, user_overrides)
-    for cfg_key in {spec.run_id: spec.cfg for spec in specs}.values():
-        check_data(cfg_key)
+    check_data(specs)
     restart = bool(cfg.restart)
     diverged = []
     for i, spec in enumerate(specs, 1):
