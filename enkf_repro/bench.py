@@ -51,6 +51,23 @@ def timed(fn, device: torch.device, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def timed_together(fns, device: torch.device, repeats: int, before=None, warmup: int = 1) -> list[float]:
+    """Median wall time in seconds of each of ``fns``, called in turn within every repeat (after
+    ``warmup`` rounds); ``before()`` runs untimed before each call."""
+    times: list[list[float]] = [[] for _ in fns]
+    for k in range(warmup + repeats):
+        for i, fn in enumerate(fns):
+            if before is not None:
+                before()
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            if k >= warmup:
+                times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
 def gemm_rate(device: torch.device, precision: str = "fp32") -> float:
     """Dense square GEMM FLOP/s in the forward's precision (the roofline reference)."""
     n = 2048 if device.type == "cpu" else 8192
@@ -136,16 +153,17 @@ def bench_device(device: torch.device, sizes, repeats: int, naive_budget: float,
     mem = PeakMemory(device)
     rows, naive_member_s = [], None
     for J in sizes:
+        U0 = torch.randn(J, P, device=device) * 0.1   # the starting ensemble, kept aside
         mem.reset()
-        U = torch.randn(J, P, device=device) * 0.1
+        U = U0.clone()
         G = forward(U, x)
-        t_fwd = timed(lambda: forward(U, x), device, repeats)
-        t_upd = timed(lambda: enkf_update_(U, G, Y, 0.01, "sequential"), device, repeats)
 
-        def iteration():
-            enkf_update_(U, forward(U, x), Y, 0.01, "sequential")
-
-        t_tot = timed(iteration, device, repeats)
+        # forward, update and full iteration interleaved in every repeat, so a change in the
+        # machine's load hits all three alike (medians are then comparable: forward <= total)
+        t_fwd, t_upd, t_tot = timed_together(
+            [lambda: forward(U, x), lambda: enkf_update_(U, G, Y, 0.01, "sequential"),
+             lambda: enkf_update_(U, forward(U, x), Y, 0.01, "sequential")],
+            device, repeats, before=lambda: U.copy_(U0))
         peak = mem.peak_bytes()
         flops_fwd = J * batch * spec.forward_flops()
         flops_upd = 4.0 * J * d * P
@@ -155,19 +173,19 @@ def bench_device(device: torch.device, sizes, repeats: int, naive_budget: float,
                "ensemble_mb": U.numel() * 4 / 2 ** 20}
         if naive_member_s is None:  # estimate the naive cost per member from a few members
             t0 = time.perf_counter()
-            naive_forward(spec, U[:8], x)
+            naive_forward(spec, U0[:8], x)
             _sync(device)
             naive_member_s = (time.perf_counter() - t0) / 8
         if naive_member_s * J * 2 <= naive_budget:
             n_rep = 3 if naive_member_s * J * 6 <= naive_budget else 1
-            t_nf = timed(lambda: naive_forward(spec, U, x), device, n_rep, warmup=0)
-            V = U.clone()
+            t_nf = timed(lambda: naive_forward(spec, U0, x), device, n_rep, warmup=0)
+            V = U0.clone()
             t_nu = timed(lambda: naive_update_(V, G, Y, 0.01), device, n_rep, warmup=0)
             row.update(naive_fwd_ms=t_nf * 1e3, naive_tot_ms=(t_nf + t_nu) * 1e3,
                        speedup_fwd=t_nf / t_fwd, speedup_tot=(t_nf + t_nu) / t_tot)
         rows.append(row)
         say(format_row(row))
-        del U, G
+        del U, U0, G
     return {"device": describe(device), "gemm_gflops": rate / 1e9, "precision": precision, "rows": rows}
 
 
