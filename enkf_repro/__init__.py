@@ -1,8 +1,31 @@
 """enkf-repro: reproduce "Ensemble Kalman Filter optimizing Deep Neural Networks" figure by figure.
 
-Library entry points: :func:`enkf_repro.enkf.enkf_update` (the update as a pure function),
-:class:`enkf_repro.ensemble.EnsembleForward` (batched, chunked member evaluation),
-:func:`enkf_repro.runner.run_figure` (what ``enkf-repro run`` calls).
+Library entry points (imported on first use, so ``import enkf_repro`` stays cheap):
+
+* :func:`compose` - a run or figure config from overrides (``["figure=8", "scale=smoke"]``);
+* :func:`run_figure` - run (or resume, or skip) every run of a composed config; what
+  ``enkf-repro run`` calls;
+* :func:`enkf_update` - the EnKF update as a pure function on tensors;
+* :func:`read_runs` - every run's rows under a folder as one tidy DataFrame.
 """
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "compose": ("enkf_repro.api", "compose"),
+    "run_figure": ("enkf_repro.runs.runner", "run_figure"),
+    "enkf_update": ("enkf_repro.optim.enkf", "enkf_update"),
+    "read_runs": ("enkf_repro.runs.results", "read_runs"),
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        module, attr = _EXPORTS[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'enkf_repro' has no attribute {name!r}")
+
+
+__all__ = list(_EXPORTS)

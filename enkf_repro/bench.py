@@ -5,17 +5,15 @@ ensemble size J one full iteration (batched, chunked forward of all members on a
 the sequential update), as the median of several repeats after a warm-up, with device
 synchronisation on GPU. The naive baseline is the published code's way: load each member's
 weights into one nn.Module, forward, repeat; then the update sample by sample with explicit
-covariance matrices. GFLOP/s count the cost model of reference.md (forward J*B*0.95 MFLOP,
-update 4*J*d*P), whatever the implementation does (when J < d our update forms a J x J matrix
-and does fewer operations).
+covariance matrices (``optim.enkf.enkf_update_reference``). GFLOP/s count the cost model of
+``runs/cost.py`` (forward J*B*0.95 MFLOP, update 4*J*d*P), whatever the implementation does
+(when J < d our update forms a J x J matrix and does fewer operations).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import statistics
 import sys
 import time
@@ -24,31 +22,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .enkf import enkf_update_
-from .ensemble import EnsembleForward, auto_chunk_size, precision_scope
-from .models import PaperCNNSpec
+from .models.ensemble import EnsembleForward
+from .models.paper_cnn import PaperCNNSpec
+from .optim.enkf import enkf_update_, enkf_update_reference
+from .runs.cost import describe, gemm_rate, sync, timed
 
 CPU_SIZES = (100, 500, 1000)
 GPU_SIZES = (1000, 5000, 10000, 20000)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device, repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def timed_together(fns, device: torch.device, repeats: int, before=None, warmup: int = 1) -> list[float]:
@@ -59,24 +39,13 @@ def timed_together(fns, device: torch.device, repeats: int, before=None, warmup:
         for i, fn in enumerate(fns):
             if before is not None:
                 before()
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             fn()
-            _sync(device)
+            sync(device)
             if k >= warmup:
                 times[i].append(time.perf_counter() - t0)
     return [statistics.median(t) for t in times]
-
-
-def gemm_rate(device: torch.device, precision: str = "fp32") -> float:
-    """Dense square GEMM FLOP/s in the forward's precision (the roofline reference)."""
-    n = 2048 if device.type == "cpu" else 8192
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    with precision_scope("tf32" if precision == "tf32" else "fp32", device):
-        t = timed(lambda: a @ b, device, repeats=5, warmup=2)
-    return 2.0 * n ** 3 / t
 
 
 def _status_kb(field: str) -> float:
@@ -126,81 +95,62 @@ def naive_forward(spec: PaperCNNSpec, U: torch.Tensor, x: torch.Tensor) -> torch
     return torch.stack(out)
 
 
-def naive_update_(U: torch.Tensor, G: torch.Tensor, Y: torch.Tensor, gamma: float) -> torch.Tensor:
-    """The published code's sequential update: per sample, explicit C_uG (P x C) and C_GG."""
-    J, B, C = G.shape
-    eye = torch.eye(C, device=U.device)
-    for s in range(B):
-        g = G[:, s]
-        gc = g - g.mean(0)
-        c_ug = (U - U.mean(0)).T @ gc / J
-        k = torch.linalg.inv(gc.T @ gc / J + gamma * eye)
-        U += (Y[s] - g) @ k.T @ c_ug.T
-    return U
+def bench_size(J: int, spec, forward, x, Y, device, repeats: int, naive_budget: float, rate: float, mem,
+               naive: dict) -> dict:
+    """One row of the table: the timings of one ensemble size J (``naive`` caches the naive
+    loop's cost per member across sizes)."""
+    batch, C = x.shape[0], Y.shape[1]
+    P, d = spec.num_params, batch * C
+    U0 = torch.randn(J, P, device=device) * 0.1   # the starting ensemble, kept aside
+    mem.reset()
+    U = U0.clone()
+    G = forward(U, x)
+
+    # forward, update and full iteration interleaved in every repeat, so a change in the
+    # machine's load hits all three alike (medians are then comparable: forward <= total)
+    t_fwd, t_upd, t_tot = timed_together(
+        [lambda: forward(U, x), lambda: enkf_update_(U, G, Y, 0.01, "sequential"),
+         lambda: enkf_update_(U, forward(U, x), Y, 0.01, "sequential")],
+        device, repeats, before=lambda: U.copy_(U0))
+    peak = mem.peak_bytes()
+    flops_fwd = J * batch * spec.forward_flops()
+    flops_upd = 4.0 * J * d * P
+    row = {"J": J, "chunk": forward.chunk_for(batch), "fwd_ms": t_fwd * 1e3, "upd_ms": t_upd * 1e3,
+           "tot_ms": t_tot * 1e3, "img_s": J * batch / t_fwd, "gflops": (flops_fwd + flops_upd) / t_tot / 1e9,
+           "roofline": (flops_fwd + flops_upd) / t_tot / rate, "peak_mb": peak / 2 ** 20,
+           "ensemble_mb": U.numel() * 4 / 2 ** 20}
+    if "member_s" not in naive:  # estimate the naive cost per member from a few members
+        t0 = time.perf_counter()
+        naive_forward(spec, U0[:8], x)
+        sync(device)
+        naive["member_s"] = (time.perf_counter() - t0) / 8
+    if naive["member_s"] * J * 2 <= naive_budget:
+        n_rep = 3 if naive["member_s"] * J * 6 <= naive_budget else 1
+        t_nf = timed(lambda: naive_forward(spec, U0, x), device, n_rep, warmup=0)
+        V = U0.clone()
+        t_nu = timed(lambda: enkf_update_reference(V, G, Y, 0.01), device, n_rep, warmup=0)
+        row.update(naive_fwd_ms=t_nf * 1e3, naive_tot_ms=(t_nf + t_nu) * 1e3,
+                   speedup_fwd=t_nf / t_fwd, speedup_tot=(t_nf + t_nu) / t_tot)
+    return row
 
 
 def bench_device(device: torch.device, sizes, repeats: int, naive_budget: float, precision: str,
                  chunk_size: int | None, batch: int, compile: bool, say) -> dict:
     torch.manual_seed(0)
     spec = PaperCNNSpec("logistic")
-    P, C = spec.num_params, 10
-    d = batch * C
+    C = 10
     rate = gemm_rate(device, precision)
     say(f"{device.type}: dense GEMM {rate / 1e9:.1f} GFLOP/s ({precision})")
     x = torch.rand(batch, 1, 28, 28, device=device)
     Y = F.one_hot(torch.randint(0, C, (batch,), device=device), C).float()
     forward = EnsembleForward(spec, chunk_size, precision, compile, device)
     mem = PeakMemory(device)
-    rows, naive_member_s = [], None
+    rows, naive = [], {}
     for J in sizes:
-        U0 = torch.randn(J, P, device=device) * 0.1   # the starting ensemble, kept aside
-        mem.reset()
-        U = U0.clone()
-        G = forward(U, x)
-
-        # forward, update and full iteration interleaved in every repeat, so a change in the
-        # machine's load hits all three alike (medians are then comparable: forward <= total)
-        t_fwd, t_upd, t_tot = timed_together(
-            [lambda: forward(U, x), lambda: enkf_update_(U, G, Y, 0.01, "sequential"),
-             lambda: enkf_update_(U, forward(U, x), Y, 0.01, "sequential")],
-            device, repeats, before=lambda: U.copy_(U0))
-        peak = mem.peak_bytes()
-        flops_fwd = J * batch * spec.forward_flops()
-        flops_upd = 4.0 * J * d * P
-        row = {"J": J, "chunk": forward.chunk_for(batch), "fwd_ms": t_fwd * 1e3, "upd_ms": t_upd * 1e3,
-               "tot_ms": t_tot * 1e3, "img_s": J * batch / t_fwd, "gflops": (flops_fwd + flops_upd) / t_tot / 1e9,
-               "roofline": (flops_fwd + flops_upd) / t_tot / rate, "peak_mb": peak / 2 ** 20,
-               "ensemble_mb": U.numel() * 4 / 2 ** 20}
-        if naive_member_s is None:  # estimate the naive cost per member from a few members
-            t0 = time.perf_counter()
-            naive_forward(spec, U0[:8], x)
-            _sync(device)
-            naive_member_s = (time.perf_counter() - t0) / 8
-        if naive_member_s * J * 2 <= naive_budget:
-            n_rep = 3 if naive_member_s * J * 6 <= naive_budget else 1
-            t_nf = timed(lambda: naive_forward(spec, U0, x), device, n_rep, warmup=0)
-            V = U0.clone()
-            t_nu = timed(lambda: naive_update_(V, G, Y, 0.01), device, n_rep, warmup=0)
-            row.update(naive_fwd_ms=t_nf * 1e3, naive_tot_ms=(t_nf + t_nu) * 1e3,
-                       speedup_fwd=t_nf / t_fwd, speedup_tot=(t_nf + t_nu) / t_tot)
+        row = bench_size(J, spec, forward, x, Y, device, repeats, naive_budget, rate, mem, naive)
         rows.append(row)
         say(format_row(row))
-        del U, U0, G
     return {"device": describe(device), "gemm_gflops": rate / 1e9, "precision": precision, "rows": rows}
-
-
-def describe(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
 
 
 HEADER = ("| J | chunk | forward ms | update ms | total ms | member-images/s | GFLOP/s (cost model) | "

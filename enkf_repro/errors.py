@@ -16,6 +16,13 @@ class ConfigError(EnkfReproError):
         self.key, self.value, self.allowed = key, value, allowed
         super().__init__(f"{key}={value!r} is not allowed: {allowed}")
 
+    @classmethod
+    def line(cls, message: str) -> "ConfigError":
+        """A ConfigError whose whole message is ``message`` (errors that are not about one value)."""
+        err = cls("", "", "")
+        err.args = (message,)
+        return err
+
 
 class DataError(EnkfReproError):
     """Dataset files are missing, truncated or malformed; the message names the file."""

@@ -22,8 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from enkf_repro.results import read_metrics  # noqa: E402
-from enkf_repro.runner import RunSpec, compose_run, run_one  # noqa: E402
+from enkf_repro.api import compose  # noqa: E402
+from enkf_repro.runs.results import read_metrics  # noqa: E402
+from enkf_repro.runs.runner import RunSpec, run_one  # noqa: E402
 
 MODES = {
     "off": ["instrument.enabled=false"],
@@ -33,7 +34,7 @@ MODES = {
 
 
 def time_run(overrides: list[str], out: Path) -> tuple[float, float, int]:
-    cfg = compose_run(overrides + [f"out_dir={out}"])
+    cfg = compose(overrides + [f"out_dir={out}"])
     spec = RunSpec("none", None, "bench", 0, cfg, tuple(overrides))
     w0, c0 = time.perf_counter(), time.process_time()
     status = run_one(spec, restart=True)

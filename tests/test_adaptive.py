@@ -7,13 +7,23 @@ import pandas as pd
 import pytest
 import torch
 
-from enkf_repro import train
-from enkf_repro.adaptive import (GROW, HOLD, SHRINK, AdaptiveSchedule, decide, grow_ensemble,
-                                 iteration_budget, resize_ensemble, shrink_ensemble)
+from conftest import compose_run
 from enkf_repro.errors import ConfigError
-from enkf_repro.rundir import RunDir
-from enkf_repro.runner import RunSpec, compose_run, run_one
-from enkf_repro.train import LoopState
+from enkf_repro.models.base import ModelSpec
+from enkf_repro.optim.adaptive import (
+    GROW,
+    HOLD,
+    SHRINK,
+    AdaptiveSchedule,
+    decide,
+    grow_ensemble,
+    iteration_budget,
+    resize_ensemble,
+    shrink_ensemble,
+)
+from enkf_repro.runs.loop import LoopState
+from enkf_repro.runs.rundir import RunDir
+from enkf_repro.runs.runner import RunSpec, run_one
 
 PAPER = dict(epsilon=10.0, kappa=1.0, v=1000, b_l=1000, b_u=10000)
 
@@ -240,7 +250,7 @@ def scripted_errors(monkeypatch):
     """Replace the test-error computation by a script: the k-th evaluation returns errors[k]."""
     def install(errors):
         calls = iter(errors)
-        monkeypatch.setattr(train, "test_error", lambda *a, **k: next(calls))
+        monkeypatch.setattr(ModelSpec, "evaluate", lambda *a, **k: (next(calls), 0.0))
 
     return install
 

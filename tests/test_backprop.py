@@ -11,14 +11,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from enkf_repro.backprop import (Instrument, grad_hist_edges, histogram_counts, make_optimizer, moments,
-                                 pool_moments, train_backprop)
+from conftest import compose_run
 from enkf_repro.errors import ConfigError, Interrupted
 from enkf_repro.models import PaperCNN
-from enkf_repro.plotting import plot_figure
-from enkf_repro.results import COLUMNS, config_columns
-from enkf_repro.rundir import RunDir
-from enkf_repro.runner import RunSpec, compose_run, plan, run_figure, run_one
+from enkf_repro.optim.backprop import make_optimizer
+from enkf_repro.optim.instrument import Instrument, grad_hist_edges, histogram_counts, moments, pool_moments
+from enkf_repro.report.render import plot_figure
+from enkf_repro.runs.loop import train_run
+from enkf_repro.runs.results import COLUMNS, config_columns
+from enkf_repro.runs.rundir import RunDir
+from enkf_repro.runs.runner import RunSpec, plan, run_figure, run_one
 
 
 # -- pure functions --------------------------------------------------------------------------
@@ -167,12 +169,12 @@ def test_every_run_starts_from_fresh_model_and_optimizer(synthetic_root, tmp_pat
     for opt in ("adam", "sgd"):
         ov = _tiny(synthetic_root, tmp_path / f"both-{opt}", f"optimizer={opt}", "figure=fig6",
                    "scale=smoke", "figure.smoke.seeds=2")
-        specs = plan(compose_run(ov), ov)
+        specs = plan(compose_run(ov))
         assert [s.seed for s in specs] == [0, 1]
         for s in specs:
             assert run_one(s)["status"] == "finished"
         ov1 = _tiny(synthetic_root, tmp_path / f"alone-{opt}", f"optimizer={opt}", "seed=1")
-        alone = plan(compose_run(ov1), ov1)[0]
+        alone = plan(compose_run(ov1))[0]
         assert run_one(alone)["status"] == "finished"
         a, b = _read(specs[1]), _read(alone)
         cols = ["iteration", "metric", "layer", "bin", "value"]
@@ -207,7 +209,7 @@ def test_interrupted_run_resumes_bit_identically(synthetic_root, tmp_path, mode)
 
     rd.stop_if_requested = stop_after_five
     with pytest.raises(Interrupted):
-        train_backprop(cut, rd)
+        train_run(cut.cfg, rd)
     rd.close()
     assert run_one(cut)["status"] == "finished"
     a, b = _read(whole), _read(cut)
@@ -239,10 +241,10 @@ def test_figure3_end_to_end(synthetic_root, tmp_path):
 def _run_and_plot(args, root, out):
     ov = list(args) + [f"dataset.root={root}", f"out_dir={out}", "progress=false", "scale=smoke"]
     cfg = compose_run(ov)
-    fig_dir = run_figure(cfg, ov)
+    fig_dir = run_figure(cfg)
     paths = plot_figure(cfg, [o for o in ov if not o.startswith("figure=")])
     assert paths[0].suffix == ".png" and paths[0].stat().st_size > 10000
-    from enkf_repro.results import read_runs
+    from enkf_repro.runs.results import read_runs
 
     return read_runs(fig_dir), cfg
 
@@ -309,12 +311,13 @@ def test_override_that_one_series_cannot_take_is_a_one_line_error():
     from enkf_repro.errors import EnkfReproError
 
     ov = ["figure=fig1", "optimizer.lr=0.05"]
-    with pytest.raises(EnkfReproError, match="series 'enkf' of figure 1: Could not override 'optimizer.lr'"):
-        plan(compose_run(ov), ov)
+    with pytest.raises(EnkfReproError, match="series 'enkf' of figure 1: optimizer.lr=0.05 is not allowed: "
+                       "optimizer has no key 'lr'"):
+        plan(compose_run(ov))
     ov = ["figure=fig1", "only=sgd|adam", "optimizer.lr=0.05"]  # the backprop series alone take it
-    assert {(s.label, s.cfg.optimizer.lr) for s in plan(compose_run(ov), ov)} == {("sgd", 0.05), ("adam", 0.05)}
+    assert {(s.label, s.cfg.optimizer.lr) for s in plan(compose_run(ov))} == {("sgd", 0.05), ("adam", 0.05)}
     ov = ["figure=fig1", "++figure.paper.series_overrides.sgd.optimizer.lr=0.05"]  # or one series only
-    lrs = {s.label: s.cfg.optimizer.get("lr") for s in plan(compose_run(ov), ov)}
+    lrs = {s.label: s.cfg.optimizer.get("lr") for s in plan(compose_run(ov))}
     assert lrs == {"sgd": 0.05, "adam": 1e-3, "enkf": None}
 
 
@@ -322,7 +325,7 @@ def test_override_that_one_series_cannot_take_is_a_one_line_error():
 def test_instrument_finds_the_layers_of_dense_networks(hidden):
     """The dense models (mlp, dnn1-4) name their layers fcK / actK inside a Sequential, so SGD /
     Adam baselines on them record one activation and one gradient row per layer."""
-    from enkf_repro.dense import DenseNet
+    from enkf_repro.models.dense import DenseNet
 
     net = DenseNet(hidden, "relu")
     icfg = OmegaConf.create({"stats_per": "iteration", "hist_every": 200})

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import TINY_FIG8
-from enkf_repro.results import COLUMNS
+from enkf_repro.runs.results import COLUMNS
 
 
 def test_help_lists_commands(cli):

@@ -2,8 +2,9 @@
 
 import pytest
 
+from conftest import compose_run
 from enkf_repro.models import build_model
-from enkf_repro.runner import STEP_OVERHEAD_S, compose_run, estimate_cost, estimate_seconds
+from enkf_repro.runs.cost import STEP_OVERHEAD_S, estimate_cost, estimate_seconds
 
 
 def test_enkf_cost_is_reference_md_formula():

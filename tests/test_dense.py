@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-
-from enkf_repro.dense import DenseNet, DenseSpec
-from enkf_repro.ensemble import EnsembleForward
-from enkf_repro.models import build_model
-from enkf_repro.runner import compose_run
 from test_models import member_loop  # the per-member reference loop
+
+from conftest import compose_run
+from enkf_repro.models import build_model
+from enkf_repro.models.dense import DenseNet, DenseSpec
+from enkf_repro.models.ensemble import EnsembleForward
 
 WIDTHS = {"mlp": [128], "dnn1": [], "dnn2": [128], "dnn3": [128, 128], "dnn4": [128, 128, 128]}
 

@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from enkf_repro.distributed import (LocalComm, apply_low_rank_rows_, partition, redraw_rows_, row_range,
-                                    validate_distributed)
-from enkf_repro.enkf import apply_low_rank_, redraw_members
 from enkf_repro.errors import ConfigError
+from enkf_repro.optim.distributed_enkf import LocalComm, apply_low_rank_rows_, partition, redraw_rows_, row_range
+from enkf_repro.optim.failure import redraw_members
+from enkf_repro.optim.linalg import apply_low_rank_
+from enkf_repro.runs.distributed import validate_distributed
 
 REPO = Path(__file__).resolve().parents[1]
 P_CNN = 18050          # paper_cnn parameters
@@ -80,10 +81,11 @@ CASES = {"small_J": (11, 16, "sequential", 1.0, {3: [2], 6: [8]}), "large_J": (4
 
 
 def _setup(J, B, mode, gamma):
-    from enkf_repro.ensemble import EnsembleForward
     from enkf_repro.models import build_model
+    from enkf_repro.models.ensemble import EnsembleForward
 
     cfg = OmegaConf.create({"optimizer": {"name": "enkf", "ensemble_size": J, "gamma": gamma, "update_mode": mode,
+                                          "repetitions": 5,
                                           "nonfinite": "redraw"}, "init": {"scheme": "normal", "sigma": 0.1}})
     model = build_model(OmegaConf.create({"name": "paper_cnn", "activation": "logistic", "pool_conv2": False,
                                           "hidden": []}))
@@ -113,7 +115,7 @@ def _train(method, batches, nan_at, owner_rows):
 def _rank_main(rank, world, store, out):
     import torch.distributed as dist
 
-    from enkf_repro.distributed import Comm, DistributedEnKF
+    from enkf_repro.optim.distributed_enkf import Comm, DistributedEnKF
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
@@ -150,7 +152,7 @@ def test_two_gloo_processes_match_one_process_for_10_iterations(tmp_path):
 
 
 def _compare_with_one_process(got):
-    from enkf_repro.train import EnKF
+    from enkf_repro.optim.enkf import EnKF
 
     for name, (J, B, mode, gamma, nan_at) in CASES.items():
         cfg, model, forward, gen, batches = _setup(J, B, mode, gamma)
@@ -212,13 +214,14 @@ def _compare(a: Path, b: Path) -> None:
 
 def _run_in_process(args: list[str], monkeypatch, root: Path) -> None:
     """The single-process reference, run in this process (saves a Python start-up)."""
-    from enkf_repro.runner import compose_run, plan, run_one
+    from conftest import compose_run
+    from enkf_repro.runs.runner import plan, run_one
 
     monkeypatch.setenv("ENKF_REPRO_DATA", str(root))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        (spec,) = plan(compose_run(args), args)
+        (spec,) = plan(compose_run(args))
         assert run_one(spec)["status"] == "finished"
     finally:
         torch.set_num_threads(threads)

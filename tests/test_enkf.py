@@ -5,9 +5,10 @@ import warnings
 import pytest
 import torch
 
-from enkf_repro.enkf import cholesky_jittered, enkf_update, kalman_factors, redraw_members
 from enkf_repro.errors import DivergenceError
-
+from enkf_repro.optim.enkf import enkf_update, enkf_update_reference, kalman_factors
+from enkf_repro.optim.failure import redraw_members
+from enkf_repro.optim.linalg import cholesky_jittered
 
 
 @pytest.fixture(autouse=True)
@@ -19,32 +20,19 @@ def float64_default():
     torch.set_default_dtype(old)
 
 
-def naive_sequential(U, G, Y, gamma):
-    """The published code's scheme, literally: per sample s, covariances from the fixed outputs
-    of sample s and the current ensemble, then u_j += C_uG (C_GG + Gamma)^-1 (y_s - g_js)."""
+def literal_member_loop(U, G, Y, gamma):
+    """The published code's scheme with an explicit loop over members as well (tiny sizes only):
+    an independent check of the package's reference ``enkf_update_reference``."""
     U = U.clone()
     J, B, C = G.shape
     for s in range(B):
         g = G[:, s, :]
         gc = g - g.mean(0)
-        uc = U - U.mean(0)
-        c_ug = uc.T @ gc / J
-        c_gg = gc.T @ gc / J
-        k = torch.linalg.inv(c_gg + gamma * torch.eye(C))
+        c_ug = (U - U.mean(0)).T @ gc / J
+        k = torch.linalg.inv(gc.T @ gc / J + gamma * torch.eye(C))
         for j in range(J):
             U[j] = U[j] + c_ug @ k @ (Y[s] - g[j])
     return U
-
-
-def textbook_batch(U, G, Y, gamma):
-    J, B, C = G.shape
-    g = G.reshape(J, B * C)
-    gc = g - g.mean(0)
-    uc = U - U.mean(0)
-    c_ug = uc.T @ gc / J
-    c_gg = gc.T @ gc / J
-    k = torch.linalg.inv(c_gg + gamma * torch.eye(B * C))
-    return U + (Y.reshape(1, -1) - g) @ k.T @ c_ug.T
 
 
 def random_problem(J, P, B, C, seed=0, scale=1.0):
@@ -57,11 +45,17 @@ def random_problem(J, P, B, C, seed=0, scale=1.0):
 
 @pytest.mark.parametrize("J,P,B,C", [(7, 11, 5, 3), (30, 50, 8, 10), (40, 13, 4, 10), (3, 5, 6, 2)])
 @pytest.mark.parametrize("gamma", [0.01, 1.0])
-def test_sequential_equals_naive_per_sample_loop(J, P, B, C, gamma):
+def test_sequential_equals_the_literal_per_sample_update(J, P, B, C, gamma):
     U, G, Y = random_problem(J, P, B, C, seed=J + P)
     got = enkf_update(U, G, Y, gamma, mode="sequential")
-    want = naive_sequential(U, G, Y, gamma)
+    want = enkf_update_reference(U, G, Y, gamma, mode="sequential")
     assert (got - want).abs().max() < 1e-10 * max(1.0, want.abs().max())
+
+
+def test_reference_equals_a_loop_over_members():
+    U, G, Y = random_problem(6, 9, 4, 3, seed=1)
+    want = literal_member_loop(U, G, Y, 0.1)
+    assert (enkf_update_reference(U, G, Y, 0.1) - want).abs().max() < 1e-12 * max(1.0, want.abs().max())
 
 
 @pytest.mark.parametrize("J,P,B,C", [(50, 20, 3, 4), (8, 20, 3, 4), (12, 7, 5, 10)])
@@ -69,7 +63,7 @@ def test_batch_equals_textbook_joint_formula(J, P, B, C):
     # covers both solves: d = B*C <= J (data space) and d > J (Woodbury, ensemble space)
     U, G, Y = random_problem(J, P, B, C, seed=3)
     got = enkf_update(U, G, Y, 0.05, mode="batch")
-    want = textbook_batch(U, G, Y, 0.05)
+    want = enkf_update_reference(U, G, Y, 0.05, mode="batch")
     assert (got - want).abs().max() < 1e-10 * max(1.0, want.abs().max())
 
 

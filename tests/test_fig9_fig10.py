@@ -7,11 +7,11 @@ import math
 import pandas as pd
 from omegaconf import OmegaConf
 from PIL import Image
-
-from enkf_repro.adaptive import decide
-from enkf_repro.experiments import get_figure
-from enkf_repro.results import read_runs
 from test_letters import make_letter_folders
+
+from enkf_repro.experiments import get_figure
+from enkf_repro.optim.adaptive import decide
+from enkf_repro.runs.results import read_runs
 
 
 def _paper_numbers(fig_id, fig_dir):

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FILES, write_idx
-from enkf_repro.data import load_data
+from conftest import FILES, compose_run, write_idx
+from enkf_repro.data.datasets import load_data
+from enkf_repro.data.letters import load_image_folder
 from enkf_repro.errors import DataError
-from enkf_repro.letters import load_image_folder
-from enkf_repro.runner import compose_run
 
 LETTERS = tuple("ABCDEFGHIJ")
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from enkf_repro.ensemble import EnsembleForward
 from enkf_repro.models import PaperCNN, PaperCNNSpec, build_model
+from enkf_repro.models.ensemble import EnsembleForward
 
 
 def member_loop(spec, U, x):
@@ -106,7 +106,7 @@ def test_compiled_forward_equals_eager():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("precision,tol", [("fp32", 1e-4), ("tf32", 5e-3), ("bf16", 3e-2)])
 def test_cuda_forward_and_update_match_cpu(precision, tol):
-    from enkf_repro.enkf import enkf_update
+    from enkf_repro.optim.enkf import enkf_update
 
     spec = PaperCNNSpec("tanh")
     g = torch.Generator().manual_seed(6)

@@ -27,7 +27,7 @@ def test_wheel_contains_configs_and_runs_from_elsewhere(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = dict(os.environ, PYTHONPATH=str(site))
-    probe = subprocess.run([sys.executable, "-c", "import enkf_repro.config as c; print(c.config_dir())"],
+    probe = subprocess.run([sys.executable, "-c", "import enkf_repro.config.compose as c; print(c.config_dir())"],
                            cwd=elsewhere, env=env, capture_output=True, text=True)
     assert probe.stdout.strip().startswith(str(site)), probe.stdout + probe.stderr
     proc = subprocess.run([sys.executable, "-m", "enkf_repro", "run", "figure=8", "scale=smoke", "--cfg", "job"],

@@ -12,17 +12,18 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import compose_run
 from enkf_repro.errors import ConfigError
 from enkf_repro.experiments import get_figure
-from enkf_repro.plotting import plot_figure
-from enkf_repro.results import COLUMNS, read_runs
-from enkf_repro.runner import compose_run, plan, run_figure, run_one
+from enkf_repro.report.render import plot_figure
+from enkf_repro.runs.results import COLUMNS, read_runs
+from enkf_repro.runs.runner import plan, run_figure, run_one
 
 
 @functools.lru_cache(maxsize=None)
 def planned(fig: str, scale: str):
     ov = [f"figure={fig}", f"scale={scale}"]
-    return plan(compose_run(ov), ov)
+    return plan(compose_run(ov))
 
 
 @pytest.mark.parametrize("fig,n", [("eki_table", 24), ("eki_scaling", 20), ("thesis", 4)])
@@ -51,7 +52,7 @@ def test_eki_table_plan_settings():
 def test_unknown_method_in_a_figure_is_a_config_error():
     ov = ["figure=eki_table", "scale=smoke", "figure.smoke.optimizers=[sgd,ekx]"]
     with pytest.raises(ConfigError, match="ekx"):
-        plan(compose_run(ov), ov)
+        plan(compose_run(ov))
 
 
 def test_bad_optimizer_values_are_config_errors():
@@ -70,7 +71,7 @@ SYNTH = ["dataset.test_only=false", "dataset.test_size=null", "progress=false"]
 def run_and_plot(root, tmp_path, fig, *extra):
     ov = [f"figure={fig}", "scale=smoke", *SYNTH, f"dataset.root={root}", *extra, f"out_dir={tmp_path / 'res'}"]
     cfg = compose_run(ov)
-    d = run_figure(cfg, ov)
+    d = run_figure(cfg)
     paths = plot_figure(cfg, [])
     with Image.open(d / f"{fig}.png") as im:
         assert im.size[0] > 400 and im.size[1] > 150
@@ -124,7 +125,7 @@ def test_tiny_thesis_end_to_end(synthetic_root, tmp_path):
 def test_single_runs_of_each_method_on_dense_and_cnn_models(synthetic_root, tmp_path, args):
     ov = [*args, f"dataset.root={synthetic_root}", "train.max_batches=2", "train.eval_every=2", "scale=smoke",
           "progress=false", f"out_dir={tmp_path}"]
-    (spec,) = plan(compose_run(ov), ov)
+    (spec,) = plan(compose_run(ov))
     assert run_one(spec)["status"] == "finished"
     err = read_runs(spec.dir.parent).query("metric == 'test_error'")
     assert err["iteration"].tolist() == [0, 2] and err["value"].between(0, 100).all()

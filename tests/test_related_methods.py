@@ -6,12 +6,21 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from enkf_repro.eki import (EKI, RecentBatches, SpreadSchedule, eki_loss_grad, eki_matrix, eki_step, eki_step_,
-                            nesterov_coefficient, prior_std, randomize_)
-from enkf_repro.ensemble import EnsembleForward
-from enkf_repro.haber import Haber, haber_step
-from enkf_repro.ienk import IEnKSimple, ienk_coefficients, ienk_update_, layer_blocks, perturbed_members
 from enkf_repro.models import build_model
+from enkf_repro.models.ensemble import EnsembleForward
+from enkf_repro.optim.eki import (
+    EKI,
+    RecentBatches,
+    SpreadSchedule,
+    eki_loss_grad,
+    eki_matrix,
+    eki_step,
+    eki_step_,
+    nesterov_coefficient,
+    randomize_,
+)
+from enkf_repro.optim.haber import Haber, haber_step
+from enkf_repro.optim.ienk import IEnKSimple, ienk_coefficients, ienk_update_, layer_blocks, perturbed_members
 
 F64 = torch.float64
 
@@ -156,7 +165,7 @@ def test_prior_std_matches_the_init_draws(scheme):
     model = dense("dnn2", [32])
     init = OmegaConf.create({"scheme": scheme, "sigma": 0.3})
     U = model.init(400, init, torch.Generator().manual_seed(0))
-    std = prior_std(model, init)
+    std = model.prior_std(init)
     for a, b in [(0, 32 * 784), (32 * 784, 32 * 785), (32 * 785, model.num_params - 10)]:
         want = float(std[a])
         assert (std[a:b] == want).all()

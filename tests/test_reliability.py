@@ -19,7 +19,7 @@ import torch
 
 from conftest import FILES, REPO, make_dataset, write_idx
 from enkf_repro.errors import DivergenceError
-from enkf_repro.results import read_metrics
+from enkf_repro.runs.results import read_metrics
 
 # A single EnKF run on the synthetic data: 10 batches x r = 8 = 80 iterations.
 RUN = ["optimizer.ensemble_size=24", "train.max_batches=10", "train.eval_every=8", "scale=smoke",
@@ -95,6 +95,32 @@ def test_sigterm_checkpoints_and_exits_then_resumes(cli, synthetic_root, tmp_pat
     assert df[df.metric == "test_error"]["iteration"].tolist() == [0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80]
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_corrupt_checkpoint_is_one_line_naming_it_and_restart_recovers(cli, synthetic_root, tmp_path, damage):
+    """A checkpoint cut in half (a full disk, a kill during a copy) or overwritten: the rerun stops
+    with exit 2 and one line naming the file and restart=true, which then starts the run over."""
+    from enkf_repro.errors import Interrupted
+    from enkf_repro.runs.loop import train_run
+    from enkf_repro.runs.results import config_columns
+    from enkf_repro.runs.rundir import RunDir
+
+    spec = _in_process_run(synthetic_root, tmp_path)
+    rd = RunDir(spec.dir, spec.cfg, config_columns(spec.cfg, "none", spec.label), checkpoint_every=4)
+    rd.stop_requested = True   # as after SIGTERM: checkpoint at the first iteration, then stop
+    with pytest.raises(Interrupted):
+        train_run(spec.cfg, rd, spec.label)
+    rd.close()
+    ckpt = spec.dir / "checkpoint.pt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not a checkpoint" * 10)
+    proc = cli("run", *RUN, f"out_dir={tmp_path}", env=_env(synthetic_root))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert str(ckpt) in lines[0] and "restart=true" in lines[0] and "Traceback" not in proc.stderr
+    redo = cli("run", *RUN, "restart=true", f"out_dir={tmp_path}", env=_env(synthetic_root))
+    assert redo.returncode == 0 and (spec.dir / "done.json").exists(), redo.stderr
+
+
 def test_same_seed_same_config_gives_identical_csv_values(cli, synthetic_root, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for out in (a, b):
@@ -166,8 +192,8 @@ def test_bad_config_fails_with_one_line(cli_inprocess, synthetic_root, tmp_path,
     assert not (tmp_path / "smoke").exists() and not (tmp_path / "paper").exists()  # no work done
 
 
-def test_hydra_full_error_shows_the_traceback(cli, tmp_path):
-    proc = cli("run", "init.sigma=0", env={"HYDRA_FULL_ERROR": "1"})
+def test_hydra_full_error_shows_the_traceback(cli_subprocess, tmp_path):
+    proc = cli_subprocess("run", "init.sigma=0", env={"HYDRA_FULL_ERROR": "1"})
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
@@ -205,7 +231,7 @@ def _damage(root: Path, kind: str) -> str:
 @pytest.mark.parametrize("kind", ["missing folder", "missing file", "truncated gz", "corrupt gz", "wrong magic",
                                   "count mismatch", "short payload"])
 def test_data_faults_give_one_line_naming_the_file(cli_inprocess, tmp_path, kind):
-    from enkf_repro.data import _load_cpu
+    from enkf_repro.data.datasets import _load_cpu
 
     _load_cpu.cache_clear()
     root = make_dataset(tmp_path / "data")
@@ -237,11 +263,12 @@ def test_missing_files_message_lists_the_fixes(cli_inprocess, tmp_path):
 # -- numerical faults ------------------------------------------------------------------------------------------
 
 def _in_process_run(root: Path, out: Path, extra=()):
-    from enkf_repro.runner import compose_run, plan
+    from conftest import compose_run
+    from enkf_repro.runs.runner import plan
 
     os.environ["ENKF_REPRO_DATA"] = str(root)
     cfg = compose_run([*RUN, f"out_dir={out}", *extra])
-    (spec,) = plan(cfg, [])
+    (spec,) = plan(cfg)
     return spec
 
 
@@ -249,13 +276,14 @@ def test_nonfinite_members_are_redrawn_and_counted(synthetic_root, tmp_path, mon
     """Outputs of members 0 and 5 become NaN at every 10th forward: the update uses the finite
     members only (their rows equal an update of the finite sub-ensemble) and the bad members are
     redrawn finite; the CSV counts them."""
-    from enkf_repro import train
-    from enkf_repro.enkf import enkf_update
-    from enkf_repro.runner import run_one
+    from enkf_repro.models.ensemble import EnsembleForward
+    from enkf_repro.optim import enkf as enkf_module
+    from enkf_repro.optim.enkf import enkf_update_reference
+    from enkf_repro.runs.runner import run_one
 
     calls = {"n": 0, "checked": False}
-    original = train.EnsembleForward.__call__
-    original_update = train.enkf_update_
+    original = EnsembleForward.__call__
+    original_update = enkf_module.enkf_update_
 
     def faulty(self, U, x):
         G = original(self, U, x)
@@ -267,15 +295,15 @@ def test_nonfinite_members_are_redrawn_and_counted(synthetic_root, tmp_path, mon
     def checking_update(U, G, Y, gamma, mode):
         if calls["n"] % 10 == 0 and not calls["checked"]:
             assert U.shape[0] == 22 and torch.isfinite(G).all()   # 24 members minus the 2 bad ones
-            want = enkf_update(U.double(), G.double(), Y.double(), gamma, mode)
+            want = enkf_update_reference(U.double(), G.double(), Y.double(), gamma, mode)
             got = original_update(U, G, Y, gamma, mode)
             assert (got.double() - want).abs().max() < 1e-4
             calls["checked"] = True
             return got
         return original_update(U, G, Y, gamma, mode)
 
-    monkeypatch.setattr(train.EnsembleForward, "__call__", faulty)
-    monkeypatch.setattr(train, "enkf_update_", checking_update)
+    monkeypatch.setattr(EnsembleForward, "__call__", faulty)
+    monkeypatch.setattr(enkf_module, "enkf_update_", checking_update)
     spec = _in_process_run(synthetic_root, tmp_path)
     status = run_one(spec)
     assert status["status"] == "finished" and calls["checked"]
@@ -288,10 +316,10 @@ def test_nonfinite_members_are_redrawn_and_counted(synthetic_root, tmp_path, mon
 
 
 def test_policy_fail_stops_with_divergence_and_keeps_the_csv(synthetic_root, tmp_path, monkeypatch):
-    from enkf_repro import train
-    from enkf_repro.runner import run_one
+    from enkf_repro.models.ensemble import EnsembleForward
+    from enkf_repro.runs.runner import run_one
 
-    original = train.EnsembleForward.__call__
+    original = EnsembleForward.__call__
     calls = {"n": 0}
 
     def faulty(self, U, x):
@@ -301,7 +329,7 @@ def test_policy_fail_stops_with_divergence_and_keeps_the_csv(synthetic_root, tmp
             G[3] = float("inf")
         return G
 
-    monkeypatch.setattr(train.EnsembleForward, "__call__", faulty)
+    monkeypatch.setattr(EnsembleForward, "__call__", faulty)
     spec = _in_process_run(synthetic_root, tmp_path, ["optimizer.nonfinite=fail"])
     status = run_one(spec)
     assert status["status"] == "diverged" and "non-finite" in status["message"]
@@ -310,12 +338,12 @@ def test_policy_fail_stops_with_divergence_and_keeps_the_csv(synthetic_root, tmp
 
 
 def test_whole_ensemble_nonfinite_is_a_divergence(synthetic_root, tmp_path, monkeypatch):
-    from enkf_repro import train
+    from enkf_repro.models.ensemble import EnsembleForward
 
-    original = train.EnsembleForward.__call__
-    monkeypatch.setattr(train.EnsembleForward, "__call__", lambda self, U, x: original(self, U, x) * float("nan"))
+    original = EnsembleForward.__call__
+    monkeypatch.setattr(EnsembleForward, "__call__", lambda self, U, x: original(self, U, x) * float("nan"))
     spec = _in_process_run(synthetic_root, tmp_path)
-    from enkf_repro.runner import run_one
+    from enkf_repro.runs.runner import run_one
 
     assert run_one(spec)["status"] == "diverged"
 

@@ -35,7 +35,7 @@ def test_reproduce_two_figures_writes_report_then_reruns_without_training(cli, s
     rows = table_rows(report)
     fig8 = [r for r in rows if r[0] == "8"]
     assert len(fig8) == 9
-    for fig, quantity, paper, ours, diff in fig8:
+    for _fig, _quantity, paper, ours, diff in fig8:
         value = float(ours.split(" ")[0])
         assert 0 <= value <= 100 and "J=" in ours
         assert abs(float(diff) - (value - float(paper))) < 0.06

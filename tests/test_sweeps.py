@@ -44,8 +44,8 @@ def test_joblib_sweep_runs_two_jobs_and_plot_draws_both(cli, synthetic_root, tmp
     assert main(["plot", "figure=8", "scale=smoke", f"out_dir={out}"]) == 0   # `enkf-repro plot`, in-process
     assert (out / "smoke" / "fig8" / "fig8.png").stat().st_size > 1000
     from enkf_repro.experiments import get_figure
-    from enkf_repro.plotting import select_runs
-    from enkf_repro.results import read_runs
+    from enkf_repro.report.render import select_runs
+    from enkf_repro.runs.results import read_runs
 
     drawn = select_runs(read_runs(out / "smoke" / "fig8"), get_figure("8"), [])
     assert sorted(drawn.seed.unique()) == [1, 2]   # both jobs' runs, one band over the two seeds
@@ -73,7 +73,7 @@ def test_slurm_launcher_config_composes(cli):
 
 @pytest.fixture
 def prevalidate(synthetic_root, monkeypatch):
-    from enkf_repro.cli import prevalidate
+    from enkf_repro.runs.launch import prevalidate
 
     monkeypatch.setenv("ENKF_REPRO_DATA", str(synthetic_root))
     base = ["figure=fig8", "scale=smoke", "only=relu", "seed=1,2"]
@@ -93,7 +93,7 @@ def test_launcher_overrides_are_checked_before_any_job(prevalidate, monkeypatch)
     with pytest.raises(ConfigError, match="distributed=True.*torchrun"):
         prevalidate("distributed=true")                                        # not started by torchrun
     prevalidate("distributed=true", "hydra/launcher=submitit_local")           # the job's tasks are the ranks
-    import enkf_repro.cli as cli_mod
+    import enkf_repro.runs.launch as cli_mod
 
     monkeypatch.setitem(cli_mod.PLUGIN_LAUNCHERS, "joblib", "hydra_plugins.not_installed_launcher")
     with pytest.raises(ConfigError, match=r"pip install 'enkf-repro\[cluster\]'"):
@@ -114,7 +114,7 @@ def test_a_failed_sweep_job_does_not_stop_the_others(cli, synthetic_root, tmp_pa
 
 
 def test_a_submitit_job_with_several_tasks_gets_torch_distributed_env(monkeypatch):
-    from enkf_repro.distributed import _export_submitit_env, launcher_world_size
+    from enkf_repro.runs.distributed import _export_submitit_env, launcher_world_size
 
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)   # restored (removed) after the test

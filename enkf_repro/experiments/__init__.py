@@ -1,14 +1,14 @@
-"""The figure registry: importing this package registers every figure module."""
+"""The figures: what each runs (variants x seeds), how it is drawn, what the paper reports.
+
+Importing this package imports every module in it; a figure module registers itself
+(``base.register``), so a new figure is one module here plus one YAML in ``configs/figure/``.
+"""
+
+import importlib
+import pkgutil
 
 from .base import FIGURES, Figure, PaperNumber, Variant, figure_ids, get_figure, register  # noqa: F401
 
-# one line per figure module (registration happens on import)
-from . import fig1  # noqa: F401,E402
-from . import fig2  # noqa: F401,E402
-from . import saturation  # noqa: F401,E402  (Figures 3-7)
-from . import fig8  # noqa: F401,E402
-from . import fig9  # noqa: F401,E402
-from . import fig10  # noqa: F401,E402
-from . import eki_table  # noqa: F401,E402
-from . import eki_scaling  # noqa: F401,E402
-from . import thesis  # noqa: F401,E402
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name not in ("base", "common", "draw"):
+        importlib.import_module(f"{__name__}.{_info.name}")

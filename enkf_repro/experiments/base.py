@@ -42,6 +42,7 @@ class Figure:
     varies: tuple[str, ...] = ()           # config paths the figure compares across (besides seed)
     paper_numbers: tuple[PaperNumber, ...] = field(default_factory=tuple)
     needs_runs: bool = True     # False for drawn figures (Figure 2)
+    tables: Callable | None = None  # (df, cfg) -> {file name: text} written beside the figure
 
 
 FIGURES: dict[str, Figure] = {}

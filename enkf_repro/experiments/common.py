@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..config.compose import flatten_overrides
+
 
 def runs_where(df: pd.DataFrame, **cols) -> pd.DataFrame:
     """Rows whose config columns equal the given values (compared as strings)."""
@@ -30,17 +32,9 @@ def value_at(df: pd.DataFrame, metric: str, which: str = "last", skip_zero: bool
     return float(rows["value"].mean())
 
 
-def first_eval_iteration(df: pd.DataFrame, metric: str = "test_error") -> int | None:
-    c = curve(df, metric)
-    c = c[c["iteration"] > 0]
-    return int(c["iteration"].min()) if not c.empty else None
-
-
 def series_overrides(settings, series: str) -> tuple[str, ...]:
     """The run-level overrides that ``settings.series_overrides`` holds for one series, as Hydra
     override strings (appended to the variant's own overrides, so they win over the scale's)."""
-    from ..runner import flatten_overrides  # the runner imports the figure registry
-
     node = (settings.get("series_overrides") or {}).get(series)
     return tuple(flatten_overrides(node)) if node else ()
 

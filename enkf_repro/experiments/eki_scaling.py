@@ -1,8 +1,8 @@
 """Kovachki & Stuart's ensemble-size scaling: final test accuracy against J on MNIST and
-Fashion-MNIST (the seed reports the figure, no numbers).
+Fashion-MNIST (Kovachki & Stuart report the figure, no numbers).
 
 Variants: dataset x method (labels of eki_table.METHODS, ensemble methods only; EKI and EKI(R)
-by default) x J in ``figure.<scale>.ensemble_sizes``, on ``model=dnn2`` (784-128-10; the seed's
+by default) x J in ``figure.<scale>.ensemble_sizes``, on ``model=dnn2`` (784-128-10; their
 network is unconfirmed). Smoke scale builds both datasets from their t10k files
 (``dataset.test_only=true``), so it runs where only the MNIST test files exist.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..plotting import COLORS, band, caption
 from .base import Figure, Variant, register
+from .draw import COLORS, band, caption
 from .eki_table import METHODS, final_accuracy, method_overrides
 
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}

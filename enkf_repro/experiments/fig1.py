@@ -6,7 +6,7 @@ mini-batch, an SGD/Adam step uses a batch once), so the x-axis is the number of 
 seen, iteration x batch size / r, the same axis for both (at paper scale 60,000 = one epoch =
 938 SGD/Adam steps = 7,504 EnKF iterations); the caption gives the iteration counts. The EnKF
 curve is the ensemble-mean network (the published plotting code drew the last member).
-Reported: SGD does not learn; read off the authors' committed Fig. 1 (related-methods.md): EnKF
+Reported: SGD does not learn; read off the authors' committed Fig. 1 (docs/paper.md): EnKF
 about 7 % at iteration 1000 and 4.3-4.5 % at 7500, SGD about 82 % mean error (wide band).
 """
 
@@ -16,9 +16,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..plotting import COLORS, band, caption, metric
 from .base import Figure, PaperNumber, Variant, register
 from .common import at_fraction, runs_where, series_overrides, value_at
+from .draw import COLORS, band, caption, metric
 
 LABELS = {"sgd": "SGD", "adam": "Adam", "enkf": "EnKF"}
 ORDER = ["sgd", "adam", "enkf"]

@@ -11,9 +11,9 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..plotting import COLORS, band, caption, mean_std, metric
 from .base import Figure, PaperNumber, Variant, register
 from .common import value_at
+from .draw import COLORS, band, caption, mean_std, metric
 
 J_METRIC, R_METRIC = "adaptive_ensemble_size", "adaptive_repetitions"
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-from ..plotting import COLORS
 from .base import Figure, PaperNumber, register
+from .draw import COLORS
 
 BOXES = {
     "init": (0.02, 0.62, "Ensemble $U$ ($J \\times P$)\n$u_j \\sim \\mathcal{N}(0, \\sigma^2 I)$"),
     "batch": (0.02, 0.18, "Mini-batch $x$ (64 images)\nlabels $y$ (one-hot)"),
     "forward": (0.285, 0.40, "Forward pass of\nall members\n(batched, chunked)\n$G(u_j)$: $J \\times 64 \\times 10$"),
     "stats": (0.545, 0.62, "Ensemble statistics\n$C_{GG}$, $C_{uG}$ (1/J),\n$\\Gamma = \\gamma I$"),
-    "update": (0.545, 0.18, "Update every member\n$u_j \\leftarrow u_j + C_{uG}(C_{GG}+\\Gamma)^{-1}$\n$\\times\\,(y - G(u_j))$"),
+    "update": (0.545, 0.18, "Update every member\n$u_j \\leftarrow u_j + C_{uG}(C_{GG}+\\Gamma)^{-1}$\n"
+               "$\\times\\,(y - G(u_j))$"),
     "eval": (0.79, 0.40, "Every 500 iterations:\nnetwork with the\nensemble-mean weights\n$\\to$ test error"),
 }
 

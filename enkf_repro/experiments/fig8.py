@@ -11,9 +11,9 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..plotting import COLORS, band, caption, metric
 from .base import Figure, PaperNumber, Variant, register
 from .common import curve, runs_where, value_at
+from .draw import COLORS, band, caption, metric
 
 ACT_LABEL = {"logistic": "logistic", "relu": "ReLU", "tanh": "tanh"}
 
@@ -106,7 +106,8 @@ register(Figure(
         PaperNumber("test error (%) after the epoch, logistic", 3.8, _measure("logistic", "last")),
         PaperNumber("test error (%) after the epoch, ReLU", 3.75, _measure("relu", "last")),
         PaperNumber("test error (%) after the epoch, tanh", 4.51, _measure("tanh", "last")),
-        PaperNumber("test error (%) after a few hundred its, smallest J (100)", 47.0, _measure_size("smallest", "first")),
+        PaperNumber("test error (%) after a few hundred its, smallest J (100)", 47.0,
+                    _measure_size("smallest", "first")),
         PaperNumber("test error (%) after the epoch, J = 5000", 3.8, _measure_size("main", "last")),
         PaperNumber("test error (%) after the epoch, largest J (10000)", 3.0, _measure_size("largest", "last")),
     ),

@@ -9,9 +9,9 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..plotting import COLORS, band, caption, metric
 from .base import Figure, PaperNumber, Variant, register
 from .common import runs_where, value_at
+from .draw import COLORS, band, caption, metric
 
 PAPER = {5000: 16.32, 10000: 15.1}
 

@@ -26,9 +26,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
 
-from ..plotting import COLORS, band, caption, metric
+from ..optim.instrument import PERCENTILES
 from .base import Figure, PaperNumber, Variant, register
-from .common import at_fraction, curve, runs_where, series_overrides, value_at
+from .common import at_fraction, curve, series_overrides, value_at
+from .draw import COLORS, band, caption, metric
 
 ACT_TITLES = {1: "layer 1: conv1 + activation (before pooling)", 2: "layer 2: conv2 + activation",
               3: "layer 3: softmax output (mean 1/10 by construction)"}
@@ -171,8 +172,6 @@ def act_percentiles(df: pd.DataFrame, layer: int) -> pd.DataFrame:
     d = layer_rows(df, "act_mean", layer)
     if d.empty:
         return pd.DataFrame()
-    from ..backprop import PERCENTILES
-
     ep = np.ceil(d["epoch"].to_numpy() - 1e-9)
     g = d.assign(ep=ep).groupby("ep")["value"]
     return pd.DataFrame({p: g.quantile(p / 100) for p in PERCENTILES})

@@ -15,8 +15,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..plotting import COLORS, band, caption
 from .base import Figure, PaperNumber, Variant, register
+from .draw import COLORS, band, caption
 
 METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ienk": ("IEnK", ("optimizer=ienk_simple",)),

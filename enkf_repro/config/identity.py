@@ -1,0 +1,47 @@
+"""A run's identity: the settings that change the numbers it produces.
+
+Two configs with the same :func:`config_hash` produce the same numbers (on the same device), so
+a finished run is recognised from its config alone and a changed config never overwrites it. The
+device, chunk size, output folder, progress display and the like are not part of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+# Keys that do not change the numbers a run produces: excluded from the run's identity.
+NON_SEMANTIC = {"device", "out_dir", "restart", "checkpoint_every", "progress", "only", "figure", "scale",
+                "distributed", "overrides"}
+NON_SEMANTIC_NESTED = {"dataset": {"root", "download"},
+                       "ensemble": {"chunk_size", "compile", "kernel"}}
+# Backprop-only settings (what a backprop run logs); not part of other runs' identity.
+BACKPROP_ONLY = {"instrument"}
+BACKPROP_OPTIMIZERS = {"sgd", "adam"}
+
+
+def to_plain(cfg: DictConfig) -> dict:
+    """Resolved config as plain Python (enums as their string values)."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def semantic_config(cfg: DictConfig | Mapping) -> dict:
+    """The part of ``cfg`` that changes a run's numbers, as plain Python."""
+    plain = to_plain(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    out = {k: v for k, v in plain.items() if k not in NON_SEMANTIC}
+    if (out.get("optimizer") or {}).get("name") not in BACKPROP_OPTIMIZERS:
+        for key in BACKPROP_ONLY:
+            out.pop(key, None)
+    for key, drop in NON_SEMANTIC_NESTED.items():
+        if isinstance(out.get(key), dict):
+            out[key] = {k: v for k, v in out[key].items() if k not in drop}
+    return out
+
+
+def config_hash(cfg: DictConfig | Mapping) -> str:
+    """12 hex digits identifying the run's numbers-relevant configuration."""
+    blob = json.dumps(semantic_config(cfg), sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]

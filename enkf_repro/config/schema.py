@@ -1,0 +1,207 @@
+"""Structured configs: the schema that every YAML file under ``configs/`` is checked against,
+and the single source of every default value.
+
+Hydra composes ``configs/config.yaml`` with the groups ``dataset``, ``model``, ``optimizer``,
+``scale`` and ``figure``; the dataclasses below make a misspelt key, a wrong type or an unknown
+enum value fail at start-up. The optimizer group's schemas live beside their methods
+(``enkf_repro/optim/*.py``) and register themselves in :data:`OPTIMIZER_SCHEMAS`. Value ranges
+(``J >= 2``, ``sigma > 0`` ...) are checked by :mod:`.validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+
+class Activation(str, Enum):
+    logistic = "logistic"
+    relu = "relu"
+    tanh = "tanh"
+
+
+class DatasetName(str, Enum):
+    mnist = "mnist"
+    fashion_mnist = "fashion_mnist"
+    notmnist = "notmnist"
+
+
+class DataFormat(str, Enum):
+    auto = "auto"      # IDX files if present, else one folder of PNGs per class
+    idx = "idx"
+    folder = "folder"
+
+
+class ModelName(str, Enum):
+    paper_cnn = "paper_cnn"
+    mlp = "mlp"
+    dnn1 = "dnn1"
+    dnn2 = "dnn2"
+    dnn3 = "dnn3"
+    dnn4 = "dnn4"
+
+
+class InitScheme(str, Enum):
+    normal = "normal"  # every weight ~ N(0, sigma^2), biases 0 (the paper)
+    glorot = "glorot"  # Glorot-normal weights, biases 0 (the 2019 thesis MLP)
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    tf32 = "tf32"
+    bf16 = "bf16"
+
+
+class StatsPer(str, Enum):
+    auto = "auto"            # per iteration for runs of at most one epoch, per epoch for longer runs
+    iteration = "iteration"
+    epoch = "epoch"
+
+
+class ScaleName(str, Enum):
+    paper = "paper"
+    smoke = "smoke"
+
+
+@dataclass
+class DatasetConfig:
+    name: DatasetName = DatasetName.mnist
+    # One sub-folder per dataset (mnist/, fashion-mnist/, notmnist/) holding the IDX .gz files.
+    root: str = "${oc.env:ENKF_REPRO_DATA,'~/.cache/enkf-repro/data'}"
+    # Build train/test from the t10k files alone: a fixed, seeded split of the 10,000 images.
+    test_only: bool = False
+    test_only_train_size: int = 8000
+    split_seed: int = 0
+    # Evaluate on a fixed, seeded subset of the test set (null: the whole test set).
+    test_size: Optional[int] = None
+    download: bool = True  # mnist / fashion_mnist through torchvision when files are missing
+    format: DataFormat = DataFormat.auto
+
+
+@dataclass
+class ModelConfig:
+    name: ModelName = ModelName.paper_cnn
+    activation: Activation = Activation.logistic
+    # paper_cnn: the published code has no pool after conv2 (flatten 20*8*8 = 1280, 18,050
+    # parameters); the paper's text pools both conv layers (flatten 20*4*4 = 320).
+    pool_conv2: bool = False
+    hidden: List[int] = field(default_factory=list)  # dense models: hidden layer widths
+
+
+@dataclass
+class InitConfig:
+    scheme: InitScheme = InitScheme.normal
+    sigma: float = 0.1
+
+
+@dataclass
+class EnsembleConfig:
+    # Members per batched forward call; null picks a size that keeps intermediates in cache (CPU)
+    # or within a fixed memory budget (CUDA).
+    chunk_size: Optional[int] = None
+    precision: Precision = Precision.fp32  # forward pass only; the update runs in fp32 or fp64
+    compile: bool = False                  # torch.compile the per-chunk forward
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64
+    epochs: float = 1.0
+    max_batches: Optional[int] = None  # distinct training batches per epoch (null: all)
+    # null: the method's default, a fixed order for ensemble methods (the paper's EnKF) and a
+    # per-epoch reshuffle for backprop (SGD / Adam)
+    shuffle: Optional[bool] = None
+    eval_every: int = 500              # iterations between test-error evaluations
+    eval_batch_size: int = 2000
+
+
+@dataclass
+class InstrumentConfig:
+    """Backprop runs (backprop.py): per-layer activation and weight-gradient statistics and
+    gradient histograms in the run's CSV. Ensemble methods ignore it."""
+
+    enabled: bool = True
+    # Period of the mean/std rows: every iteration, or pooled over each epoch (50-epoch runs).
+    stats_per: StatsPer = StatsPer.auto
+    # Iterations between gradient histograms (plus the first and last iteration); null: 200
+    # with per-iteration statistics, one epoch with per-epoch statistics.
+    hist_every: Optional[int] = None
+
+
+@dataclass
+class ScaleConfig:
+    name: ScaleName = ScaleName.paper
+
+
+@dataclass
+class FigureSettings:
+    """What a figure runs at one scale (``figure.paper`` or ``figure.smoke``).
+
+    ``overrides`` holds run-level settings (nested like the run config, e.g.
+    ``{train: {max_batches: 40}}``) applied to every run of the figure at this scale; the
+    lists are the values the figure sweeps. Fields a figure does not use keep their defaults.
+    """
+
+    seeds: int = 1
+    overrides: Dict[str, Any] = field(default_factory=dict)
+    ensemble_size: Optional[int] = None
+    ensemble_sizes: List[int] = field(default_factory=list)
+    activations: List[Activation] = field(default_factory=list)
+    sigmas: List[float] = field(default_factory=list)
+    optimizers: List[str] = field(default_factory=list)
+    # Run-level overrides for single series, keyed by series label (nested like ``overrides``,
+    # applied after it), e.g. ``{enkf: {train: {max_batches: 12}}}``.
+    series_overrides: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FigureConfig:
+    id: str = "none"
+    paper: FigureSettings = field(default_factory=FigureSettings)
+    smoke: FigureSettings = field(default_factory=FigureSettings)
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    optimizer: Any = MISSING
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    instrument: InstrumentConfig = field(default_factory=InstrumentConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    figure: FigureConfig = field(default_factory=FigureConfig)
+    seed: int = 0
+    device: Device = Device.auto
+    out_dir: str = "results"
+    restart: bool = False        # ignore checkpoints and finished runs, start over
+    checkpoint_every: int = 500  # iterations (or optimizer steps) between checkpoints
+    progress: bool = True
+    only: Optional[str] = None  # run only the series matching this pattern ("relu", "*J100", "relu|tanh")
+    # One ensemble over the ranks of a torchrun launch or a multi-task submitit job (distributed.py);
+    # the same numbers as one process, so not part of the run identity.
+    distributed: bool = False
+    # The command-line overrides this config was composed with (set by ``compose``): they win
+    # over a figure's per-series settings. Not part of the run identity.
+    overrides: List[str] = field(default_factory=list)
+
+
+def name_of(value: Any) -> str:
+    """The string of a config choice: an Enum member's value, or the value itself."""
+    return str(getattr(value, "value", value))
+
+
+# Optimizer schemas by group option name ("enkf" -> EnKFConfig). Each method module of
+# ``enkf_repro.optim`` registers its own dataclass here when it is imported
+# (``optim.base.register_method``); configs/optimizer/<name>.yaml extends ``<name>_schema``.
+OPTIMIZER_SCHEMAS: Dict[str, type] = {}

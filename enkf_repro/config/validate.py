@@ -1,0 +1,60 @@
+"""Value ranges that types alone cannot express: one :class:`~enkf_repro.errors.ConfigError`
+(one line naming the key, the value and what is allowed) for the first bad value.
+
+The checks of an optimizer's own keys live with its schema (``optim/<method>.py``): a schema
+class may define ``check(opt, cfg)``, called here for the selected optimizer.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from ..errors import ConfigError
+from .schema import OPTIMIZER_SCHEMAS
+
+# Optimizer keys that must be positive wherever a method has them.
+POSITIVE = ("gamma", "lr", "h0", "eps", "alpha", "sigma", "random_gamma0", "random_tau")
+
+
+def check(ok: bool, key: str, value: object, allowed: str) -> None:
+    """Raise ConfigError(key, value, allowed) unless ``ok``."""
+    if not ok:
+        raise ConfigError(key, value, allowed)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check value ranges; raise ConfigError on the first bad one."""
+    opt = cfg.optimizer
+    if "ensemble_size" in opt:
+        check(opt.ensemble_size >= 2, "optimizer.ensemble_size", opt.ensemble_size, "an integer >= 2 (J)")
+    if "repetitions" in opt:
+        check(opt.repetitions >= 1, "optimizer.repetitions", opt.repetitions, "an integer >= 1 (r)")
+    for key in POSITIVE:
+        if key in opt:
+            check(opt[key] > 0, f"optimizer.{key}", opt[key], "a number > 0")
+    if "delta" in opt:
+        check(opt.delta >= 0, "optimizer.delta", opt.delta, "a number >= 0")
+    schema = OPTIMIZER_SCHEMAS.get(str(opt.name))
+    if schema is not None and hasattr(schema, "check"):
+        schema.check(opt, cfg)
+    t = cfg.train
+    check(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
+    check(t.epochs > 0, "train.epochs", t.epochs, "a number > 0")
+    check(t.max_batches is None or t.max_batches >= 1, "train.max_batches", t.max_batches,
+          "an integer >= 1, or null for the whole training set")
+    check(t.eval_every >= 1, "train.eval_every", t.eval_every, "an integer >= 1")
+    check(t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, "an integer >= 1")
+    ts = cfg.dataset.test_size
+    check(ts is None or ts >= 1, "dataset.test_size", ts, "an integer >= 1, or null for the whole test set")
+    n = cfg.dataset.test_only_train_size
+    check(n >= 1, "dataset.test_only_train_size", n,
+          "an integer >= 1 (and below the number of images; the loader checks that)")
+    check(cfg.init.sigma > 0, "init.sigma", cfg.init.sigma, "a number > 0")
+    cs = cfg.ensemble.chunk_size
+    check(cs is None or cs >= 1, "ensemble.chunk_size", cs, "an integer >= 1, or null for automatic")
+    he = cfg.instrument.hist_every
+    check(he is None or he >= 1, "instrument.hist_every", he, "an integer >= 1, or null for automatic")
+    check(cfg.checkpoint_every >= 1, "checkpoint_every", cfg.checkpoint_every, "an integer >= 1")
+    for scale in ("paper", "smoke"):
+        s = cfg.figure[scale].seeds
+        check(s >= 1, f"figure.{scale}.seeds", s, "an integer >= 1")

@@ -1,0 +1,65 @@
+"""Drawing primitives shared by the figures: one style, one palette, mean +/- std bands over
+seeds, a provenance caption, PNG + PDF output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from ..config.schema import name_of  # noqa: E402
+
+STYLE = Path(__file__).resolve().parents[1] / "style" / "enkf_repro.mplstyle"
+COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+
+
+def use_style() -> None:
+    plt.style.use(str(STYLE))
+
+
+def metric(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    return df[df["metric"] == name]
+
+
+def mean_std(df: pd.DataFrame, x: str = "iteration") -> pd.DataFrame:
+    """Mean and std over seeds of ``value`` per ``x`` (std 0 with one seed)."""
+    g = df.groupby(x)["value"]
+    out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=0), "n": g.count()})
+    return out.reset_index().sort_values(x)
+
+
+def band(ax, df: pd.DataFrame, label: str, color: str, x: str = "iteration", marker: str | None = "o",
+         xscale: float = 1.0, **kw) -> None:
+    """Line of the mean over seeds with a +/- std band."""
+    s = mean_std(df, x)
+    if s.empty:
+        return
+    xs = s[x].to_numpy() * xscale
+    ax.plot(xs, s["mean"], label=label, color=color, marker=marker, **kw)
+    if (s["n"] > 1).any():
+        ax.fill_between(xs, s["mean"] - s["std"], s["mean"] + s["std"], color=color, alpha=0.2, linewidth=0)
+
+
+def caption(fig, cfg: DictConfig, df: pd.DataFrame, extra: str = "") -> None:
+    """Small provenance line under a figure: scale, dataset, runs, finished or not."""
+    runs = df["run_dir"].nunique() if not df.empty else 0
+    done = df.groupby("run_dir")["finished"].first().sum() if not df.empty else 0
+    ds = ", ".join(sorted(df["dataset"].astype(str).unique())) if not df.empty else "-"
+    text = f"scale={name_of(cfg.scale.name)}, dataset={ds}, {runs} runs ({done} finished)"
+    if extra:
+        text += "; " + extra
+    fig.text(0.01, -0.02, text, fontsize=7, color="0.35", ha="left", va="top")
+
+
+def save(fig, stem: Path) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for p in paths:
+        fig.savefig(p)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,124 @@
+"""What a training method is, and the registry ``optimizer=<name>`` picks from.
+
+A method module of this package holds its pure update function(s), its config dataclass (the
+schema of ``configs/optimizer/<name>.yaml``) and its method class, and registers both with
+:func:`register_method`; the package imports every module in it, so a new method is one module
+here plus one YAML file.
+
+A method object is driven by the one training loop (``runs/loop.py``):
+
+* ``step(x, y) -> dict`` does one iteration on the images x (B, ...) and one-hot targets
+  y (B, C) and returns scalars to log at the next evaluation;
+* ``eval_params() -> {suffix: theta}`` the networks to evaluate (flat parameter vectors; the
+  suffix names the metric, ``test_error`` for "" and ``test_error_<suffix>`` otherwise);
+* ``diagnostics() -> dict`` scalars logged at every evaluation;
+* ``rows(iteration, epoch) -> list`` extra CSV rows after a step (instrumentation);
+* ``attach(batches)`` called once before training with the run's batch stream;
+* ``state_dict()`` / ``load_state_dict()`` everything a resumed run needs (the loop keeps the
+  generator, the data position and Algorithm 1's state);
+* ``repetitions`` presentations of each mini-batch (the EnKF's r; 1 otherwise), and
+  ``shuffle_default`` whether mini-batches are reshuffled each epoch unless ``train.shuffle``
+  says otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from ..config.schema import OPTIMIZER_SCHEMAS, name_of
+from ..errors import ConfigError
+from ..models.base import ModelSpec
+from .failure import FailureHandler
+
+METHODS: dict[str, type] = {}
+
+
+def register_method(name: str, schema: type, method: type) -> None:
+    """Make ``optimizer=<name>`` build ``method`` from configs checked against ``schema``."""
+    OPTIMIZER_SCHEMAS[name] = schema
+    METHODS[name] = method
+
+
+def get_method(name: str) -> type:
+    if name not in METHODS:
+        raise ConfigError("optimizer", name, "one of " + ", ".join(sorted(METHODS)))
+    return METHODS[name]
+
+
+class Method:
+    """Defaults of the method interface (module docstring)."""
+
+    repetitions: int = 1
+    shuffle_default: ClassVar[bool] = False
+
+    def attach(self, batches) -> None:
+        """Called once by the loop before training (or resuming) with the run's batch stream."""
+
+    def eval_params(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def diagnostics(self) -> dict[str, float]:
+        return {}
+
+    def rows(self, iteration: int, epoch: float) -> list[dict]:
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class EnsembleMethod(Method):
+    """A persistent ensemble U (J, P) drawn from the init prior, evaluated through its mean, with
+    the shared non-finite member policy (``optimizer.nonfinite``, failure.py)."""
+
+    def __init__(self, cfg, model: ModelSpec, forward, generator: torch.Generator, device: torch.device):
+        opt = cfg.optimizer
+        self.model, self.forward, self.generator = model, forward, generator
+        self.U = model.init(int(opt.ensemble_size), cfg.init, generator, device)
+        self.failures = FailureHandler(name_of(opt.get("nonfinite", "redraw")), generator)
+
+    @property
+    def ensemble_size(self) -> int:
+        return self.U.shape[0]
+
+    def eval_params(self) -> dict[str, torch.Tensor]:
+        return {"": self.U.mean(0)}
+
+    def diagnostics(self) -> dict[str, float]:
+        return {"ensemble_spread": float(self.U.std(0).mean()), "nonfinite_members": self.failures.total,
+                "ensemble_size": self.ensemble_size}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"U": self.U, "nonfinite_total": self.failures.total}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.U = state["U"].to(self.U.device)
+        self.failures.total = int(state["nonfinite_total"])
+
+
+class SingleNetworkMethod(Method):
+    """A method that trains one network theta with perturbations drawn afresh each step (no
+    ensemble to keep): evaluation, diagnostics and checkpoint state are those of theta alone."""
+
+    theta: torch.Tensor
+    K: int   # perturbations per step
+
+    def eval_params(self) -> dict[str, torch.Tensor]:
+        return {"": self.theta}
+
+    def diagnostics(self) -> dict[str, float]:
+        return {"ensemble_size": self.K}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"theta": self.theta}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.theta = state["theta"].to(self.theta.device)

@@ -1,0 +1,304 @@
+"""Ensemble Kalman Inversion for training (``optimizer=eki``): Kovachki & Stuart (2019),
+"Ensemble Kalman inversion: a derivative-free technique for machine learning tasks".
+
+Notation: ensemble U (J x P), outputs G (J x B x C) of the members on a
+mini-batch, targets Y (B x C) one-hot, d = B * C, and the loss Psi(z, y) of a member is the SUM
+over the batch of the per-sample loss (our reading: then ||D|| is O(1) or larger for B = 64 and
+the adaptive step is really normalised, h_n ||D||_F = h0 ||D|| / (||D|| + eps) < h0; with a
+batch MEAN, ||D|| << eps = 0.5 and h_n would be the constant h0 / eps). The discrete scheme
+(K&S, the EKI iteration with adaptive step):
+
+    D_jk = (1/J) < G(u_k) - mean G , grad_z Psi(G(u_j), y) >        (J x J, summed over b, c)
+    u_{n+1} = u_n - h_n D(u_n) u_n,      h_n = h0 / (||D(u_n)||_F + eps)                  (1)
+
+with grad_z Psi = G - y for ``loss=mse`` (G = logits, Gamma = I) and
+grad_z Psi = -y / (G + delta) for ``loss=cross_entropy`` (G = softmax outputs, delta = 0.005,
+h0 = 2, eps = 0.5 as in one public implementation). Every row of D sums to zero over k, so
+D U = D (U - mean U): the update is the low-rank correction U <- U + W Z^T (U - mean U) with
+W = -h A / J (A = grad_z Psi, J x d) and Z = centred G (J x d), applied by
+:func:`enkf_repro.optim.linalg.apply_low_rank_` with a J x J matrix or two GEMMs, never a P x P one.
+
+Momentum (MEKI, K&S's Nesterov variant):  v_n = u_n + lambda_n (u_n - u_{n-1}),
+lambda_n = n / (n + 3) (or a constant), and u_{n+1} = v_n - h(v_n) D(v_n) v_n.
+
+Randomised "(R)": after each step the members are redrawn as u_j = mean(u) + gamma(n) xi_j with
+xi_j drawn from the prior (the ``init`` distribution), centred over j so the mean is kept
+exactly; gamma(n) = gamma0 / sqrt(1 + n / tau) decreases (our schedule; docs/paper.md has the one
+of a public implementation).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Optional
+
+import torch
+
+from ..config.schema import name_of
+from ..config.validate import check
+from ..errors import DivergenceError
+from ..models.base import ModelSpec
+from .base import EnsembleMethod, register_method
+from .failure import NonfinitePolicy
+from .linalg import apply_low_rank_
+
+
+# -- pure functions ----------------------------------------------------------------------------
+def eki_loss_grad(G: torch.Tensor, Y: torch.Tensor, loss: str = "mse",
+                  delta: float = 0.005) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-member loss Psi (J,) and its gradient grad_z Psi (J, B, C) with respect to the outputs.
+
+    Args:
+        G: outputs (J, B, C): logits for ``mse``, softmax probabilities for ``cross_entropy``.
+        Y: one-hot targets (B, C).
+    Psi is the sum over the B samples: mse 0.5 |G - y|^2, cross_entropy -<y, log(G + delta)>
+    (K&S's cross-entropy variant, delta keeps the gradient -y / (G + delta) finite).
+    """
+    Y = Y.to(G.dtype).unsqueeze(0)
+    if loss == "mse":
+        R = G - Y
+        return 0.5 * (R * R).sum((1, 2)), R
+    if loss == "cross_entropy":
+        return -(Y * torch.log(G + delta)).sum((1, 2)), -Y / (G + delta)
+    raise ValueError(f"loss={loss!r}: expected 'mse' or 'cross_entropy'")
+
+
+def eki_matrix(G: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """D (J x J) of (1): D_jk = (1/J) <G_k - mean G, grad_j>. For tests and small J; the
+    trainer never forms it when J > d."""
+    J = G.shape[0]
+    Z = (G - G.mean(0, keepdim=True)).reshape(J, -1)
+    return grad.reshape(J, -1) @ Z.T / J
+
+
+def eki_frobenius(A: torch.Tensor, Z: torch.Tensor) -> float:
+    """||A Z^T||_F / J for A, Z (J x d), in the smaller of the two dimensions."""
+    J, d = A.shape
+    if J <= d:
+        return float(torch.linalg.matrix_norm(A @ Z.T)) / J
+    sq = ((A.T @ A) * (Z.T @ Z)).sum().clamp_min(0)     # trace(A^T A Z^T Z) = ||A Z^T||_F^2
+    return math.sqrt(float(sq)) / J
+
+
+def eki_step_(U: torch.Tensor, G: torch.Tensor, Y: torch.Tensor, h0: float = 2.0, eps: float = 0.5,
+              loss: str = "mse", delta: float = 0.005) -> tuple[torch.Tensor, dict[str, Any]]:
+    """In place: one EKI step (1) on U (J, P); returns (U, info) with info = {"h": h_n,
+    "d_norm": ||D||_F, "loss": Psi per member (J,)}. The factors are computed in float64."""
+    if G.shape[0] != U.shape[0]:
+        raise ValueError(f"outputs has {G.shape[0]} members, ensemble {U.shape[0]}")
+    if Y.shape != G.shape[1:]:
+        raise ValueError(f"targets {tuple(Y.shape)} must match outputs' (B, C) {tuple(G.shape[1:])}")
+    J = G.shape[0]
+    G64 = G.to(torch.float64)
+    psi, grad = eki_loss_grad(G64, Y.to(torch.float64), loss, delta)
+    A = grad.reshape(J, -1)
+    Z = (G64 - G64.mean(0, keepdim=True)).reshape(J, -1)
+    d_norm = eki_frobenius(A, Z)
+    if not math.isfinite(d_norm):
+        raise DivergenceError("EKI step: D(u) is not finite (diverged ensemble)")
+    h = h0 / (d_norm + eps)
+    apply_low_rank_(U, A * (-h / J), Z)            # U <- U - h D U  (D 1 = 0: centring is free)
+    return U, {"h": h, "d_norm": d_norm, "loss": psi}
+
+
+def eki_step(U: torch.Tensor, G: torch.Tensor, Y: torch.Tensor, h0: float = 2.0, eps: float = 0.5,
+             loss: str = "mse", delta: float = 0.005) -> torch.Tensor:
+    """One EKI step (1); returns the new ensemble (J, P), ``U`` untouched. See :func:`eki_step_`."""
+    return eki_step_(U.clone(), G, Y, h0, eps, loss, delta)[0]
+
+
+def nesterov_coefficient(n: int, coef: float | None = None) -> float:
+    """lambda_n of MEKI: n / (n + 3) (Nesterov, K&S) or the constant ``coef``."""
+    return n / (n + 3.0) if coef is None else float(coef)
+
+
+def randomize_(U: torch.Tensor, noise: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """In place: u_j <- mean(u) + scale * (xi_j - mean(xi)), the (R) redraw, for U, noise (J, P)
+    and scale a number or per-parameter (P,) (gamma(n) times the prior std). Centring the noise
+    keeps the ensemble mean (the evaluated network) exactly. ``noise`` is used as work space."""
+    mean = U.mean(0, keepdim=True)
+    noise.sub_(noise.mean(0, keepdim=True))
+    if isinstance(scale, torch.Tensor):
+        return torch.addcmul(mean, noise, scale, out=U)
+    return torch.add(mean, noise, alpha=float(scale), out=U)
+
+
+class SpreadSchedule:
+    """gamma(n) = gamma0 / sqrt(1 + n / tau): the decreasing spread of the (R) redraws."""
+
+    def __init__(self, gamma0: float = 1.0, tau: float = 100.0):
+        self.gamma0, self.tau = float(gamma0), float(tau)
+
+    def __call__(self, n: int) -> float:
+        return self.gamma0 / math.sqrt(1.0 + n / self.tau)
+
+
+class RecentBatches:
+    """The most recent distinct training batches, up to ``n`` samples: the set on which members
+    are ranked to pick the best member (no extra data access, no peeking at the test set)."""
+
+    def __init__(self, n: int):
+        self.n = int(n)
+        self.xs: list[torch.Tensor] = []
+        self.ys: list[torch.Tensor] = []
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self.n <= 0 or (self.xs and self.xs[-1].shape == x.shape and torch.equal(self.xs[-1], x)):
+            return
+        self.xs.append(x.detach().clone())
+        self.ys.append(y.detach().clone())
+        while len(self.xs) > 1 and sum(t.shape[0] for t in self.xs[1:]) >= self.n:
+            self.xs.pop(0)
+            self.ys.pop(0)
+
+    def get(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not self.xs:
+            return None
+        return torch.cat(self.xs)[-self.n:], torch.cat(self.ys)[-self.n:]
+
+    def state_dict(self) -> dict:
+        return {"xs": self.xs, "ys": self.ys}
+
+    def load_state_dict(self, state: dict, device) -> None:
+        self.xs = [t.to(device) for t in state["xs"]]
+        self.ys = [t.to(device) for t in state["ys"]]
+
+
+def best_member(forward, U: torch.Tensor, x: torch.Tensor, y: torch.Tensor, loss: str = "cross_entropy",
+                delta: float = 0.005) -> int:
+    """Index of the member of U with the lowest loss Psi on (x, y): K&S's "best particle",
+    ranked on training data."""
+    G = forward(U, x)
+    if loss == "cross_entropy":
+        G = torch.softmax(G, -1)
+    psi, _ = eki_loss_grad(G.to(torch.float64), y.to(torch.float64), loss, delta)
+    psi = torch.where(torch.isfinite(psi), psi, torch.full_like(psi, float("inf")))
+    return int(psi.argmin())
+
+
+# -- the method ----------------------------------------------------------------------------------
+class EKILoss(str, Enum):
+    mse = "mse"                      # Psi = |G - y|^2 / 2 on the logits (summed over the batch)
+    cross_entropy = "cross_entropy"  # Psi = -<y, log(G + delta)> on the softmax outputs
+
+
+class Momentum(str, Enum):
+    none = "none"
+    nesterov = "nesterov"            # MEKI: v_n = u_n + lambda_n (u_n - u_{n-1})
+
+
+@dataclass
+class EKIConfig:
+    """``optimizer=eki``: U <- U - h_n D(U) U, h_n = h0 / (||D||_F + eps) (configs/optimizer/eki.yaml)."""
+
+    name: str = "eki"
+    ensemble_size: int = 2000        # J
+    h0: float = 2.0
+    eps: float = 0.5
+    loss: EKILoss = EKILoss.cross_entropy
+    delta: float = 0.005             # cross_entropy: grad = -y / (G + delta)
+    momentum: Momentum = Momentum.none
+    momentum_coef: Optional[float] = None  # null: Nesterov's n / (n + 3); a number: constant lambda
+    randomize: bool = False          # (R): redraw members as mean + gamma(n) * prior noise
+    random_gamma0: float = 1.0       # gamma(n) = gamma0 / sqrt(1 + n / tau)
+    random_tau: float = 100.0
+    best_of: int = 512               # training samples (most recent batches) ranking the best member
+    nonfinite: NonfinitePolicy = NonfinitePolicy.redraw
+
+    @staticmethod
+    def check(opt, cfg) -> None:
+        check(opt.best_of >= 0, "optimizer.best_of", opt.best_of, "an integer >= 0 (0: no best member)")
+        if opt.momentum_coef is not None:
+            check(0 <= opt.momentum_coef < 1, "optimizer.momentum_coef", opt.momentum_coef,
+                  "a number in [0, 1), or null for Nesterov's n / (n + 3)")
+
+
+class EKI(EnsembleMethod):
+    """``optimizer=eki``: (1) with optional Nesterov momentum (MEKI) and randomisation (R).
+
+    Evaluated networks: the ensemble mean (metric ``test_error``) and the best member, the one
+    with the lowest training loss on the most recent ``best_of`` training samples at evaluation
+    time (``test_error_best``). Without randomisation every member stays in the affine span of
+    the initial ensemble. Members with non-finite outputs follow ``optimizer.nonfinite``.
+    """
+
+    def __init__(self, cfg, model: ModelSpec, forward, generator: torch.Generator, device: torch.device):
+        super().__init__(cfg, model, forward, generator, device)
+        opt = cfg.optimizer
+        self.h0, self.eps, self.delta = float(opt.h0), float(opt.eps), float(opt.delta)
+        self.loss = name_of(opt.loss)
+        self.momentum = name_of(opt.momentum) == "nesterov"
+        self.coef = opt.momentum_coef
+        self.randomize = bool(opt.randomize)
+        self.spread = SpreadSchedule(opt.random_gamma0, opt.random_tau)
+        self.prior_std = model.prior_std(cfg.init, device) if self.randomize else None
+        self.prev: torch.Tensor | None = None   # u_{n-1} (members, or the mean under (R))
+        self.n = 0
+        self.recent = RecentBatches(int(opt.best_of))
+        self.last: dict[str, float] = {}
+
+    def outputs(self, V: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        G = self.forward(V, x)
+        return torch.softmax(G, -1) if self.loss == "cross_entropy" else G
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        self.recent.add(x, y)
+        lam = nesterov_coefficient(self.n, self.coef) if self.momentum else 0.0
+        if self.momentum and self.randomize:
+            # fresh noise every step: only the mean's displacement carries momentum
+            mean = self.U.mean(0)
+            if self.prev is not None and lam > 0:
+                self.U.add_(lam * (mean - self.prev))
+            self.prev = mean
+            V = self.U
+        elif self.momentum:
+            if self.prev is None:
+                self.prev = self.U.clone()
+            # v_n = u_n + lam (u_n - u_{n-1}), built in u_{n-1}'s buffer
+            V = self.prev.mul_(-lam).add_(self.U, alpha=1.0 + lam)
+            self.prev = self.U
+        else:
+            V = self.U
+        G = self.outputs(V, x)
+        info, nbad = self.failures.apply(
+            V, G, lambda Vg, Gg: eki_step_(Vg, Gg, y, self.h0, self.eps, self.loss, self.delta)[1])
+        self.U = V
+        if self.randomize:
+            noise = torch.randn(self.U.shape, generator=self.generator, device=self.U.device, dtype=self.U.dtype)
+            randomize_(self.U, noise, self.spread(self.n + 1) * self.prior_std)   # xi_j ~ the init prior
+        self.n += 1
+        self.last = {"step_size": info["h"], "d_norm": info["d_norm"]}
+        out = {"train_loss": float(info["loss"].mean()) / x.shape[0]}   # per sample, mean over members
+        return {**out, "nonfinite_step": nbad} if nbad else out
+
+    def eval_params(self) -> dict[str, torch.Tensor]:
+        out = {"": self.U.mean(0)}
+        sel = self.recent.get()
+        if sel is not None:
+            out["best"] = self.U[best_member(self.forward, self.U, *sel, self.loss, self.delta)]
+        return out
+
+    def diagnostics(self) -> dict[str, float]:
+        d = {**super().diagnostics(), **self.last}
+        if self.momentum:
+            d["momentum_lambda"] = nesterov_coefficient(self.n, self.coef)
+        if self.randomize:
+            d["random_gamma"] = self.spread(self.n)
+        return d
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "prev": self.prev, "n": self.n, "recent": self.recent.state_dict(),
+                "last": self.last}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        dev = self.U.device
+        self.prev = None if state["prev"] is None else state["prev"].to(dev)
+        self.n = int(state["n"])
+        self.recent.load_state_dict(state["recent"], dev)
+        self.last = dict(state["last"])
+
+
+register_method("eki", EKIConfig, EKI)

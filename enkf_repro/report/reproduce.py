@@ -1,0 +1,249 @@
+"""``enkf-repro reproduce``: run every figure's experiments, plot them, and write REPORT.md.
+
+    enkf-repro reproduce [scale=smoke|paper] [figures=1,8,...] [out_dir=DIR] [overrides...]
+
+Finished runs are skipped (their folders are keyed by the resolved config), so a rerun right
+after a finished one only re-plots and rewrites the report. Before starting it prints the plan
+and a cost estimate; while it works, an overall progress line with an ETA weighted by each
+run's FLOPs. ``REPORT.md`` embeds every figure and tabulates, for every number the paper (or a
+related work) reports, what this rerun got: those numbers live in the figure modules as data
+(``experiments/*.py``, ``PaperNumber``), not in prose.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..config.compose import compose, normalize_figure_args, split_flags
+from ..config.schema import name_of
+from ..errors import ConfigError
+from ..experiments.base import FIGURES, figure_ids, get_figure
+from ..runs.cost import describe, estimate_flops, estimate_seconds, gemm_rate
+from ..runs.results import figure_dir, read_metrics
+from ..runs.runner import check_runs, plan, run_one
+from .render import plot_figure
+
+MEASURED_FRACTION = 0.4  # share of the dense GEMM rate assumed for the time estimate
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def parse_args(args: list[str]) -> tuple[str, list[str] | None, list[str]]:
+    scale, figures, rest = "paper", None, []
+    for a in args:
+        key, _, value = a.partition("=")
+        if key == "scale":
+            scale = value
+            rest.append(a)
+        elif key == "figures":
+            figures = [f.strip() for f in value.replace("[", "").replace("]", "").split(",") if f.strip()]
+        elif key.lstrip("+") == "figure":
+            raise ConfigError("figure", value, "reproduce takes figures=ID,ID,... (or nothing for all)")
+        else:
+            rest.append(a)
+    if scale not in ("paper", "smoke"):
+        raise ConfigError("scale", scale, "paper or smoke")
+    if not any(a.startswith("scale=") for a in rest):
+        rest.append(f"scale={scale}")
+    return scale, figures, rest
+
+
+def _fmt_number(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return str(v)
+    return f"{v:.4g}"
+
+
+def _machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_devicename_of(0)} (CUDA), torch {torch.__version__}"
+    return f"{describe(torch.device('cpu'))}, torch {torch.__version__}, {platform.system()}"
+
+
+def reproduce_main(args: list[str]) -> int:
+    _, overrides = split_flags(normalize_figure_args(args))
+    scale, figures, overrides = parse_args(overrides)
+    ids = [get_figure(f).id for f in figures] if figures else figure_ids()
+    figs = [FIGURES[i] for i in ids]
+
+    # plan everything first: bad config or missing data fails before any work
+    plans = {}
+    for fig in figs:
+        if not fig.needs_runs:
+            plans[fig.id] = []
+            continue
+        cfg = compose(overrides + [f"figure={fig.config}"])
+        specs = plan(cfg)
+        for spec in specs:
+            spec.cfg.progress = False
+        plans[fig.id] = specs
+    check_runs(s for specs in plans.values() for s in specs)
+    all_specs = [s for fid in ids for s in plans[fid]]
+    pending = [s for s in all_specs if not (s.dir / "done.json").exists()]
+    flops = sum(estimate_flops(s.cfg) for s in pending)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rate = MEASURED_FRACTION * gemm_rate(device) if pending else 1.0
+    cost = {id(s): estimate_seconds(s.cfg, rate, device.type) for s in pending}   # ETA weights
+    total = sum(cost.values())
+    _say(f"reproduce scale={scale}: {len(figs)} figures, {len(all_specs)} runs "
+         f"({len(all_specs) - len(pending)} already finished); to do {flops / 1e12:.3g} TFLOP, "
+         f"estimated {_duration(total)} on {device.type}")
+
+    t0, done_cost, results = time.perf_counter(), 0.0, {}
+    for i, spec in enumerate(pending, 1):
+        status = run_one(spec)
+        results[spec.run_id] = status
+        done_cost += cost[id(spec)]
+        elapsed = time.perf_counter() - t0
+        eta = elapsed / done_cost * (total - done_cost) if done_cost else float("nan")
+        what = status["status"] + (f" in {status['seconds']:.1f} s" if "seconds" in status else "")
+        _say(f"[{i}/{len(pending)}] fig {spec.figure} {spec.label} seed={spec.seed}: {what}; "
+             f"overall {100 * done_cost / max(total, 1e-9):.0f} %, elapsed {_duration(elapsed)}, "
+             f"ETA {_duration(eta)}")
+
+    plotted, measured = {}, {}
+    for fig in figs:
+        cfg = compose(overrides + [f"figure={fig.config}"])
+        current = _up_to_date_plot(cfg, fig, plans[fig.id])
+        try:
+            plotted[fig.id] = current or plot_figure(cfg, overrides)
+        except Exception as e:  # a figure without runs must not hide the others
+            plotted[fig.id] = e
+        measured[fig.id] = _measure(fig, cfg, plans[fig.id])
+    out = Path(compose(overrides).out_dir) / scale
+    report = write_report(out, scale, figs, plans, plotted, measured, args)
+    _say(f"report: {report}")
+    return 0
+
+
+def _up_to_date_plot(cfg, fig, specs) -> list[Path] | None:
+    """The figure's PNG and PDF when they are newer than every CSV they draw (nothing to redo)."""
+    stem = figure_dir(cfg.out_dir, name_of(cfg.scale.name), fig.config) / fig.config
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    if not specs or not all(p.exists() for p in paths):
+        return None
+    csvs = [s.dir / "metrics.csv" for s in specs]
+    if not all((s.dir / "done.json").exists() for s in specs):
+        return None
+    newest = max(c.stat().st_mtime for c in csvs)
+    return paths if min(p.stat().st_mtime for p in paths) >= newest else None
+
+
+def _measure(fig, cfg, specs) -> list[tuple[str, object, object, str]]:
+    """(quantity, paper, ours, note) for every PaperNumber of the figure."""
+    import pandas as pd
+
+    frames = []
+    for s in specs:
+        csv = s.dir / "metrics.csv"
+        if csv.exists():
+            df = read_metrics(csv)
+            df["run_dir"] = str(s.dir)
+            df["finished"] = (s.dir / "done.json").exists()
+            frames.append(df)
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    rows = []
+    for pn in fig.paper_numbers:
+        if pn.measure is None:
+            rows.append((pn.quantity, pn.paper, None, "qualitative: see the figure"))
+            continue
+        if df.empty:
+            rows.append((pn.quantity, pn.paper, None, "no runs"))
+            continue
+        try:
+            ours = pn.measure(df, cfg)
+        except Exception as e:  # a measurement bug must not hide the report
+            rows.append((pn.quantity, pn.paper, None, f"not measured ({type(e).__name__}: {e})"))
+            continue
+        context = ""
+        if isinstance(ours, tuple):  # (value, "where it was read: iteration, J, ...")
+            ours, context = ours
+        rows.append((pn.quantity, pn.paper, (ours, context) if ours is not None else None,
+                     "" if ours is not None else "not in these runs"))
+    return rows
+
+
+def _difference(paper, ours, note: str) -> str:
+    if note:
+        return note
+    if isinstance(paper, (int, float)) and isinstance(ours, (int, float)):
+        return f"{ours - paper:+.3g}"
+    return "qualitative: see the figure"
+
+
+def write_report(out: Path, scale: str, figs, plans, plotted, measured, args) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    command = "enkf-repro reproduce " + " ".join(args)
+    lines = [f"# enkf-repro report ({scale} scale)", "",
+             f"Produced by `{command.strip()}` on {stamp}, {_machine()}.", ""]
+    if scale == "smoke":
+        lines += ["**Smoke scale**: the paper's protocol with smaller ensembles, fewer batches, a test subset "
+                  "and fewer seeds, so every figure runs in minutes on a CPU. The numbers show the effects, "
+                  "not the paper's values: expect larger errors than the paper reports.", ""]
+    datasets = sorted({name_of(s.cfg.dataset.name) + (" (t10k split 8000/2000)" if s.cfg.dataset.test_only else "")
+                       for specs in plans.values() for s in specs})
+    if datasets:
+        lines += [f"Datasets used: {', '.join(datasets)}.", ""]
+    lines += ["## Paper versus this run", "", "| figure | quantity | paper reports | this run | difference |",
+              "| --- | --- | --- | --- | --- |"]
+    for fig in figs:
+        for quantity, paper, ours, note in measured[fig.id]:
+            if ours is None:
+                shown, value = f"- ({note})", None
+            else:
+                value, context = ours
+                shown = _fmt_number(value) + (f" ({context})" if context else "")
+            diff = _difference(paper, value, note)
+            lines.append(f"| {fig.id} | {quantity} | {_fmt_number(paper)} | {shown} | {diff} |")
+    lines.append("")
+    for fig in figs:
+        lines += [f"## Figure {fig.id}: {fig.title}", "", fig.description, ""]
+        p = plotted[fig.id]
+        if isinstance(p, Exception):
+            lines += [f"*Not plotted: {p}*", ""]
+        else:
+            png = next(x for x in p if x.suffix == ".png")
+            lines += [f"![Figure {fig.id}]({png.relative_to(out).as_posix()})", ""]
+        specs = plans[fig.id]
+        if specs:
+            done = sum((s.dir / "done.json").exists() for s in specs)
+            secs = sum(_elapsed(s) for s in specs)
+            lines += [f"{len(specs)} runs ({done} finished), {secs / 60:.1f} min of training in total. "
+                      f"Rerun: `enkf-repro run figure={fig.id} scale={scale}` (plus the overrides above).", ""]
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _elapsed(spec) -> float:
+    import json
+
+    try:
+        return float(json.loads((spec.dir / "done.json").read_text()).get("elapsed_s", 0.0))
+    except (OSError, ValueError):
+        return 0.0
+
+
+def _duration(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"

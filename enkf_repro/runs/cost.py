@@ -1,0 +1,120 @@
+"""Cost model of a run: FLOPs and a rough wall time, for plans and progress estimates.
+
+Per EnKF-type iteration with batch B, C classes, P parameters, J members and d = B * C: the
+forward of the whole ensemble costs J * B * f FLOP (f = one network on one image: about
+0.95 MFLOP for paper_cnn, 0.31 TFLOP per iteration at J = 5000) and the update about
+4 * J * d * P FLOP (two GEMMs of J x d x P, 0.23 TFLOP at J = 5000); one epoch of the paper
+(7,504 iterations) is about 4 PFLOP. A backprop step costs about 3 B f (forward and backward);
+an evaluation n_test * f. Small models and per-sample methods are bound by a fixed cost per step
+(kernel launches, Python) rather than by arithmetic, added from :data:`STEP_OVERHEAD_S`.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import time
+
+import torch
+from omegaconf import DictConfig
+
+from ..config.schema import name_of
+from ..models.ensemble import precision_scope
+from ..models.registry import build_model
+
+TRAIN_SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "notmnist": (8000, 2000)}
+
+
+# Seconds of fixed cost per step (kernel launches, Python), on top of the FLOPs: small models and
+# per-sample methods are bound by these, not by arithmetic. Rough values from smoke runs on 2 CPU
+# cores (thesis IEnK: ~7 ms per training sample; an EnKF or backprop step: ~2 ms).
+STEP_OVERHEAD_S = {"cpu": {"step": 2e-3, "sample": 7e-3}, "cuda": {"step": 3e-4, "sample": 2e-3}}
+
+
+def estimate_seconds(cfg: DictConfig, rate: float, device: str = "cpu") -> float:
+    """Rough wall time of one run: its FLOPs at ``rate`` FLOP/s plus a fixed cost per step."""
+    flops, steps, kind = estimate_cost(cfg)
+    return flops / rate + steps * STEP_OVERHEAD_S["cuda" if device == "cuda" else "cpu"][kind]
+
+
+def estimate_flops(cfg: DictConfig) -> float:
+    """FLOPs of one run (forward + update, plus evaluations; module docstring)."""
+    return estimate_cost(cfg)[0]
+
+
+def estimate_cost(cfg: DictConfig) -> tuple[float, int, str]:
+    """(FLOPs, steps, step kind) of one run: FLOPs of the forward passes and the update, plus the
+    evaluations (module docstring); steps are EnKF iterations, backprop steps, or training samples for
+    per-sample IEnK ("sample")."""
+    model = build_model(cfg.model)
+    f = model.forward_flops()
+    P = model.num_params
+    n_train, n_test = TRAIN_SIZES[name_of(cfg.dataset.name)]
+    if cfg.dataset.test_only:
+        n_train, n_test = cfg.dataset.test_only_train_size, 10000 - cfg.dataset.test_only_train_size
+    if cfg.dataset.test_size:
+        n_test = min(n_test, cfg.dataset.test_size)
+    B = cfg.train.batch_size
+    per_epoch = math.ceil(n_train / B)
+    if cfg.train.max_batches:
+        per_epoch = min(per_epoch, cfg.train.max_batches)
+    batches = math.ceil(cfg.train.epochs * per_epoch)
+    opt = cfg.optimizer
+    if "ensemble_size" in opt:
+        J = opt.ensemble_size
+        r = opt.get("repetitions", 1)
+        iters = batches * r
+        d = B * 10
+        evals = iters // cfg.train.eval_every + 2
+        flops = iters * (J * B * f + 4.0 * J * d * P) + evals * n_test * f
+        if name_of(opt.name) == "ienk_simple" and name_of(opt.get("mode", "batch")) == "sample":
+            return flops, batches * B, "sample"
+        return flops, iters, "step"
+    evals = batches // max(1, cfg.train.eval_every) + 2
+    return batches * B * 3.0 * f + evals * n_test * f, batches, "step"
+
+
+# -- measuring the machine ------------------------------------------------------------------------
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def gemm_rate(device: torch.device, precision: str = "fp32") -> float:
+    """Dense square GEMM FLOP/s in the forward's precision (the roofline reference)."""
+    n = 2048 if device.type == "cpu" else 8192
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    with precision_scope("tf32" if precision == "tf32" else "fp32", device):
+        t = timed(lambda: a @ b, device, repeats=5, warmup=2)
+    return 2.0 * n ** 3 / t
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"

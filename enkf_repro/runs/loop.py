@@ -1,0 +1,141 @@
+"""The one training loop, for every method (ensemble methods, single-network ones, backprop).
+
+The loop (the paper's protocol, docs/paper.md): mini-batches of ``train.batch_size`` from the
+run's batch stream (a fixed order for the ensemble methods, a per-epoch reshuffle for backprop,
+``train.shuffle`` to choose), each presented ``method.repetitions`` times (the EnKF's r; the
+forward pass is recomputed each time, so outputs and labels always belong to the same batch),
+and every ``train.eval_every`` iterations and at the end an evaluation of each network the
+method names (the ensemble mean, a best member, the trained network): test error and loss on the
+device-resident test set, plus the method's diagnostics. The loop owns the data order, the
+evaluation, the CSV rows, the checkpoints (method state, generator, data position, Algorithm 1's
+state) and resuming; a method only steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from ..config.schema import name_of
+from ..data.batches import Batches
+from ..data.datasets import load_data
+from ..errors import DivergenceError
+from ..models.ensemble import EnsembleForward, resolve_device
+from ..models.registry import build_model
+from ..optim.adaptive import make_schedule
+from ..optim.base import get_method
+from ..optim.distributed_enkf import Comm, DistributedEnKF, LocalComm
+from .rundir import RunDir, progress_bar
+
+
+@dataclass
+class LoopState:
+    iteration: int = 0   # method steps done
+    batch: int = 0       # index in the run's stream of batches (over epochs)
+    rep: int = 0         # presentations of the current batch done
+    r: int = 1           # presentations per batch (Algorithm 1 may change it between batches)
+    budget: int = 0      # total iterations (Algorithm 1 may change it)
+    r_next: int = 0      # r for the batches after the current one (0: unchanged)
+
+
+def build_method(cfg, model, device: torch.device, generator: torch.Generator, comm: Comm | None = None):
+    """The method object of ``cfg.optimizer`` (its rows of the ensemble under ``distributed=true``)."""
+    forward = EnsembleForward.from_config(model, cfg.ensemble, device)
+    if cfg.get("distributed", False):
+        return DistributedEnKF(cfg, model, forward, generator, device, comm=comm)
+    return get_method(str(cfg.optimizer.name))(cfg, model, forward, generator, device)
+
+
+def _scalar(v: Any) -> float:
+    return float(v.item()) if isinstance(v, torch.Tensor) else float(v)
+
+
+def train_run(cfg, rd: RunDir, label: str = "", comm: Comm | None = None) -> dict[str, Any]:
+    """Train the run ``cfg`` into the run folder ``rd`` (resuming from its checkpoint if any)."""
+    comm = comm if comm is not None else LocalComm()
+    device = resolve_device(cfg.device)
+    if comm.world > 1 and device.type == "cuda":
+        device = comm.device
+    data = load_data(cfg.dataset, device)
+    model = build_model(cfg.model)
+    generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
+    method = build_method(cfg, model, device, generator, comm)
+    shuffle_default = bool(getattr(method, "shuffle_default", False))
+    batches = Batches(data, cfg.train, int(cfg.seed), shuffle_default=shuffle_default)
+    method.attach(batches)
+    st = LoopState(r=method.repetitions, budget=batches.total * method.repetitions)
+    schedule = make_schedule(cfg, batches)
+    eval_every = int(cfg.train.eval_every)
+    eval_bs = int(cfg.train.eval_batch_size)
+
+    if rd.resume_state is not None:
+        s = rd.resume_state
+        method.load_state_dict(s["method"])
+        generator.set_state(s["generator"])
+        st = LoopState(**s["loop"])
+        schedule.load_state_dict(s["schedule"])
+
+    def state() -> dict[str, Any]:
+        return {"method": method.state_dict(), "generator": generator.get_state(), "loop": asdict(st),
+                "schedule": schedule.state_dict()}
+
+    def epoch() -> float:
+        return batches.epoch_of(st.batch + st.rep / st.r)
+
+    def log(rows) -> None:
+        head = {"iteration": st.iteration, "epoch": epoch(), "elapsed_s": round(rd.elapsed(), 3)}
+        rd.log({**head, **row} for row in rows)
+
+    def evaluate(last_step: dict[str, Any]) -> None:
+        rows = []
+        for suffix, theta in method.eval_params().items():
+            err, loss = model.evaluate(theta, data.test_x, data.test_y, eval_bs)
+            if not math.isfinite(err):
+                raise DivergenceError("test error is not finite")
+            tail = f"_{suffix}" if suffix else ""
+            rows += [{"metric": "test_error" + tail, "value": err}, {"metric": "test_loss" + tail, "value": loss}]
+        diag = {k: _scalar(v) for k, v in last_step.items() if k != "nonfinite_step"}
+        diag.update(method.diagnostics())
+        rows += [{"metric": k, "value": v} for k, v in diag.items()]
+        rows += schedule.on_eval(st.iteration, rows[0]["value"], st, method)
+        log(rows)
+
+    if st.iteration == 0 and rd.resume_state is None:
+        evaluate({})
+    bar = progress_bar(st.budget, st.iteration, label, bool(cfg.progress) and comm.rank == 0)
+    last: dict[str, Any] = {}
+    try:
+        with rd.signals():
+            while st.iteration < st.budget and st.batch < batches.total:
+                x, y = batches.get(st.batch)
+                while st.rep < st.r and st.iteration < st.budget:
+                    last = method.step(x, y)
+                    st.iteration += 1
+                    st.rep += 1
+                    if last.get("nonfinite_step"):
+                        log([{"metric": "nonfinite_step", "value": last["nonfinite_step"]}])
+                    at_end = st.iteration >= st.budget or (st.batch + 1 >= batches.total and st.rep >= st.r)
+                    if st.iteration % eval_every == 0 or at_end:
+                        evaluate(last)
+                        bar.total = st.budget
+                    extra = method.rows(st.iteration, epoch())
+                    if extra:
+                        rd.log({"elapsed_s": round(rd.elapsed(), 3), **row} for row in extra)
+                    if st.rep >= st.r:
+                        st.batch, st.rep = st.batch + 1, 0
+                        if st.r_next:
+                            st.r, st.r_next = st.r_next, 0
+                    bar.update(1)
+                    if rd.due(st.iteration):
+                        rd.checkpoint(state())
+                    rd.stop_if_requested(state)
+                    if st.rep == 0:
+                        break
+    finally:
+        bar.close()
+        method.close()
+    return {"iterations": st.iteration, "batches": st.batch, "device": str(device),
+            "method": name_of(cfg.optimizer.name)}

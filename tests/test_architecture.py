@@ -1,0 +1,224 @@
+"""The package's layers, read from its source (ast, nothing imported): imports point down only,
+no module takes part in an import circle, and the numerics import no I/O, Hydra or run
+management."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "enkf_repro"
+
+# Layer of each package or module; a module may import from its own layer or below.
+LAYERS = {
+    "enkf_repro.errors": 0,
+    "enkf_repro.config": 1,
+    "enkf_repro.data": 2, "enkf_repro.models": 2,
+    "enkf_repro.optim": 3,
+    "enkf_repro.experiments": 4,
+    "enkf_repro.runs": 5,
+    "enkf_repro.report": 6,
+    "enkf_repro.api": 7, "enkf_repro.bench": 7,
+    "enkf_repro.cli": 8,
+    "enkf_repro.__main__": 9, "enkf_repro": 9,
+}
+NUMERICS = ("enkf_repro.optim", "enkf_repro.models", "enkf_repro.data")
+NOT_IN_NUMERICS = ("hydra", "pandas", "matplotlib", "tqdm", "enkf_repro.config.compose", "enkf_repro.runs",
+                   "enkf_repro.experiments", "enkf_repro.report")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PKG.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PKG.rglob("*.py")}
+
+
+def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
+    """Every module ``name`` imports, at any depth of its file (function-level imports included),
+    resolved to package modules where they are ones (``from . import x`` -> the module x)."""
+    tree = ast.parse(path.read_text())
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            for a in node.names:
+                full = f"{base}.{a.name}"
+                out.add(full if full in known else base)
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    known = set(mods)
+    return {n: {i for i in imports_of(n, p, known) if i in known and i != n} for n, p in mods.items()}
+
+
+def layer(name: str) -> int:
+    best = max((k for k in LAYERS if name == k or name.startswith(k + ".")), key=len)
+    return LAYERS[best]
+
+
+def test_every_module_has_a_layer():
+    assert all(layer(m) is not None for m in modules())
+
+
+def test_imports_point_down_the_layers():
+    up = [(m, i) for m, deps in graph().items() for i in deps
+          if layer(i) > layer(m) and not (m == "enkf_repro" or i == "enkf_repro")]
+    assert not up, "imports that run up the layers: " + ", ".join(f"{a} -> {b}" for a, b in up)
+
+
+def test_no_import_circles():
+    g = graph()
+    # a package's __init__ importing its own modules is not a circle of the code's structure
+    g = {m: {i for i in deps if not (m == i.rpartition(".")[0] and modules()[m].name == "__init__.py")}
+         for m, deps in g.items()}
+    index, low, stack, on, cycles = {}, {}, [], set(), []
+
+    counter = [0]
+
+    def strongconnect(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in g[v]:
+            if w not in index:
+                strongconnect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in g:
+        if v not in index:
+            strongconnect(v)
+    assert not cycles, f"import circles: {cycles}"
+
+
+def test_numerics_import_no_io_hydra_or_run_management():
+    mods = modules()
+    known = set(mods)
+    bad = []
+    for name, path in mods.items():
+        if name.startswith(NUMERICS):
+            for i in imports_of(name, path, known):
+                if any(i == b or i.startswith(b + ".") for b in NOT_IN_NUMERICS):
+                    bad.append(f"{name} -> {i}")
+    assert not bad, "numerics importing I/O or run code: " + ", ".join(bad)
+
+
+def test_the_checks_catch_a_circle_and_an_upward_import(tmp_path, monkeypatch):
+    """The walker itself: a two-module circle and an import from optim up to runs are found."""
+    import sys
+
+    pkg = tmp_path / "enkf_repro"
+    (pkg / "optim").mkdir(parents=True)
+    (pkg / "runs").mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "optim" / "__init__.py").write_text("")
+    (pkg / "runs" / "__init__.py").write_text("")
+    (pkg / "optim" / "a.py").write_text("from . import b\nfrom ..runs import loop\n")
+    (pkg / "optim" / "b.py").write_text("def f():\n    from .a import x\n")
+    (pkg / "runs" / "loop.py").write_text("")
+    monkeypatch.setattr(sys.modules[__name__], "PKG", pkg)
+    g = graph()
+    assert "enkf_repro.optim.b" in g["enkf_repro.optim.a"] and "enkf_repro.optim.a" in g["enkf_repro.optim.b"]
+    assert "enkf_repro.runs.loop" in g["enkf_repro.optim.a"]
+    for check in (test_no_import_circles, test_imports_point_down_the_layers):
+        try:
+            check()
+        except AssertionError:
+            continue
+        raise AssertionError(f"{check.__name__} did not catch the planted fault")
+
+
+def test_a_method_is_one_module_and_one_yaml(tmp_path):
+    """In a copy of the package: removing the never-look-back method is removing optim/haber.py and
+    configs/optimizer/haber.yaml, and a new method is one new module plus one YAML file, which
+    ``optimizer=<name>`` then composes and trains with no other file touched."""
+    import shutil
+    import subprocess
+    import sys
+
+    repo = PKG.parent
+    shutil.copytree(PKG, tmp_path / "enkf_repro", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(repo / "configs", tmp_path / "configs")
+    (tmp_path / "enkf_repro" / "optim" / "haber.py").unlink()
+    (tmp_path / "configs" / "optimizer" / "haber.yaml").unlink()
+    (tmp_path / "enkf_repro" / "optim" / "signsgd.py").write_text('''
+from dataclasses import dataclass
+
+import torch
+
+from .base import SingleNetworkMethod, register_method
+
+
+@dataclass
+class SignConfig:
+    name: str = "signsgd"
+    lr: float = 0.01
+
+
+class SignDescent(SingleNetworkMethod):
+    def __init__(self, cfg, model, forward, generator, device):
+        self.model, self.K, self.lr = model, 1, float(cfg.optimizer.lr)
+        self.theta = model.init(1, cfg.init, generator, device)[0]
+
+    def step(self, x, y):
+        theta = self.theta.clone().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(self.model.forward(theta, x), y.argmax(1))
+        loss.backward()
+        self.theta = (theta - self.lr * theta.grad.sign()).detach()
+        return {"train_loss": float(loss)}
+
+
+register_method("signsgd", SignConfig, SignDescent)
+''')
+    (tmp_path / "configs" / "optimizer" / "signsgd.yaml").write_text("defaults:\n  - signsgd_schema\n")
+    probe = """
+import torch
+from enkf_repro.api import compose
+from enkf_repro.models.registry import build_model
+from enkf_repro.models.ensemble import EnsembleForward
+from enkf_repro.optim import METHODS
+assert "haber" not in METHODS and "signsgd" in METHODS, sorted(METHODS)
+cfg = compose(["optimizer=signsgd", "optimizer.lr=0.5", "model=dnn1"])
+model = build_model(cfg.model)
+m = METHODS["signsgd"](cfg, model, EnsembleForward(model), torch.Generator().manual_seed(0), "cpu")
+x, y = torch.rand(8, 1, 28, 28), torch.eye(10)[torch.arange(8)]
+before = m.eval_params()[""].clone()
+m.step(x, y)
+assert cfg.optimizer.lr == 0.5 and not torch.equal(before, m.eval_params()[""])
+try:
+    compose(["optimizer=haber"])
+except Exception as e:
+    assert "haber" in str(e)
+else:
+    raise AssertionError("optimizer=haber still composes")
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}, timeout=300)
+    assert proc.stdout.strip() == "ok", proc.stderr
