@@ -5,7 +5,8 @@ For each ensemble size J and precision: the PyTorch path (``EnsembleForward`` ov
 ``PaperCNNSpec.forward_chunk``, its own chunking) and the Triton path
 (``enkf_repro.kernels.paper_cnn_triton.forward``) at several chunk sizes (h budgets), on one
 batch of 64 images. Before any timing, every Triton output is checked against the PyTorch
-path in fp32 (normwise max relative error; tolerance 1e-5 fp32, 5e-3 tf32, 2e-2 bf16) and a
+path in fp32 (normwise max relative error; tolerance 1e-5 fp32, 5e-3 tf32, 2e-2 bf16, 2e-5
+tf32x3, for which the PyTorch column is its fp32 path) and a
 failure is reported in the table and by the exit status. Times are medians of repeated calls,
 each bracketed by torch.cuda.synchronize(). Before timing a precision, every kernel
 configuration is timed on one chunk (``paper_cnn_triton.tune``) and the fastest is used.
@@ -39,7 +40,9 @@ from enkf_repro.ensemble import EnsembleForward  # noqa: E402
 from enkf_repro.kernels import paper_cnn_triton as K  # noqa: E402
 from enkf_repro.models import PaperCNNSpec  # noqa: E402
 
-TOL = {"fp32": 1e-5, "tf32": 5e-3, "bf16": 2e-2}
+TOL = {"fp32": 1e-5, "tf32": 5e-3, "bf16": 2e-2, "tf32x3": 2e-5}
+# the PyTorch path's mode to compare each Triton precision with
+TORCH_PRECISION = {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16", "tf32x3": "fp32"}
 
 
 def members(n: int, pool_conv2: bool, device) -> torch.Tensor:
@@ -81,7 +84,7 @@ def median_ms(fn, device, max_repeats: int, seconds: float, min_repeats: int = 3
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--J", default="1000,5000,10000,20000", help="ensemble sizes (comma-separated)")
-    ap.add_argument("--precisions", default="fp32,tf32,bf16")
+    ap.add_argument("--precisions", default="fp32,tf32,bf16,tf32x3")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--activation", default="logistic", choices=K.ACTIVATIONS)
     ap.add_argument("--pool-conv2", action="store_true")
@@ -127,20 +130,19 @@ def main(argv: list[str] | None = None) -> int:
         f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
         f"- torch {torch.__version__}, triton {triton.__version__}",
         f"- command: `python scripts/bench_kernels.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
-        "- times: median ms of one forward of all J members (synchronized); error: normwise max relative "
-        "error against the PyTorch path in fp32",
+        "- times: median ms of one forward of all J members (synchronized); errors: normwise max "
+        "relative error against the PyTorch path in fp32 (its column for tf32x3 is that fp32 path)",
         "",
     ]
-    tuned = {}
     if not args.no_tune:
         for p in precisions:
-            tuned[p] = K.tune(U_all, x, args.activation, args.pool_conv2, p)
-            lines.append(f"- tuning ({p}, one chunk of {tuned[p]['members']} members), ms: "
-                         + ", ".join(f"{n} {t:.3f}" for n, t in {**tuned[p]['conv1'], **tuned[p]['conv2']}.items())
-                         + f"; using {' + '.join(tuned[p]['best'])}")
+            t = K.tune(U_all, x, args.activation, args.pool_conv2, p)
+            times = ", ".join(f"{n} {ms:.3f}" for n, ms in {**t["conv1"], **t["conv2"]}.items())
+            lines.append(f"- tuning ({p}, one chunk of {t['members']} members), ms: {times}; "
+                         f"using {' + '.join(t['best'])}")
         lines.append("")
-    chunk_cols = [f"Triton ms, h {b:g} MiB chunks" for b in budgets]
-    lines += ["| J | precision | PyTorch ms | " + " | ".join(chunk_cols)
+    cols = " | ".join(f"Triton ms, h {b:g} MiB chunks" for b in budgets)
+    lines += [f"| J | precision | PyTorch ms | {cols}"
               + " | speedup | Triton error | PyTorch error | check |",
               "|" + " --- |" * (7 + len(budgets))]
     print("\n".join(lines), flush=True)
@@ -148,21 +150,21 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for J in Js:
         U = U_all[:J]
-        ref = None
+        torch_runs = {}                             # PyTorch precision -> (output, median ms)
+        for q in ["fp32"] + sorted({TORCH_PRECISION[p] for p in precisions} - {"fp32"}):
+            fwd = EnsembleForward(spec, None, q, device=device)
+            out = fwd(U, x)
+            torch_runs[q] = (out, median_ms(lambda fwd=fwd: fwd(U, x), device, args.repeats,
+                                            args.seconds, min_repeats))
+        ref = torch_runs["fp32"][0]
         for p in precisions:
-            torch_fwd = EnsembleForward(spec, None, p, device=device)
-            out_torch = torch_fwd(U, x)
-            sync(device)
-            if ref is None:
-                ref = EnsembleForward(spec, None, "fp32", device=device)(U, x) if p != "fp32" else out_torch
+            out_torch, t_torch = torch_runs[TORCH_PRECISION[p]]
             chunks = [K.recommended_chunk(B, p, int(b * 2**20)) for b in budgets]
-            errs = []
-            for cs in chunks:                       # check first (this also compiles and warms up)
-                errs.append(rel(K.forward(U, x, args.activation, args.pool_conv2, p, chunk=cs), ref))
-            err = max(errs)
+            # check first (this also compiles and warms up)
+            err = max(rel(K.forward(U, x, args.activation, args.pool_conv2, p, chunk=cs), ref)
+                      for cs in chunks)
             ok = err < TOL[p]
             failed |= not ok
-            t_torch = median_ms(lambda: torch_fwd(U, x), device, args.repeats, args.seconds, min_repeats)
             t_tri = [median_ms(lambda cs=cs: K.forward(U, x, args.activation, args.pool_conv2, p, chunk=cs),
                                device, args.repeats, args.seconds, min_repeats) for cs in chunks]
             row = (f"| {J} | {p} | {t_torch:.2f} | "
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                    + ("ok" if ok else f"FAIL (tol {TOL[p]:g})") + " |")
             lines.append(row)
             print(row, flush=True)
-            del out_torch
+        del torch_runs, ref
     lines += ["", "Triton cells: median ms (members per chunk)."]
     print(lines[-1])
     if args.markdown:

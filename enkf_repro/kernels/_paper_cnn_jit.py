@@ -4,7 +4,7 @@ the costs; call them through that module).
 This file is executed as a fresh module once per mode (compiled, or Triton's interpreter when
 ``TRITON_INTERPRET=1``), because ``@triton.jit`` chooses the mode when it decorates. For the
 same reason the kernels call only Triton builtins and jit functions of this file (see _sum).
-Constexpr codes: ACT 0 logistic, 1 relu, 2 tanh; PREC 0 IEEE fp32, 1 tf32, 2 bf16.
+Constexpr codes: ACT 0 logistic, 1 relu, 2 tanh; PREC 0 IEEE fp32, 1 tf32, 2 bf16, 3 tf32x3.
 """
 
 import triton
@@ -45,7 +45,8 @@ def _round_bf16(x):
 
 @triton.jit
 def _mma(a, b, acc, PREC: tl.constexpr, EMULATE_BF16: tl.constexpr):
-    """acc + a @ b with fp32 accumulation. PREC: 0 IEEE fp32, 1 tf32, 2 bf16 operands."""
+    """acc + a @ b with fp32 accumulation. PREC: 0 IEEE fp32, 1 tf32, 2 bf16 operands,
+    3 tf32x3 (three tf32 products: about fp32 accuracy on the tensor cores)."""
     if PREC == 2:
         if EMULATE_BF16:                       # interpreter: bf16 values, fp32 products (exact)
             a = _round_bf16(a.to(tl.float32))
@@ -55,6 +56,8 @@ def _mma(a, b, acc, PREC: tl.constexpr, EMULATE_BF16: tl.constexpr):
             r = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
     elif PREC == 1:
         r = tl.dot(a, b, acc, input_precision="tf32")
+    elif PREC == 3:
+        r = tl.dot(a, b, acc, input_precision="tf32x3")
     else:
         r = tl.dot(a, b, acc, input_precision="ieee")
     return r
@@ -65,38 +68,40 @@ def conv1_pool_act_kernel(
     x_ptr, w_ptr, h_ptr,            # x (B, 784) fp32; W rows; h (Jc, B, 144, 10)
     M, N, stride_w, stride_h,       # M = B*144, N = Jc*10, row stride of W, B*1440
     ACT: tl.constexpr, PREC: tl.constexpr, EMULATE_BF16: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)   # m = b*144 + 12*i + k
     rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)   # n = member*10 + channel
-    rt = tl.arange(0, 32)                                      # tap t = 5*u + v (25 used)
     m_ok = rm < M
     n_ok = rn < N
-    t_ok = rt < 25
     b = rm // 144                                              # image
     i = (rm % 144) // 12                                       # pooled row
     k = rm % 12                                                # pooled column
     member = (rn // 10).to(tl.int64)
     c = rn % 10                                                # conv1 output channel
-    # im2col row of conv1's output pixel (2i, 2k): x[b, 2i + u, 2k + v] for the 25 taps
-    a_ptrs = x_ptr + (b * 784 + i * 56 + k * 2)[:, None] + ((rt // 5) * 28 + rt % 5)[None, :]
-    a_mask = m_ok[:, None] & t_ok[None, :]
-    # conv1.weight[c, 0, u, v] of each column's member: a (32 taps x BLOCK_N) tile
-    w = tl.load(w_ptr + member[None, :] * stride_w + (c * 25)[None, :] + rt[:, None],
-                mask=t_ok[:, None] & n_ok[None, :], other=0.0)
-    zero = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-    # conv1 at the four pixels of each 2x2 pooling window; the max-pool is the running max
-    acc = _mma(tl.load(a_ptrs, mask=a_mask, other=0.0), w, zero, PREC, EMULATE_BF16)  # (2i, 2k)
-    acc = tl.maximum(acc, _mma(tl.load(a_ptrs + 1, mask=a_mask, other=0.0), w, zero,
-                               PREC, EMULATE_BF16))                                  # (2i, 2k+1)
-    acc = tl.maximum(acc, _mma(tl.load(a_ptrs + 28, mask=a_mask, other=0.0), w, zero,
-                               PREC, EMULATE_BF16))                                  # (2i+1, 2k)
-    acc = tl.maximum(acc, _mma(tl.load(a_ptrs + 29, mask=a_mask, other=0.0), w, zero,
-                               PREC, EMULATE_BF16))                                  # (2i+1, 2k+1)
-    hv = _act(acc, ACT)                                        # act after the pool
+    x_row = x_ptr + (b * 784 + i * 56 + k * 2)                 # x[b, 2i, 2k]: top-left of the patch
+    w_col = w_ptr + member * stride_w + c * 25                 # conv1.weight[c, 0, 0, 0] of the member
+    acc00 = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)       # conv1 at pixel (2i,   2k)
+    acc01 = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)       #                (2i,   2k+1)
+    acc10 = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)       #                (2i+1, 2k)
+    acc11 = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)       #                (2i+1, 2k+1)
+    for t0 in tl.static_range(0, 32, BLOCK_K):
+        rt = t0 + tl.arange(0, BLOCK_K)                        # tap t = 5*u + v (25 of 32 used)
+        t_ok = rt < 25
+        # im2col tile: x[b, 2i + dy + u, 2k + dx + v] = x_row + 28*u + v + (28*dy + dx)
+        a_ptrs = x_row[:, None] + ((rt // 5) * 28 + rt % 5)[None, :]
+        a_mask = m_ok[:, None] & t_ok[None, :]
+        # conv1.weight[c, 0, u, v] of each column's member: a (BLOCK_K taps x BLOCK_N) tile
+        w = tl.load(w_col[None, :] + rt[:, None], mask=t_ok[:, None] & n_ok[None, :], other=0.0)
+        acc00 = _mma(tl.load(a_ptrs, mask=a_mask, other=0.0), w, acc00, PREC, EMULATE_BF16)
+        acc01 = _mma(tl.load(a_ptrs + 1, mask=a_mask, other=0.0), w, acc01, PREC, EMULATE_BF16)
+        acc10 = _mma(tl.load(a_ptrs + 28, mask=a_mask, other=0.0), w, acc10, PREC, EMULATE_BF16)
+        acc11 = _mma(tl.load(a_ptrs + 29, mask=a_mask, other=0.0), w, acc11, PREC, EMULATE_BF16)
+    # 2x2 max-pool, then the activation (act(max) = max(act) for a non-decreasing act)
+    hv = _act(tl.maximum(tl.maximum(acc00, acc01), tl.maximum(acc10, acc11)), ACT)
     if PREC == 2:
         if EMULATE_BF16:
-            hv = _round_bf16(hv)                                   # as the GPU's cast rounds
+            hv = _round_bf16(hv)                               # as the GPU's cast rounds
     # h[member, b, i, k, c], channels-last per member
     h_ptrs = h_ptr + member[None, :] * stride_h + (rm * 10)[:, None] + c[None, :]
     tl.store(h_ptrs, hv.to(h_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])

@@ -23,10 +23,11 @@ All members see the same images, so conv1 of a chunk of Jc members is one implic
     columns n = member*10 + c        (conv1 output channel c of each member),         N = Jc*10
     depth   t = 5*u + v              (tap (u, v) of the 5x5 kernel), K = 25 padded to 32
 
-computed four times, once per pixel (2i+dy, 2k+dx) of each 2x2 pooling window; the pool is the
-running maximum of the four accumulators and the activation is applied in the epilogue. The
-patches are gathered straight from x (no im2col buffer: a patch is x at ``b*784 + (2i+dy+u)*28 +
-(2k+dx+v)``, and the four pooling positions are the constant shifts 0, 1, 28, 29). Grid:
+computed four times, once per pixel (2i+dy, 2k+dx) of each 2x2 pooling window, into four
+accumulators that share each weight tile (K in steps of BLOCK_K); the epilogue takes their
+maximum (the pool) and applies the activation. The patches are gathered straight from x (no
+im2col buffer: a patch is x at ``b*784 + (2i+dy+u)*28 + (2k+dx+v)``, and the four pooling
+positions are the constant shifts 0, 1, 28, 29). Grid:
 ``(cdiv(M, BLOCK_M), cdiv(N, BLOCK_N))``; a BLOCK_N tile spans several members, so each patch
 tile loaded serves BLOCK_N/10 members.
 
@@ -74,10 +75,12 @@ At J = 5000 and B = 64 (320,000 member-images) that is 0.45 TFLOP of tensor-core
 3.7 GB of h traffic in fp32 (1.8 GB in bf16) if h goes through HBM; sizing the chunk so that
 its h fits in L2 (:func:`recommended_chunk`) turns the read half into L2 hits.
 
-Precision (``precision``): ``"fp32"`` IEEE fp32 products (``input_precision="ieee"``),
+Precision (``precision``): ``"fp32"`` IEEE fp32 products (``input_precision="ieee"``: on the
+CUDA cores, so 0.45 TFLOP at J = 5000 takes at least ~7 ms at an H200's 67 TFLOP/s),
 ``"tf32"`` TensorFloat-32 tensor cores, ``"bf16"`` operands rounded to bfloat16 (h stored in
-bf16). Accumulation is always fp32 and outputs are always fp32; the activations and fc run in
-fp32 in every mode.
+bf16), ``"tf32x3"`` each product as three tf32 products (about fp32 accuracy, on the tensor
+cores: the candidate for fp32 runs if IEEE is too slow). Accumulation is always fp32 and
+outputs are always fp32; the activations and fc run in fp32 in every mode.
 
 Memory and chunking: a chunk of Jc members needs h (Jc*B*1440 values) besides its output, so
 the caller evaluates the ensemble a chunk at a time (:func:`forward` does it, with
@@ -85,9 +88,10 @@ the caller evaluates the ensemble a chunk at a time (:func:`forward` does it, wi
 
 Kernels are built on first use, once per mode: compiled for the GPU, or for Triton's CPU
 interpreter when ``TRITON_INTERPRET=1`` is set at that time (both can coexist in one process).
-The interpreter's ``tl.dot`` mishandles bfloat16 operands, so in interpreter mode the bf16 path
-rounds the operands to bf16 and multiplies them as fp32, which gives the same products (a
-product of two bf16 values is exact in fp32) with fp32 accumulation.
+The interpreter's ``tl.dot`` mishandles bfloat16 operands and its fp32 -> bf16 cast truncates,
+so in interpreter mode the bf16 path rounds the operands to bf16 (to nearest even, as the GPU
+does) and multiplies them as fp32, which gives the same products (a product of two bf16 values
+is exact in fp32) with fp32 accumulation. The interpreter computes tf32 and tf32x3 as fp32.
 """
 
 from __future__ import annotations
@@ -99,7 +103,7 @@ from types import SimpleNamespace
 import torch
 
 ACTIVATIONS = ("logistic", "relu", "tanh")
-PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16", "tf32x3")
 
 N_CONV1 = 10 * 1 * 5 * 5        # conv1.weight values per member
 N_CONV2 = 20 * 10 * 5 * 5       # conv2.weight values per member
@@ -127,16 +131,18 @@ def num_params(pool_conv2: bool) -> int:
 
 @dataclass(frozen=True)
 class Conv1Config:
-    """Kernel A tile: BLOCK_M pooled pixels x BLOCK_N member-channels."""
+    """Kernel A tile: BLOCK_M pooled pixels x BLOCK_N member-channels, the 32 (25 used) taps in
+    steps of BLOCK_K."""
 
     block_m: int
     block_n: int
+    block_k: int
     num_warps: int
     num_stages: int = 1
 
     @property
     def name(self) -> str:
-        return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}"
+        return f"m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}"
 
 
 @dataclass(frozen=True)
@@ -157,8 +163,10 @@ class Conv2Config:
 # Every configuration allowed here is run by tests/test_kernels.py (interpreter; on GPU with
 # -m gpu). Add one only together with its test coverage.
 CONV1_CONFIGS = (
-    Conv1Config(block_m=64, block_n=64, num_warps=4),
-    Conv1Config(block_m=128, block_n=64, num_warps=8),
+    Conv1Config(block_m=64, block_n=64, block_k=32, num_warps=4),    # tensor cores
+    Conv1Config(block_m=128, block_n=64, block_k=32, num_warps=8),   # tensor cores
+    Conv1Config(block_m=32, block_n=64, block_k=16, num_warps=4),    # IEEE fp32 (CUDA cores)
+    Conv1Config(block_m=64, block_n=64, block_k=16, num_warps=8),    # IEEE fp32 (CUDA cores)
 )
 CONV2_CONFIGS = (
     Conv2Config(images=1, block_k=64, num_warps=4, num_stages=2),
@@ -170,21 +178,35 @@ CONV2_CONFIGS = (
 _TUNED: dict[tuple, tuple[Conv1Config, Conv2Config]] = {}
 
 
+def candidate_configs(precision: str) -> tuple[tuple[Conv1Config, ...], tuple[Conv2Config, ...]]:
+    """The configurations :func:`tune` tries for a precision (all are allowed and tested with
+    every precision). IEEE fp32 runs ``tl.dot`` on the CUDA cores, which holds a whole K-step of
+    both operands in registers: kernel A's 32-tap steps spill there (compiled for sm_90), so
+    fp32 gets the 16-tap ones and the tensor-core modes the 32-tap ones."""
+    _prec_code(precision)
+    k = 16 if precision == "fp32" else 32
+    return tuple(c for c in CONV1_CONFIGS if c.block_k == k), CONV2_CONFIGS
+
+
 def default_configs(batch: int, precision: str = "fp32",
                     pool_conv2: bool = False) -> tuple[Conv1Config, Conv2Config]:
     """The configurations used when none is given: those :func:`tune` found for this batch
-    size, precision and pooling if it ran in this process, else a heuristic (4 images per
-    conv2 program, fewer for batches that small)."""
+    size, precision and pooling if it ran in this process, else a heuristic: the first of
+    :func:`candidate_configs` for kernel A; for kernel B 4 images per program on the tensor
+    cores, 2 with IEEE fp32 (with 4, a few registers spill on the CUDA cores), fewer for
+    batches that small. None of these defaults spills registers when compiled for sm_90
+    (tests/test_kernels.py checks it)."""
     tuned = _TUNED.get((batch, precision, bool(pool_conv2)))
     if tuned is not None:
         return tuned
-    if batch >= 4:
+    conv1 = candidate_configs(precision)[0][0]
+    if batch >= 4 and precision != "fp32":
         conv2 = CONV2_CONFIGS[2]
     elif batch >= 2:
         conv2 = CONV2_CONFIGS[1]
     else:
         conv2 = CONV2_CONFIGS[0]
-    return CONV1_CONFIGS[0], conv2
+    return conv1, conv2
 
 
 # -- availability and kernel construction ------------------------------------------------------
@@ -303,7 +325,7 @@ def conv1_pool_act(W: torch.Tensor, x: torch.Tensor, activation: str = "logistic
     k = _kernels()
     k.conv1[grid](xp, W, h, M, N, W.stride(0), B * H_PER_IMAGE,
                   ACT=_act_code(activation), PREC=_prec_code(precision), EMULATE_BF16=k.emulate_bf16,
-                  BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                  BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return h
 
@@ -381,7 +403,7 @@ def forward(U: torch.Tensor, x: torch.Tensor, activation: str = "logistic", pool
 
 def tune(U: torch.Tensor, x: torch.Tensor, activation: str = "logistic", pool_conv2: bool = False,
          precision: str = "fp32", chunk: int | None = None) -> dict:
-    """Time every allowed configuration of each kernel on CUDA for one chunk of U (the first
+    """Time the :func:`candidate_configs` of each kernel on CUDA for one chunk of U (the first
     ``chunk`` members), remember the fastest pair for this batch size, precision and pooling
     (:func:`default_configs` returns it from then on) and return the timings in ms."""
     if not U.is_cuda or interpreting():
@@ -391,12 +413,12 @@ def tune(U: torch.Tensor, x: torch.Tensor, activation: str = "logistic", pool_co
     xp = prepare(x)
     B = xp.shape[0]
     W = U[: max(1, min(U.shape[0], chunk or recommended_chunk(B, precision)))]
-    h = conv1_pool_act(W, xp, activation, precision, CONV1_CONFIGS[0])
+    c1s, c2s = candidate_configs(precision)
+    h = conv1_pool_act(W, xp, activation, precision, c1s[0])
     out = torch.empty(W.shape[0], B, 10, device=W.device)
-    t1 = {c: do_bench(lambda c=c: conv1_pool_act(W, xp, activation, precision, c, out=h))
-          for c in CONV1_CONFIGS}
+    t1 = {c: do_bench(lambda c=c: conv1_pool_act(W, xp, activation, precision, c, out=h)) for c in c1s}
     t2 = {c: do_bench(lambda c=c: conv2_act_fc(W, h, activation, pool_conv2, precision, c, out=out))
-          for c in CONV2_CONFIGS}
+          for c in c2s}
     best = (min(t1, key=t1.get), min(t2, key=t2.get))
     _TUNED[(B, precision, bool(pool_conv2))] = best
     return {"members": W.shape[0], "batch": B, "conv1": {c.name: t for c, t in t1.items()},
@@ -415,7 +437,8 @@ def flops_per_member_image(pool_conv2: bool = False) -> dict[str, float]:
 
 __all__ = [
     "ACTIVATIONS", "CONV1_CONFIGS", "CONV2_CONFIGS", "PRECISIONS", "Conv1Config", "Conv2Config",
-    "available", "conv1_pool_act", "conv2_act_fc", "default_configs", "flops_per_member_image",
+    "available", "candidate_configs", "conv1_pool_act", "conv2_act_fc", "default_configs",
+    "flops_per_member_image",
     "forward", "forward_chunk", "h_dtype", "interpreting", "num_params", "prepare",
     "recommended_chunk", "tune",
 ]
