@@ -1,10 +1,14 @@
 """The Triton kernels of the paper's CNN against PyTorch references.
 
 Without a GPU the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``, set per test
-by a fixture: the kernel module builds interpreted kernels on first use in that mode, next to
-compiled ones, so this works whatever ran before in the same process) on tiny odd shapes
-(3 members, 5 images). Every allowed kernel configuration is run. ``-m gpu`` runs the compiled
-kernels at real shapes (1000 members, 64 images) against the project's PyTorch path.
+by a fixture) on tiny odd shapes (3 members, 5 images). The kernel module builds interpreted
+kernels on first use in that mode, next to compiled ones, and its kernels call only Triton
+builtins, so this works whatever ran before in the same process; this file itself imports
+triton at collection, before the variable is set. Every allowed kernel configuration is run
+(in fp32 and bf16: the interpreter computes tf32 as fp32). ``-m slow`` compiles every
+configuration for sm_90 without a device and checks that the defaults do not spill registers;
+``-m gpu`` runs the compiled kernels at real shapes (1000 members, 64 images) against the
+project's PyTorch path.
 
 Errors are normwise: max |got - ref| / max |ref|. References are float64, per member, with
 F.conv2d / F.max_pool2d / matmul in the network's own order (activation before pooling).
@@ -55,7 +59,7 @@ def images(n: int, seed: int = 1, device="cpu") -> torch.Tensor:
 
 
 def ref_h(W, x, activation, rnd=lambda t: t):
-    """act(maxpool(conv1)) per member as (Jc, B, 12, 12, 10) channels-last, float64; ``rnd``
+    """maxpool(act(conv1)) per member as (Jc, B, 12, 12, 10) channels-last, float64; ``rnd``
     is applied to conv1's operands."""
     x = rnd(x.double())
     out = []
