@@ -3,7 +3,7 @@
 
 For each ensemble size J and precision: the PyTorch path (``EnsembleForward`` over
 ``PaperCNNSpec.forward_chunk``, its own chunking) and the Triton path
-(``enkf_repro.kernels.paper_cnn_triton.forward``) at several chunk sizes (h budgets), on one
+(``enkf_repro.models.kernels.paper_cnn_triton.forward``) at several chunk sizes (h budgets), on one
 batch of 64 images. Before any timing, every Triton output is checked against the PyTorch
 path in fp32 (normwise max relative error; tolerance 1e-5 fp32, 5e-3 tf32, 2e-2 bf16, 2e-5
 tf32x3, for which the PyTorch column is its fp32 path) and a
@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from enkf_repro.ensemble import EnsembleForward  # noqa: E402
-from enkf_repro.kernels import paper_cnn_triton as K  # noqa: E402
 from enkf_repro.models import PaperCNNSpec  # noqa: E402
+from enkf_repro.models.ensemble import EnsembleForward  # noqa: E402
+from enkf_repro.models.kernels import paper_cnn_triton as K  # noqa: E402
 
 TOL = {"fp32": 1e-5, "tf32": 5e-3, "bf16": 2e-2, "tf32x3": 2e-5}
 # the PyTorch path's mode to compare each Triton precision with
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         for q in ["fp32"] + sorted({TORCH_PRECISION[p] for p in precisions} - {"fp32"}):
             fwd = EnsembleForward(spec, None, q, device=device)
             out = fwd(U, x)
-            torch_runs[q] = (out, median_ms(lambda fwd=fwd: fwd(U, x), device, args.repeats,
+            torch_runs[q] = (out, median_ms(lambda fwd=fwd, U=U: fwd(U, x), device, args.repeats,
                                             args.seconds, min_repeats))
         ref = torch_runs["fp32"][0]
         for p in precisions:
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                       for cs in chunks)
             ok = err < TOL[p]
             failed |= not ok
-            t_tri = [median_ms(lambda cs=cs: K.forward(U, x, args.activation, args.pool_conv2, p, chunk=cs),
+            t_tri = [median_ms(lambda cs=cs, U=U, p=p: K.forward(U, x, args.activation, args.pool_conv2, p, chunk=cs),
                                device, args.repeats, args.seconds, min_repeats) for cs in chunks]
             row = (f"| {J} | {p} | {t_torch:.2f} | "
                    + " | ".join(f"{t:.2f} ({cs})" for t, cs in zip(t_tri, chunks))

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 pytest.importorskip("triton", reason="Triton is not installed (it ships with CUDA builds of torch); "
                                      "the fused kernels are optional")
 
-from enkf_repro.kernels import paper_cnn_triton as K  # noqa: E402
+from enkf_repro.models.kernels import paper_cnn_triton as K  # noqa: E402
 
 ACT = {"logistic": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh}
 TOL = {"fp32": 1e-5, "tf32": 5e-3, "bf16": 2e-2, "tf32x3": 2e-5}   # normwise, against float64
@@ -219,8 +219,8 @@ def gpu_case(activation: str, pool_conv2: bool):
     """Members, images and the PyTorch path's outputs (float64, and each precision) on CUDA."""
     key = (activation, pool_conv2)
     if key not in _GPU_REF:
-        from enkf_repro.ensemble import precision_scope
         from enkf_repro.models import PaperCNNSpec
+        from enkf_repro.models.ensemble import precision_scope
 
         spec = PaperCNNSpec(activation, pool_conv2)
         dev = torch.device("cuda")
@@ -359,3 +359,36 @@ def test_bench_script_smoke(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     table = out.read_text()
     assert "| 5 | bf16 |" in table and "FAIL" not in table
+
+
+# -- the engine's use of the kernels ------------------------------------------------------------
+@pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_ensemble_forward_with_the_triton_kernel_equals_the_torch_path(precision):
+    """EnsembleForward(kernel="triton") (chunked: 7 members in chunks of 3) against the PyTorch
+    path, for the paper CNN; kernel="auto" keeps the PyTorch path on CPU."""
+    from enkf_repro.models.ensemble import EnsembleForward
+    from enkf_repro.models.paper_cnn import PaperCNNSpec
+
+    spec = PaperCNNSpec("tanh", False)
+    U, x = members(7, False), images(B)
+    fused = EnsembleForward(spec, chunk_size=3, precision=precision, kernel="triton")
+    assert fused.kernel == "triton" and EnsembleForward(spec, kernel="auto").kernel == "torch"
+    ref = EnsembleForward(spec, chunk_size=3, kernel="torch")(U.double(), x.double())
+    assert rel(fused(U, x), ref) < TOL[precision]
+
+
+def test_unavailable_kernel_is_a_config_error(monkeypatch):
+    from enkf_repro.errors import ConfigError
+    from enkf_repro.models.dense import DenseSpec
+    from enkf_repro.models.ensemble import EnsembleForward
+
+    with pytest.raises(ConfigError, match="ensemble.kernel='triton'.*auto or torch"):
+        EnsembleForward(DenseSpec("dnn2", [8]), kernel="triton")
+
+
+def test_chunk_probe_picks_the_least_time_per_member():
+    from enkf_repro.models.ensemble import probe_chunk
+
+    cost = {64: 1.0, 128: 1.2, 256: 3.0}          # seconds per call: 128 members is the cheapest per member
+    assert probe_chunk(None, [64, 128, 256], timer=lambda n: cost[n]) == 128

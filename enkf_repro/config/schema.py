@@ -61,6 +61,12 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
+class Kernel(str, Enum):
+    auto = "auto"      # the fused Triton kernels where they exist and can run (CUDA), else torch
+    triton = "triton"  # fused Triton kernels (paper_cnn; CUDA, or the CPU interpreter in tests)
+    torch = "torch"    # PyTorch operations: the reference and the CPU path
+
+
 class StatsPer(str, Enum):
     auto = "auto"            # per iteration for runs of at most one epoch, per epoch for longer runs
     iteration = "iteration"
@@ -105,11 +111,15 @@ class InitConfig:
 
 @dataclass
 class EnsembleConfig:
-    # Members per batched forward call; null picks a size that keeps intermediates in cache (CPU)
-    # or within a fixed memory budget (CUDA).
+    # Members per batched forward call; null: 16 on CPU (intermediates stay in cache); on CUDA the
+    # fastest of a few sizes within a memory budget, timed once per device, model and batch size.
     chunk_size: Optional[int] = None
-    precision: Precision = Precision.fp32  # forward pass only; the update runs in fp32 or fp64
-    compile: bool = False                  # torch.compile the per-chunk forward
+    # fp32: IEEE fp32; tf32 / bf16: tensor cores (accumulation in fp32); outputs always fp32.
+    precision: Precision = Precision.fp32
+    # The update's large GEMMs: fp32 (IEEE) or tf32 (tensor cores); the small factors are fp64.
+    update_precision: Precision = Precision.fp32
+    compile: bool = False                  # torch.compile the per-chunk forward (torch kernel)
+    kernel: Kernel = Kernel.auto
 
 
 @dataclass

@@ -52,6 +52,8 @@ def validate(cfg: DictConfig) -> None:
     check(cfg.init.sigma > 0, "init.sigma", cfg.init.sigma, "a number > 0")
     cs = cfg.ensemble.chunk_size
     check(cs is None or cs >= 1, "ensemble.chunk_size", cs, "an integer >= 1, or null for automatic")
+    up = str(getattr(cfg.ensemble.update_precision, "value", cfg.ensemble.update_precision))
+    check(up in ("fp32", "tf32"), "ensemble.update_precision", up, "fp32 or tf32 (the update's GEMMs)")
     he = cfg.instrument.hist_every
     check(he is None or he >= 1, "instrument.hist_every", he, "an integer >= 1, or null for automatic")
     check(cfg.checkpoint_every >= 1, "checkpoint_every", cfg.checkpoint_every, "an integer >= 1")

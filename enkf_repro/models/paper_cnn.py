@@ -58,6 +58,18 @@ class PaperCNNSpec(ModelSpec):
     def module(self) -> nn.Module:
         return PaperCNN(self.activation, self.pool_conv2)
 
+    # -- the fused Triton kernels (kernels/paper_cnn_triton.py), the default on CUDA ------------
+    def fused_available(self) -> bool:
+        from .kernels import paper_cnn_triton
+
+        return paper_cnn_triton.available()
+
+    def fused_forward(self, U: torch.Tensor, x: torch.Tensor, precision: str, chunk: int) -> torch.Tensor:
+        """Logits (J, B, 10) of the fp32 members U by the fused kernels, ``chunk`` members per call."""
+        from .kernels import paper_cnn_triton
+
+        return paper_cnn_triton.forward(U, x, self.activation, self.pool_conv2, precision, chunk)
+
     def forward_flops(self) -> float:
         conv1 = 24 * 24 * 10 * 25
         conv2 = 8 * 8 * 20 * 250

@@ -30,6 +30,7 @@ import torch
 from ..config.schema import OPTIMIZER_SCHEMAS, name_of
 from ..errors import ConfigError
 from ..models.base import ModelSpec
+from ..models.ensemble import precision_scope
 from .failure import FailureHandler
 
 METHODS: dict[str, type] = {}
@@ -84,6 +85,13 @@ class EnsembleMethod(Method):
         self.model, self.forward, self.generator = model, forward, generator
         self.U = model.init(int(opt.ensemble_size), cfg.init, generator, device)
         self.failures = FailureHandler(name_of(opt.get("nonfinite", "redraw")), generator)
+        self.update_precision = name_of((cfg.get("ensemble") or {}).get("update_precision", "fp32"))
+        self.device = torch.device(device)
+
+    def update_scope(self):
+        """The precision of the update's large GEMMs (``ensemble.update_precision``: IEEE fp32, or
+        TensorFloat-32 tensor cores on CUDA); the small factors are computed in float64 anyway."""
+        return precision_scope(self.update_precision, self.device)
 
     @property
     def ensemble_size(self) -> int:

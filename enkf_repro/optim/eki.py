@@ -262,8 +262,9 @@ class EKI(EnsembleMethod):
         else:
             V = self.U
         G = self.outputs(V, x)
-        info, nbad = self.failures.apply(
-            V, G, lambda Vg, Gg: eki_step_(Vg, Gg, y, self.h0, self.eps, self.loss, self.delta)[1])
+        with self.update_scope():
+            info, nbad = self.failures.apply(
+                V, G, lambda Vg, Gg: eki_step_(Vg, Gg, y, self.h0, self.eps, self.loss, self.delta)[1])
         self.U = V
         if self.randomize:
             noise = torch.randn(self.U.shape, generator=self.generator, device=self.U.device, dtype=self.U.dtype)

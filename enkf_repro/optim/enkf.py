@@ -167,7 +167,8 @@ class EnKF(EnsembleMethod):
             enkf_update_(U, G, y, self.gamma, self.mode)
             return 0.5 * float(((G - y) ** 2).sum((1, 2)).mean()) / x.shape[0]
 
-        misfit, nbad = self.failures.apply(self.U, G, update)
+        with self.update_scope():
+            misfit, nbad = self.failures.apply(self.U, G, update)
         return {"train_misfit": misfit, **({"nonfinite_step": nbad} if nbad else {})}
 
     def resize(self, ensemble_size: int, shrink: str = "keep_mean") -> None:
