@@ -7,7 +7,7 @@ Importing this package imports every module in it; a figure module registers its
 import importlib
 import pkgutil
 
-from .base import FIGURES, Figure, PaperNumber, Variant, figure_ids, get_figure, register  # noqa: F401
+from .base import FIGURES, Claim, Figure, PaperNumber, Variant, figure_ids, get_figure, register  # noqa: F401
 
 for _info in pkgutil.iter_modules(__path__):
     if _info.name not in ("base", "common", "draw"):

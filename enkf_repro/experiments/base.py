@@ -31,6 +31,20 @@ class PaperNumber:
     measure: Callable | None = None    # (df, cfg) -> float | None
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A finding of the paper (or of the related work) as a check on any run's rows.
+
+    ``check(df, cfg)`` returns ``(evidence, holds)``: one line of what the runs show (the numbers
+    it rests on, with where they were read) and True / False, or None when these runs cannot
+    decide it (a series missing, too few evaluations). Checks compare quantities within the run
+    (one method against another, early against late), so they are meaningful at any scale.
+    """
+
+    text: str
+    check: Callable   # (df, cfg) -> (str, bool | None)
+
+
 @dataclass
 class Figure:
     id: str                     # what users type: figure=8
@@ -41,6 +55,7 @@ class Figure:
     plot: Callable | None       # (df, cfg) -> matplotlib.figure.Figure
     varies: tuple[str, ...] = ()           # config paths the figure compares across (besides seed)
     paper_numbers: tuple[PaperNumber, ...] = field(default_factory=tuple)
+    claims: tuple[Claim, ...] = field(default_factory=tuple)
     needs_runs: bool = True     # False for drawn figures (Figure 2)
     tables: Callable | None = None  # (df, cfg) -> {file name: text} written beside the figure
 

@@ -115,7 +115,7 @@ def reproduce_main(args: list[str]) -> int:
              f"overall {100 * done_cost / max(total, 1e-9):.0f} %, elapsed {_duration(elapsed)}, "
              f"ETA {_duration(eta)}")
 
-    plotted, measured = {}, {}
+    plotted, measured, judged = {}, {}, {}
     for fig in figs:
         cfg = compose(overrides + [f"figure={fig.config}"])
         current = _up_to_date_plot(cfg, fig, plans[fig.id])
@@ -123,9 +123,11 @@ def reproduce_main(args: list[str]) -> int:
             plotted[fig.id] = current or plot_figure(cfg, overrides)
         except Exception as e:  # a figure without runs must not hide the others
             plotted[fig.id] = e
-        measured[fig.id] = _measure(fig, cfg, plans[fig.id])
+        rows = _rows(plans[fig.id])
+        measured[fig.id] = _measure(fig, cfg, plans[fig.id], rows)
+        judged[fig.id] = _judge(fig, cfg, rows)
     out = Path(compose(overrides).out_dir) / scale
-    report = write_report(out, scale, figs, plans, plotted, measured, args)
+    report = write_report(out, scale, figs, plans, plotted, measured, judged, args)
     _say(f"report: {report}")
     return 0
 
@@ -143,8 +145,8 @@ def _up_to_date_plot(cfg, fig, specs) -> list[Path] | None:
     return paths if min(p.stat().st_mtime for p in paths) >= newest else None
 
 
-def _measure(fig, cfg, specs) -> list[tuple[str, object, object, str]]:
-    """(quantity, paper, ours, note) for every PaperNumber of the figure."""
+def _rows(specs):
+    """The tidy rows of the planned runs (those that have a CSV), with ``run_dir`` and ``finished``."""
     import pandas as pd
 
     frames = []
@@ -155,7 +157,49 @@ def _measure(fig, cfg, specs) -> list[tuple[str, object, object, str]]:
             df["run_dir"] = str(s.dir)
             df["finished"] = (s.dir / "done.json").exists()
             frames.append(df)
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _judge(fig, cfg, df) -> list[tuple[str, str, bool | None]]:
+    """(claim, evidence, holds) for every Claim of the figure; a failing check is reported, not raised."""
+    out = []
+    for claim in fig.claims:
+        if df.empty:
+            out.append((claim.text, "no runs", None))
+            continue
+        try:
+            evidence, holds = claim.check(df, cfg)
+        except Exception as e:  # a check bug must not hide the report
+            evidence, holds = f"not checked ({type(e).__name__}: {e})", None
+        out.append((claim.text, evidence, holds))
+    return out
+
+
+VERDICT = {True: "yes", False: "**no**", None: "not decided"}
+
+
+def proxy(specs) -> str | None:
+    """Which stand-in for the paper's data the runs used (None when it is the paper's data)."""
+    names = set()
+    for s in specs:
+        d = s.cfg.dataset
+        name = name_of(d.name)
+        if name == "mnist" and not d.test_only:
+            continue
+        if name == "mnist":
+            names.add(f"MNIST-10k ({d.test_only_train_size} / {10000 - d.test_only_train_size} of the official "
+                      f"test split)")
+        elif name == "notmnist":
+            names.add("letters-10k (a 10,000-image notMNIST sample; the paper used 60,000 of notMNIST_large)"
+                      if d.test_only else "notMNIST")
+        else:
+            names.add("Fashion-MNIST (the paper used MNIST)")
+    return "; ".join(sorted(names)) or None
+
+
+def _measure(fig, cfg, specs, df=None) -> list[tuple[str, object, object, str]]:
+    """(quantity, paper, ours, note) for every PaperNumber of the figure."""
+    df = _rows(specs) if df is None else df
     rows = []
     for pn in fig.paper_numbers:
         if pn.measure is None:
@@ -185,7 +229,7 @@ def _difference(paper, ours, note: str) -> str:
     return "qualitative: see the figure"
 
 
-def write_report(out: Path, scale: str, figs, plans, plotted, measured, args) -> Path:
+def write_report(out: Path, scale: str, figs, plans, plotted, measured, judged, args) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     command = "enkf-repro reproduce " + " ".join(args)
@@ -199,16 +243,31 @@ def write_report(out: Path, scale: str, figs, plans, plotted, measured, args) ->
                        for specs in plans.values() for s in specs})
     if datasets:
         lines += [f"Datasets used: {', '.join(datasets)}.", ""]
-    lines += ["## Paper versus this run", "", "| figure | quantity | paper reports | this run | difference |",
-              "| --- | --- | --- | --- | --- |"]
+    verdicts = [(fig.id, *row) for fig in figs for row in judged[fig.id]]
+    held = sum(v is True for *_, v in verdicts)
+    failed = sum(v is False for *_, v in verdicts)
+    lines += ["## The paper's claims, judged on this run", "",
+              f"{held} hold, {failed} do not, {len(verdicts) - held - failed} not decided by these runs. Each check "
+              "compares quantities within this run (method against method, early against late), so it means "
+              "something at any scale.", "",
+              "| figure | claim | evidence in this run | holds? |", "| --- | --- | --- | --- |"]
+    lines += [f"| {fid} | {text} | {evidence} | {VERDICT[holds]} |" for fid, text, evidence, holds in verdicts]
+    lines += ["", "## Paper versus this run", "",
+              "| figure | quantity | paper reports | this run | difference |", "| --- | --- | --- | --- | --- |"]
     for fig in figs:
+        stand_in = proxy(plans[fig.id])
         for quantity, paper, ours, note in measured[fig.id]:
             if ours is None:
                 shown, value = f"- ({note})", None
             else:
                 value, context = ours
                 shown = _fmt_number(value) + (f" ({context})" if context else "")
-            diff = _difference(paper, value, note)
+            if scale == "smoke" and value is not None and isinstance(paper, (int, float)):
+                diff = "smoke: not comparable"
+            else:
+                diff = _difference(paper, value, note)
+                if stand_in and value is not None:
+                    diff += f"; on {stand_in}"
             lines.append(f"| {fig.id} | {quantity} | {_fmt_number(paper)} | {shown} | {diff} |")
     lines.append("")
     for fig in figs:
