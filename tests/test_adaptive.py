@@ -15,7 +15,9 @@ from enkf_repro.optim.adaptive import (
     HOLD,
     SHRINK,
     AdaptiveSchedule,
+    Decision,
     decide,
+    decide_as_run,
     grow_ensemble,
     iteration_budget,
     resize_ensemble,
@@ -152,7 +154,7 @@ class FakeBatches:
 
 
 def acfg(**kw):
-    base = dict(tau=500, shrink="keep_mean", budget="epoch", use_initial_error=False, **PAPER)
+    base = dict(rule="printed", tau=500, shrink="keep_mean", budget="epoch", use_initial_error=False, **PAPER)
     base.update(kw)
     return type("A", (), base)
 
@@ -240,7 +242,7 @@ def tiny_spec(root, out, extra=()):
                  "optimizer.ensemble_size=12", "optimizer.repetitions=3", "train.max_batches=8",
                  "train.eval_every=3", "optimizer.adaptive.enabled=true", "optimizer.adaptive.tau=3",
                  "optimizer.adaptive.v=4", "optimizer.adaptive.b_l=4", "optimizer.adaptive.b_u=16",
-                 "checkpoint_every=2", *extra]
+                 "checkpoint_every=2", "optimizer.adaptive.rule=printed", *extra]
     cfg = compose_run(overrides)
     return RunSpec("none", None, "adaptive", 0, cfg, tuple(overrides))
 
@@ -324,3 +326,57 @@ def test_config_checks(synthetic_root, tmp_path):
         tiny_spec(synthetic_root, tmp_path, ["optimizer.adaptive.epsilon=0"])
     with pytest.raises(ConfigError, match="optimizer.adaptive.b_l"):
         tiny_spec(synthetic_root, tmp_path, ["optimizer.adaptive.b_l=20"])
+
+
+
+# -- the rule the paper ran (rule=as_run) ----------------------------------------------------------
+def test_printed_and_as_run_rules_on_the_papers_first_gain():
+    """6.11 -> 5.0 (a 1.11-point gain, > kappa): the printed pseudo-code GROWS J and r; the rule
+    the paper ran lowers r and keeps J (the gain is too large to drop members)."""
+    assert decide(5.0, 6.11, 5000, 8, **PAPER) == Decision(GROW, 6000, 9)
+    assert decide_as_run(5.0, 6.11, 5000, 8, r_max=8, **PAPER) == Decision(SHRINK, 5000, 7)
+
+
+def test_as_run_decision_sequence():
+    seq = [(5.0, 6.11), (4.5, 5.0), (4.5, 4.5), (4.7, 4.5), (7.0, 4.7), (12.0, 7.0), (3.0, 12.0)]
+    J, r, out = 5000, 8, []
+    for t, prev in seq:
+        d = decide_as_run(t, prev, J, r, r_max=8, **PAPER)
+        J, r = d.ensemble_size, d.repetitions
+        out.append(tuple(vars(d).values()))
+    assert out == [(SHRINK, 5000, 7),   # large gain: r down, J kept
+                   (SHRINK, 4000, 6),   # gain 0.5 <= kappa: J and r down
+                   (SHRINK, 3000, 5),   # no change counts as "not worse"
+                   (GROW, 3000, 6),     # 0.2 points worse (<= kappa): r up, J kept
+                   (GROW, 4000, 7),     # 2.3 points worse: J and r up
+                   (HOLD, 4000, 7),     # above epsilon: hold
+                   (SHRINK, 4000, 6)]   # back below epsilon and better by 9 points: r down, J kept
+
+
+def test_as_run_rule_ends_the_run_before_the_fixed_one(synthetic_root, tmp_path, scripted_errors):
+    """Under the rule the paper ran, t_0 is the untrained error and r sets the budget
+    N = D_s / m * r while every batch keeps its r_0 = 3 presentations: r drops at the first
+    decision (3), J once a gain is small (6), and the run ends after 8 iterations instead of the
+    fixed run's 8 batches x 3 = 24."""
+    scripted_errors([90.0, 8.0, 7.5, 7.2, 7.0])
+    spec = tiny_spec(synthetic_root, tmp_path, ["optimizer.adaptive.rule=as_run",
+                                                "optimizer.adaptive.use_initial_error=null"])
+    assert run_one(spec)["status"] == "finished"
+    df = pd.read_csv(spec.dir / "metrics.csv")
+    wide = df.pivot_table(index="iteration", columns="metric", values="value")
+    assert wide.index.tolist() == [0, 3, 6, 8]
+    assert wide["adaptive_repetitions"].tolist() == [3, 2, 1, 1]      # 90 -> 8: r down, J kept
+    assert wide["adaptive_ensemble_size"].tolist() == [12, 12, 8, 8]  # 8 -> 7.5: both down
+    assert wide["adaptive_budget"].tolist() == [24, 16, 8, 8]
+    done = pd.read_json(spec.dir / "done.json", typ="series")
+    assert done["iterations"] == 8 and done["batches"] == 2     # r_0 = 3 presentations per batch
+
+
+def test_as_run_schedule_gives_figure_10s_shape():
+    """The paper's errors at 500-iteration points: r drops by 1 at every decision from 500 on, J
+    only once a gain is at most kappa (1500), and N = 938 r ends the epoch near 2800 iterations."""
+    errors = [(0, 90.0), (500, 6.11), (1000, 5.0), (1500, 4.5), (2000, 4.2), (2500, 4.0)]
+    got, _ = drive(AdaptiveSchedule(acfg(rule="as_run", use_initial_error=None), FakeBatches(), 8), errors)
+    assert [g[3] for g in got] == [8, 7, 6, 5, 4, 3]
+    assert [g[2] for g in got] == [5000, 5000, 5000, 4000, 3000, 2000]
+    assert [g[4] for g in got] == [938 * 8, 938 * 7, 938 * 6, 938 * 5, 938 * 4, 938 * 3]

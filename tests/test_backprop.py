@@ -270,7 +270,18 @@ def test_figure1_end_to_end(synthetic_root, tmp_path):
     assert s == {"adam": 256, "sgd": 256, "enkf": 64}
     for pn in get_figure("1").paper_numbers:
         v = pn.measure(df, cfg)
+        v = v[0] if isinstance(v, tuple) else v   # (value, where it was read)
         assert v is not None and 0 <= v <= 100, pn.quantity
+    # the EnKF runs log the last member too; figure.enkf_network chooses which is compared
+    assert (df.metric == "test_error_last").any()
+    last = cfg.copy()
+    last.figure.enkf_network = "last_member"
+    v_mean, where_mean = get_figure("1").paper_numbers[2].measure(df, cfg)
+    v_last, where_last = get_figure("1").paper_numbers[2].measure(df, last)
+    assert where_mean.startswith("mean") and where_last.startswith("last member")
+    for claim in get_figure("1").claims:
+        evidence, holds = claim.check(df, cfg)
+        assert "final test error per seed" in evidence and holds in (True, False)
 
 
 def test_figure4_end_to_end(synthetic_root, tmp_path):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 from test_letters import make_letter_folders
 
 from enkf_repro.experiments import get_figure
-from enkf_repro.optim.adaptive import decide
+from enkf_repro.optim.adaptive import decide, decide_as_run
 from enkf_repro.runs.results import read_runs
 
 
@@ -44,13 +45,14 @@ def test_figure9_on_letter_folders(cli, tmp_path):
     assert all(v is not None and 0 <= v <= 100 for v in nums.values()), nums
 
 
-def test_figure10_fixed_and_adaptive(cli, synthetic_root, tmp_path):
+@pytest.mark.parametrize("rule", ["as_run", "printed"])
+def test_figure10_fixed_and_adaptive(cli, synthetic_root, tmp_path, rule):
     out = tmp_path / "res"
     # epsilon = kappa = 100: every improvement shrinks (J 40 -> 30 -> 20 ..., r 8 -> 7 -> 6 ...)
     args = ["figure=10", "scale=smoke", "figure.smoke.ensemble_size=40", "train.max_batches=4",
             "train.eval_every=4", "optimizer.adaptive.tau=4", "optimizer.adaptive.epsilon=100",
             "optimizer.adaptive.kappa=100", "optimizer.adaptive.v=10", "optimizer.adaptive.b_l=10",
-            "optimizer.adaptive.b_u=60", "progress=false", f"out_dir={out}"]
+            "optimizer.adaptive.b_u=60", f"optimizer.adaptive.rule={rule}", "progress=false", f"out_dir={out}"]
     proc = cli("run", *args, env={"ENKF_REPRO_DATA": str(synthetic_root)})
     assert proc.returncode == 0, proc.stderr
     fig_dir = out / "smoke" / "fig10"
@@ -62,13 +64,19 @@ def test_figure10_fixed_and_adaptive(cli, synthetic_root, tmp_path):
     wide = a.pivot_table(index="iteration", columns="metric", values="value")
     # J, r and N at every evaluation
     assert wide[["test_error", "adaptive_ensemble_size", "adaptive_repetitions", "adaptive_budget"]].notna().all().all()
-    # replay Algorithm 1 on the logged errors: every decision, J and r as decide() says
-    J, r, prev, shrinks = 40, 8, None, 0
+    # replay Algorithm 1 on the logged errors: every decision, J and r as the rule says (as_run:
+    # the untrained error is t_0)
+    J, r, shrinks, budget = 40, 8, 0, 4 * 8
+    prev = wide.loc[0, "test_error"] if rule == "as_run" else None
     for it, row in wide.iterrows():
-        if it == 0 or it % 4 or it == wide.index.max():
+        finished = it >= budget or (rule == "printed" and it == wide.index.max())   # the epoch's end
+        budget = row["adaptive_budget"]
+        if it == 0 or it % 4 or finished:
             assert row["adaptive_decision"] == 0
             continue
-        d = decide(row["test_error"], prev, J, r, epsilon=100, kappa=100, v=10, b_l=10, b_u=60)
+        params = dict(epsilon=100, kappa=100, v=10, b_l=10, b_u=60)
+        d = (decide_as_run(row["test_error"], prev, J, r, r_max=8, **params) if rule == "as_run"
+             else decide(row["test_error"], prev, J, r, **params))
         assert row["ensemble_size"] == J                       # the J that produced this error
         assert (row["adaptive_decision"], row["adaptive_ensemble_size"], row["adaptive_repetitions"]) \
             == (d.action, d.ensemble_size, d.repetitions), it
@@ -76,6 +84,7 @@ def test_figure10_fixed_and_adaptive(cli, synthetic_root, tmp_path):
         shrinks += d.action == -1
     assert shrinks >= 1
     assert wide["adaptive_budget"].iloc[-1] == wide.index.max()
+    assert wide.index.max() < 4 * 8           # the adaptive run ends before the fixed one
     proc = cli("plot", "figure=10", "scale=smoke", f"out_dir={out}")
     assert proc.returncode == 0, proc.stderr
     with Image.open(fig_dir / "fig10.png") as im:

@@ -72,10 +72,12 @@ def test_missing_class_folder_is_a_data_error_naming_it(tmp_path):
 
 
 def test_dataset_notmnist_routes_folders_and_splits(tmp_path):
-    make_letter_folders(tmp_path, per_class=4, corrupt=0)
-    cfg = compose_run(["dataset=notmnist", f"dataset.root={tmp_path}", "dataset.test_only_train_size=30"])
+    """The per-letter folders are the paper's source: a random 60,000 / 10,000 split, here (a pool
+    of 70 images) the same 6 : 1 proportion, whatever dataset.test_only says."""
+    make_letter_folders(tmp_path, per_class=7, corrupt=0)
+    cfg = compose_run(["dataset=notmnist", f"dataset.root={tmp_path}", "dataset.test_only=true"])
     data = load_data(cfg.dataset)
-    assert data.train_x.shape == (30, 1, 28, 28) and data.test_x.shape == (10, 1, 28, 28)
+    assert data.train_x.shape == (60, 1, 28, 28) and data.test_x.shape == (10, 1, 28, 28)
     assert data.num_classes == 10
     assert sorted(set(data.train_y.tolist()) | set(data.test_y.tolist())) == list(range(10))
 

@@ -173,9 +173,16 @@ class FigureSettings:
     series_overrides: Dict[str, Any] = field(default_factory=dict)
 
 
+class EnKFNetwork(str, Enum):
+    mean = "mean"                 # the network with the ensemble-mean weights (Figures 8-10)
+    last_member = "last_member"   # the last member's network (the published Figure 1 plot)
+
+
 @dataclass
 class FigureConfig:
     id: str = "none"
+    # Figure 1: which EnKF network is drawn and compared with the paper (its runs log both)
+    enkf_network: EnKFNetwork = EnKFNetwork.mean
     paper: FigureSettings = field(default_factory=FigureSettings)
     smoke: FigureSettings = field(default_factory=FigureSettings)
 

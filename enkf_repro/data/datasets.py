@@ -113,6 +113,21 @@ def _require(info: DatasetInfo, folder: Path, names: list[str], download: bool, 
     raise DataError(f"dataset {info.name}: missing {', '.join(missing)} in {folder}; " + ", ".join(fixes))
 
 
+# The paper's letters experiment: a random 60,000 / 10,000 train / test split of the letter pool.
+FOLDER_SPLIT = (60000, 10000)
+
+
+def _split_pool(name: str, x: torch.Tensor, y: torch.Tensor, seed: int, classes: int) -> Data:
+    """A seeded random split of one pool of images (the per-letter folders): FOLDER_SPLIT, or for a
+    pool smaller than 70,000 images the same 6 : 1 proportion of it."""
+    n = x.shape[0]
+    n_test = min(FOLDER_SPLIT[1], max(1, n // 7))
+    n_train = min(FOLDER_SPLIT[0], n - n_test)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    te, tr = perm[:n_test], perm[n_test: n_test + n_train]
+    return Data(name, x[tr].contiguous(), y[tr].contiguous(), x[te].contiguous(), y[te].contiguous(), classes)
+
+
 @functools.lru_cache(maxsize=4)
 def _load_cpu(name: str, root: str, test_only: bool, train_size: int, split_seed: int,
               download: bool, fmt: str) -> Data:
@@ -123,7 +138,7 @@ def _load_cpu(name: str, root: str, test_only: bool, train_size: int, split_seed
         from .letters import load_image_folder  # notMNIST's original layout: one folder per letter
 
         x, y = load_image_folder(folder, info.classes)
-        test_only = True  # one pool of images: split it like the t10k-only case
+        return _split_pool(name, x, y, split_seed, len(info.classes))
     else:
         needed = ["test_images", "test_labels"] if test_only else list(FILES)
         _require(info, folder, [FILES[k] for k in needed], download, test_only)

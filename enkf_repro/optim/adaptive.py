@@ -1,20 +1,33 @@
 """Algorithm 1 of the paper: adapt the ensemble size J, the repetitions r and the budget N.
 
-Built from the paper's text (docs/paper.md, "Algorithm 1"); the published code does not run and
-never resizes the ensemble. Every ``tau`` iterations, with t_n the test
-error (%) at this decision point and t_{n-1} the one at the previous decision point::
+Two rules (``optimizer.adaptive.rule``, docs/paper.md "Algorithm 1"). Every ``tau`` iterations,
+with t_n the test error (%) at this decision point and t_{n-1} the one at the previous one:
+
+``as_run`` (default; what produced Figure 10: "we were able to decrease the repetitions r by 1 in
+every 500th iteration", "after 1500 iterations the number of ensembles is decreased by v = 1000",
+no increase since the error never rose, the epoch over by iteration 2500; the published code's
+logic, :func:`decide_as_run`)::
+
+    if t_n < epsilon and t_n <= t_{n-1}:  r <- r - 1;  J <- J - v if J > b_l and t_{n-1} - t_n <= kappa
+    if t_n < epsilon and t_n >  t_{n-1}:  r <- r + 1 if r < r_0;  J <- J + v if J < b_u and t_n - t_{n-1} > kappa
+    N <- D_s / m * r     (r sets only the budget; the batch switch keeps the configured r_0)
+
+``printed`` (the pseudo-code as printed, :func:`decide`; fed 6.11 -> 5.0 it grows J and r)::
 
     if t_n < epsilon and t_n < t_{n-1}:                                   (Algorithm 1, line 3)
         if J > b_l and t_{n-1} - t_n <= kappa:   J <- J - v,  r <- r - 1  (lines 4-5, "shrink")
         elif J < b_u and t_{n-1} - t_n > kappa:  J <- J + v,  r <- r + 1  (lines 6-7, "grow")
         N <- D_s / m * r                                                  (line 8)
 
-Choices the text leaves open (all config values in ``optimizer.adaptive``, see config.py):
+The published code does not run as published and never resizes the ensemble (a change of J only
+rescales its covariance divisor); here J changes for real. Choices the text leaves open (config
+values in ``optimizer.adaptive``, :class:`AdaptiveConfig`):
 
-* The sequence t_n: test errors at iterations n * tau, n >= 1. The evaluation of the untrained
-  ensemble at iteration 0 is not t_0 unless ``use_initial_error=true``: the paper's curves start
-  at iteration 500, and against a ~90 % initial error the first decision would always be "grow".
-  So by default the first decision is at 2 * tau.
+* The sequence t_n: test errors at iterations n * tau. Under ``as_run`` the untrained ensemble's
+  error at iteration 0 is t_0 (the published code compares every evaluation after the first), so
+  r first drops at tau = 500 as in Figure 10. Under ``printed`` it is not (unless
+  ``use_initial_error=true``): against a ~90 % initial error the first decision would always be
+  "grow"; the first decision is then at 2 * tau.
 * Bounds: J is clamped to [b_l, b_u] (J - v < b_l gives b_l) and r never drops below 1.
 * Shrinking (``shrink``): ``keep_mean`` (default) drops the LAST members and shifts the kept ones
   so the ensemble mean, the network that is evaluated, is unchanged (to float rounding). Members
@@ -25,8 +38,9 @@ Choices the text leaves open (all config values in ``optimizer.adaptive``, see c
 * Growing: new members are drawn from the Gaussian with the current ensemble mean and covariance,
   restricted to the ensemble's span (:func:`~enkf_repro.optim.failure.gaussian_draws`), and the grown
   ensemble is shifted back onto the old mean. The paper does not say how it grows.
-* r changes from the next mini-batch on (the current batch finishes its presentations), J at once.
-* The budget N (``budget``): ``epoch`` (default) keeps N's meaning "one pass over the D_s / m
+* ``printed``: r changes the presentations from the next mini-batch on (the current batch
+  finishes its presentations), J at once.
+* The budget N of ``printed`` (``budget``): ``epoch`` (default) keeps N's meaning "one pass over the D_s / m
   batches at r presentations each" when r changes mid-run: N = iterations done + presentations
   left of the current batch + batches left * r_new, so every batch is still seen and the run
   ends when the epoch does. ``literal`` sets N = D_s / m * r_new (times the epochs), the formula
@@ -38,6 +52,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Optional
 
 import torch
 
@@ -46,6 +61,11 @@ from ..config.validate import check
 from .failure import gaussian_draws
 
 HOLD, SHRINK, GROW = 0, -1, 1
+
+
+class Rule(str, Enum):
+    as_run = "as_run"    # what the paper ran (its text, Figure 10 and the published code's logic)
+    printed = "printed"  # the pseudo-code as printed
 
 
 class ShrinkMode(str, Enum):
@@ -63,6 +83,9 @@ class AdaptiveConfig:
     """``optimizer.adaptive``: Algorithm 1 of the paper (adaptive J, r and iteration budget)."""
 
     enabled: bool = False
+    # as_run (default): the rule that produced Figure 10 (the published code's logic); printed:
+    # the pseudo-code as printed, which changes J and r together and grows both on a large gain.
+    rule: Rule = Rule.as_run
     tau: int = 500           # iterations between decisions (the evaluation cadence)
     epsilon: float = 10.0    # test-error threshold in percent
     kappa: float = 1.0       # improvement threshold in percentage points
@@ -70,8 +93,12 @@ class AdaptiveConfig:
     b_l: int = 1000          # lower bound on J
     b_u: int = 10000         # upper bound on J (the published config uses 9000)
     shrink: ShrinkMode = ShrinkMode.keep_mean  # which members are dropped
-    budget: BudgetMode = BudgetMode.epoch      # what N = D_s / m * r means when r changes mid-run
-    use_initial_error: bool = False  # use the iteration-0 (untrained) error as t_0
+    # rule=printed only: what N = D_s / m * r means when r changes mid-run (as_run: N = D_s / m * r)
+    budget: BudgetMode = BudgetMode.epoch
+    # use the iteration-0 (untrained) error as t_0; null: yes under as_run (the published code
+    # compares every evaluation after the first, so r drops at the first decision, tau), no under
+    # printed (against a ~90 % initial error its first decision would always grow J and r)
+    use_initial_error: Optional[bool] = None
 
 
 def check_adaptive(a, cfg) -> None:
@@ -113,6 +140,29 @@ def decide(t_n: float, t_prev: float | None, J: int, r: int, *, epsilon: float, 
     if J < b_u and gain > kappa:
         return Decision(GROW, min(J + v, b_u), r + 1)
     return Decision(HOLD, J, r)
+
+
+def decide_as_run(t_n: float, t_prev: float | None, J: int, r: int, *, epsilon: float, kappa: float, v: int,
+                  b_l: int, b_u: int, r_max: int) -> Decision:
+    """One decision of Algorithm 1 as the paper ran it (the published code's logic, in errors:
+    accuracy a_n = 100 - t_n, its threshold 100 - epsilon).
+
+    Below epsilon and not worse than t_prev: r -= 1 (never below 1), and J -= v (not below b_l)
+    when the gain is at most kappa. Below epsilon and worse: r += 1 (not above r_max, the
+    configured r) and J += v (not above b_u) when the loss exceeds kappa. Otherwise hold. Unlike
+    :func:`decide`, J and r change independently and a large gain never grows them: this is what
+    Figure 10 shows (r down by 1 every 500 iterations, J down by 1000 after 1500).
+    """
+    if t_prev is None or not t_n < epsilon:
+        return Decision(HOLD, J, r)
+    if t_n <= t_prev:
+        J_new = max(J - v, b_l) if J > b_l and t_prev - t_n <= kappa else J
+        r_new = max(r - 1, 1)
+    else:
+        J_new = min(J + v, b_u) if J < b_u and t_n - t_prev > kappa else J
+        r_new = min(r + 1, r_max) if r < r_max else r
+    action = SHRINK if (J_new < J or r_new < r) else GROW if (J_new > J or r_new > r) else HOLD
+    return Decision(action, J_new, r_new)
 
 
 def iteration_budget(mode: str, *, iteration: int, batch: int, rep: int, r_current: int, r_new: int,
@@ -199,17 +249,26 @@ class AdaptiveSchedule:
     following batches), ``adaptive_budget`` (N) and ``adaptive_decision`` (-1 shrink, 0 hold,
     +1 grow) at every evaluation, including iteration 0.
 
-    Its own state is t_{n-1}; J lives in the ensemble, r / r_next / budget in the loop state and
-    the random numbers in the run's generator, all of which the loop checkpoints.
+    ``rule=as_run`` decides with :func:`decide_as_run` and, as the published code, lets r set only
+    the budget N = D_s / m * r (the batches are still presented the configured number of times),
+    so the run ends early as r drops. ``rule=printed`` decides with :func:`decide` and applies r to
+    the presentations of the following batches, with the budget of ``budget``.
+
+    Its own state is t_{n-1} (and the algorithm's r under as_run); J lives in the ensemble, r /
+    r_next / budget in the loop state and the random numbers in the run's generator, all of which
+    the loop checkpoints.
     """
 
-    def __init__(self, acfg, batches):
+    def __init__(self, acfg, batches, repetitions: int = 8):
+        self.rule = name_of(getattr(acfg, "rule", "printed"))
+        self.r = self.r_max = int(repetitions)   # the algorithm's r under as_run
         self.tau = int(acfg.tau)
         self.params = dict(epsilon=float(acfg.epsilon), kappa=float(acfg.kappa), v=int(acfg.v),
                            b_l=int(acfg.b_l), b_u=int(acfg.b_u))
         self.shrink = name_of(acfg.shrink)
         self.budget_mode = name_of(acfg.budget)
-        self.use_initial = bool(acfg.use_initial_error)
+        use = getattr(acfg, "use_initial_error", None)
+        self.use_initial = (self.rule == "as_run") if use is None else bool(use)
         self.total = int(batches.total)
         self.prev: float | None = None  # t_{n-1}
 
@@ -222,6 +281,17 @@ class AdaptiveSchedule:
         if iteration == 0:
             if self.use_initial:
                 self.prev = error
+        elif iteration % self.tau == 0 and not self._finished(state) and self.rule == "as_run":
+            d = decide_as_run(error, self.prev, method.ensemble_size, self.r, r_max=self.r_max, **self.params)
+            action = d.action
+            if d.ensemble_size != method.ensemble_size:
+                method.resize(d.ensemble_size, self.shrink)
+            if d.repetitions != self.r:
+                self.r = d.repetitions
+                state.budget = iteration_budget("literal", iteration=state.iteration, batch=state.batch,
+                                                rep=state.rep, r_current=state.r, r_new=self.r,
+                                                total_batches=self.total)
+            self.prev = error
         elif iteration % self.tau == 0 and not self._finished(state):
             d = decide(error, self.prev, method.ensemble_size, r_cur, **self.params)
             action = d.action
@@ -234,16 +304,19 @@ class AdaptiveSchedule:
                     r_current=state.r, r_new=d.repetitions, total_batches=self.total)
                 r_cur = d.repetitions
             self.prev = error
+        if self.rule == "as_run":
+            r_cur = self.r
         return [{"metric": "adaptive_ensemble_size", "value": method.ensemble_size},
                 {"metric": "adaptive_repetitions", "value": r_cur},
                 {"metric": "adaptive_budget", "value": state.budget},
                 {"metric": "adaptive_decision", "value": action}]
 
     def state_dict(self) -> dict:
-        return {"prev": self.prev}
+        return {"prev": self.prev, "r": self.r} if self.rule == "as_run" else {"prev": self.prev}
 
     def load_state_dict(self, state: dict) -> None:
         self.prev = state.get("prev")
+        self.r = int(state.get("r", self.r))
 
 
 class FixedSchedule:
@@ -263,5 +336,5 @@ def make_schedule(cfg, batches):
     """Algorithm 1 when ``optimizer.adaptive.enabled``, else :class:`FixedSchedule`."""
     opt = cfg.optimizer
     if "adaptive" in opt and opt.adaptive.enabled:
-        return AdaptiveSchedule(opt.adaptive, batches)
+        return AdaptiveSchedule(opt.adaptive, batches, int(opt.get("repetitions", 1)))
     return FixedSchedule()

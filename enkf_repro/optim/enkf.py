@@ -142,6 +142,9 @@ class EnKFConfig:
     update_mode: UpdateMode = UpdateMode.sequential
     nonfinite: NonfinitePolicy = NonfinitePolicy.redraw
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
+    # also evaluate the LAST member's network (metric test_error_last): what the published plotting
+    # code drew for Figure 1 (the ensemble mean, metric test_error, is always evaluated)
+    eval_last_member: bool = False
 
     @staticmethod
     def check(opt, cfg) -> None:
@@ -159,6 +162,13 @@ class EnKF(EnsembleMethod):
         self.gamma = float(opt.gamma)
         self.mode = name_of(opt.update_mode)
         self.repetitions = int(opt.repetitions)
+        self.eval_last = bool(opt.get("eval_last_member", False))
+
+    def eval_params(self) -> dict[str, torch.Tensor]:
+        out = super().eval_params()
+        if self.eval_last:
+            out["last"] = self.U[-1]
+        return out
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         G = self.forward(self.U, x)

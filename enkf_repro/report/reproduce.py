@@ -169,6 +169,7 @@ def _judge(fig, cfg, df) -> list[tuple[str, str, bool | None]]:
             continue
         try:
             evidence, holds = claim.check(df, cfg)
+            holds = None if holds is None else bool(holds)
         except Exception as e:  # a check bug must not hide the report
             evidence, holds = f"not checked ({type(e).__name__}: {e})", None
         out.append((claim.text, evidence, holds))
