@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"enkf-repro: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("enkf-repro: interrupted", file=sys.stderr)
+        print("enkf-repro: interrupted; rerun the same command to resume (finished runs are skipped, the "
+              "interrupted one continues from its checkpoint)", file=sys.stderr)
         return 130
 
 

@@ -94,7 +94,8 @@ def default_choices() -> tuple[tuple[str, str | None], ...]:
     for entry in defaults:
         if isinstance(entry, dict):
             (group, option), = entry.items()
-            out.append((group, option))
+            if group in GROUPS:   # "override hydra/...": Hydra's own groups
+                out.append((group, option))
     return tuple(out)
 
 

@@ -45,3 +45,43 @@ def config_hash(cfg: DictConfig | Mapping) -> str:
     """12 hex digits identifying the run's numbers-relevant configuration."""
     blob = json.dumps(semantic_config(cfg), sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def flat(d: Mapping, prefix: str = "") -> dict:
+    """A nested mapping as {dotted key: leaf value}."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping) and v:
+            out.update(flat(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def changed_settings(cfg: DictConfig | Mapping, base: DictConfig | Mapping) -> dict:
+    """{dotted key: value} of the settings of ``cfg`` that change its numbers and differ from
+    ``base`` (the defaults of the same group choices): what a sweep varied, in the CSV and in
+    the names of single runs. The seed is left out (it has its own column)."""
+    a, b = flat(semantic_config(cfg)), flat(semantic_config(base))
+    return {k: v for k, v in a.items() if k != "seed" and (k not in b or b[k] != v)}
+
+
+SHORT = {"optimizer.ensemble_size": "J", "optimizer.repetitions": "r", "init.sigma": "sigma"}
+
+
+def short_name(changes: Mapping) -> str:
+    """``{"optimizer.gamma": 0.001, "optimizer.ensemble_size": 100}`` -> ``J100-gamma0.001``."""
+    parts = []
+    for key in sorted(changes, key=lambda k: (k not in SHORT, k)):
+        v = changes[key]
+        name = SHORT.get(key, key.rsplit(".", 1)[-1])
+        if isinstance(v, bool):
+            parts.append(name if v else f"no_{name}")
+        elif isinstance(v, float):
+            parts.append(f"{name}{v:g}")
+        elif isinstance(v, (list, tuple)):
+            parts.append(f"{name}{'x'.join(str(x) for x in v) or 'none'}")
+        else:
+            parts.append(f"{name}{v}")
+    return "-".join(parts)

@@ -150,6 +150,9 @@ class InstrumentConfig:
 @dataclass
 class ScaleConfig:
     name: ScaleName = ScaleName.paper
+    # A single run's preset at this scale (no figure=; nested like the run config), e.g.
+    # {train: {max_batches: 16}} at smoke scale. Figures have their own per-scale settings.
+    single: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -65,4 +65,5 @@ register(Figure(
     title="EKI test accuracy against ensemble size, MNIST and Fashion-MNIST",
     description="EKI and EKI(R) on DNN 2: final test accuracy vs J, MNIST and Fashion-MNIST",
     variants=variants, plot=plot, varies=("dataset", "optimizer"),
+    label=lambda cfg, series: f"{series.rsplit('-', 1)[0]}-J{cfg.optimizer.ensemble_size}",
 ))

@@ -133,6 +133,7 @@ register(Figure(
     title="Adaptive ensemble size and repetitions (Algorithm 1)",
     description="EnKF, 1 epoch: fixed J=5000, r=8 vs Algorithm 1 (adaptive J, r, budget)",
     variants=variants, plot=plot, varies=("optimizer.adaptive.enabled",),
+    label=lambda cfg, series: f"{series.split('-')[0]}-J{cfg.optimizer.ensemble_size}",
     paper_numbers=(
         PaperNumber("test error (%) after the epoch, fixed", "same as adaptive", _final("fixed")),
         PaperNumber("test error (%) after the epoch, adaptive", "same as fixed", _final("adaptive")),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from ..config.schema import name_of
 from .base import Claim, Figure, PaperNumber, Variant, register
 from .common import curve, runs_where, value_at
 from .draw import COLORS, band, caption, metric
@@ -185,6 +186,7 @@ register(Figure(
     title="EnKF test error: activations and ensemble sizes",
     description="EnKF, 1 epoch: logistic/ReLU/tanh at J=5000; J=100/5000/10000 (logistic)",
     variants=variants, plot=plot, varies=("model.activation", "optimizer.ensemble_size"),
+    label=lambda cfg, series: f"{name_of(cfg.model.activation)}-J{cfg.optimizer.ensemble_size}",
     paper_numbers=(
         PaperNumber("test error (%) at first evaluation (it 500), logistic", 6.11, _measure("logistic", "first")),
         PaperNumber("test error (%) at first evaluation (it 500), ReLU", 6.56, _measure("relu", "first")),

@@ -68,6 +68,7 @@ register(Figure(
     title="EnKF on letters (notMNIST)",
     description="EnKF, 1 epoch on notMNIST letters A-J: J=5000 and J=10000 (logistic)",
     variants=variants, plot=plot, varies=("optimizer.ensemble_size",),
+    label=lambda cfg, series: f"J{cfg.optimizer.ensemble_size}",
     paper_numbers=(
         PaperNumber("test error (%) after the epoch, smaller J (5000)", 16.32, _measure("smallest")),
         PaperNumber("test error (%) after the epoch, larger J (10000)", 15.1, _measure("largest")),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..config.compose import compose, normalize_figure_args, split_flags
 from ..experiments.base import FIGURES, figure_ids
 from ..runs.cost import estimate_flops, estimate_seconds
+from ..runs.progress import duration as progress_duration
 from ..runs.runner import plan
 
 
@@ -16,13 +17,7 @@ def _flops(f: float) -> str:
 
 
 def duration(s: float) -> str:
-    if s < 1:
-        return "<1 s"
-    if s < 120:
-        return f"~{s:.0f} s"
-    if s < 7200:
-        return f"~{s / 60:.0f} min"
-    return f"~{s / 3600:.0f} h"
+    return "<1 s" if s < 1 else "~" + progress_duration(s)
 
 
 def list_main(args: list[str]) -> int:

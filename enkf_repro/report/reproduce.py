@@ -26,6 +26,7 @@ from ..config.schema import name_of
 from ..errors import ConfigError
 from ..experiments.base import FIGURES, figure_ids, get_figure
 from ..runs.cost import describe, estimate_flops, estimate_seconds, gemm_rate
+from ..runs.progress import duration
 from ..runs.results import figure_dir, read_metrics
 from ..runs.runner import check_runs, plan, run_one
 from .render import plot_figure
@@ -101,7 +102,7 @@ def reproduce_main(args: list[str]) -> int:
     total = sum(cost.values())
     _say(f"reproduce scale={scale}: {len(figs)} figures, {len(all_specs)} runs "
          f"({len(all_specs) - len(pending)} already finished); to do {flops / 1e12:.3g} TFLOP, "
-         f"estimated {_duration(total)} on {device.type}")
+         f"estimated {duration(total)} on {device.type}")
 
     t0, done_cost, results = time.perf_counter(), 0.0, {}
     for i, spec in enumerate(pending, 1):
@@ -112,8 +113,8 @@ def reproduce_main(args: list[str]) -> int:
         eta = elapsed / done_cost * (total - done_cost) if done_cost else float("nan")
         what = status["status"] + (f" in {status['seconds']:.1f} s" if "seconds" in status else "")
         _say(f"[{i}/{len(pending)}] fig {spec.figure} {spec.label} seed={spec.seed}: {what}; "
-             f"overall {100 * done_cost / max(total, 1e-9):.0f} %, elapsed {_duration(elapsed)}, "
-             f"ETA {_duration(eta)}")
+             f"overall {100 * done_cost / max(total, 1e-9):.0f} %, elapsed {duration(elapsed)}, "
+             f"ETA {duration(eta)}")
 
     plotted, measured, judged = {}, {}, {}
     for fig in figs:
@@ -297,13 +298,3 @@ def _elapsed(spec) -> float:
         return float(json.loads((spec.dir / "done.json").read_text()).get("elapsed_s", 0.0))
     except (OSError, ValueError):
         return 0.0
-
-
-def _duration(s: float) -> str:
-    if not math.isfinite(s):
-        return "?"
-    if s < 120:
-        return f"{s:.0f} s"
-    if s < 7200:
-        return f"{s / 60:.0f} min"
-    return f"{s / 3600:.1f} h"

@@ -27,7 +27,7 @@ from ..config.compose import (
     register_configs,
     split_flags,
 )
-from ..errors import ConfigError, EnkfReproError
+from ..errors import ConfigError, EnkfReproError, Interrupted
 from . import distributed
 from .runner import check_runs, plan, quiet_rank, run_figure
 
@@ -143,6 +143,11 @@ def hydra_task(cfg) -> None:
         out = run_figure(cfg)
         if not quiet_rank():
             print(f"enkf-repro: results in {out}", file=sys.stderr)
+    except Interrupted as e:
+        # SIGINT / SIGTERM: this job checkpointed; stop the whole sweep (no further job starts) and
+        # let the command exit 130 with the resume hint
+        print(f"enkf-repro: {e}", file=sys.stderr)
+        raise KeyboardInterrupt from None
     except EnkfReproError as e:
         if full_error():
             raise

@@ -28,7 +28,8 @@ from ..models.registry import build_model
 from ..optim.adaptive import make_schedule
 from ..optim.base import get_method
 from ..optim.distributed_enkf import Comm, DistributedEnKF, LocalComm
-from .rundir import RunDir, progress_bar
+from .progress import progress
+from .rundir import RunDir
 
 
 @dataclass
@@ -105,7 +106,7 @@ def train_run(cfg, rd: RunDir, label: str = "", comm: Comm | None = None) -> dic
 
     if st.iteration == 0 and rd.resume_state is None:
         evaluate({})
-    bar = progress_bar(st.budget, st.iteration, label, bool(cfg.progress) and comm.rank == 0)
+    bar = progress(st.budget, st.iteration, label, bool(cfg.progress) and comm.rank == 0)
     last: dict[str, Any] = {}
     try:
         with rd.signals():

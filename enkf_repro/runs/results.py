@@ -25,7 +25,7 @@ from ..config.identity import config_hash
 COLUMNS = [
     "figure", "series", "seed", "iteration", "epoch", "metric", "value", "elapsed_s",
     "layer", "bin", "run_id", "scale", "dataset", "model", "activation", "optimizer",
-    "ensemble_size", "gamma", "repetitions", "update_mode", "init_sigma", "lr", "batch_size",
+    "ensemble_size", "gamma", "repetitions", "update_mode", "init_sigma", "lr", "batch_size", "settings",
 ]
 
 
@@ -38,8 +38,9 @@ def figure_dir(out_dir: str | Path, scale: str, config_name: str | None) -> Path
     return Path(out_dir) / scale / (config_name or "runs")
 
 
-def config_columns(cfg: DictConfig, figure: str, series: str) -> dict[str, Any]:
-    """The constant columns of every row of a run."""
+def config_columns(cfg: DictConfig, figure: str, series: str, settings: str = "") -> dict[str, Any]:
+    """The constant columns of every row of a run; ``settings`` lists ("key=value;...") every
+    setting of the run that differs from its group defaults (what a sweep varied)."""
     opt = cfg.optimizer
 
     def get(node, key):
@@ -56,7 +57,7 @@ def config_columns(cfg: DictConfig, figure: str, series: str) -> dict[str, Any]:
         "ensemble_size": get(opt, "ensemble_size"), "gamma": get(opt, "gamma"),
         "repetitions": get(opt, "repetitions"), "update_mode": get(opt, "update_mode"),
         "init_sigma": get(cfg.init, "sigma"), "lr": get(opt, "lr"),
-        "batch_size": int(cfg.train.batch_size),
+        "batch_size": int(cfg.train.batch_size), "settings": settings,
     }
 
 

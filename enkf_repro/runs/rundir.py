@@ -19,7 +19,6 @@ import errno
 import fcntl
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -149,6 +148,8 @@ class RunDir:
     def close(self) -> None:
         self.csv.close()
         with contextlib.suppress(Exception):
+            if self.done_path.exists():   # a finished run keeps no lock file behind
+                (self.path / "run.lock").unlink(missing_ok=True)
             fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
             self._lock_fh.close()
 
@@ -175,15 +176,6 @@ def _is_main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def progress_bar(total: int, initial: int, desc: str, enabled: bool):
-    """tqdm bar with rate and ETA on stderr; sparse updates when stderr is not a terminal."""
-    from tqdm.auto import tqdm
-
-    tty = sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, desc=desc, unit="it", disable=not enabled,
-                mininterval=0.5 if tty else 30.0, dynamic_ncols=True, leave=tty)
 
 
 class FollowerRunDir(RunDir):

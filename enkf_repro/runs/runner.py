@@ -21,8 +21,8 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig
 
-from ..config.compose import compose, flatten_overrides, merge_overrides
-from ..config.identity import config_hash, to_plain
+from ..config.compose import GROUPS, compose, config_dir, flatten_overrides, format_value, merge_overrides, override_key
+from ..config.identity import changed_settings, config_hash, short_name, to_plain
 from ..config.schema import name_of
 from ..config.validate import validate
 from ..errors import ConfigError, DivergenceError, EnkfReproError
@@ -30,21 +30,23 @@ from ..experiments.base import get_figure
 from ..optim.distributed_enkf import LocalComm
 from . import distributed
 from .loop import train_run
-from .results import config_columns, figure_dir, slug
+from .results import config_columns, figure_dir, slug, write_json_atomic, write_text_atomic
 from .rundir import FollowerRunDir, RunBusy, RunDir
 
 # Overrides that select runs rather than configure them.
 PLAN_ONLY_KEYS = {"seed", "only"}
+GROUP_KEYS = set(GROUPS)
 
 
 @dataclass
 class RunSpec:
     figure: str                 # "8", "eki_table", or "none" for a single run
     config_name: str | None     # "fig8" (folder name) or None
-    label: str                  # series label
+    label: str                  # series label, from the run's resolved config
     seed: int
     cfg: DictConfig             # the composed run config
     overrides: tuple[str, ...]  # what reproduces it: enkf-repro run <overrides>
+    settings: str = ""          # "key=value;..." of the settings that differ from the group defaults
 
     @property
     def run_id(self) -> str:
@@ -73,11 +75,36 @@ def _matches(label: str, pattern: str | None) -> bool:
     return False
 
 
-def default_label(cfg: DictConfig) -> str:
-    parts = [cfg.optimizer.name, name_of(cfg.model.name), name_of(cfg.model.activation)]
-    if "ensemble_size" in cfg.optimizer:
-        parts.append(f"J{cfg.optimizer.ensemble_size}")
-    return "-".join(parts)
+def group_defaults(cfg: DictConfig) -> DictConfig:
+    """The config of ``cfg``'s group choices (optimizer, model, dataset, scale) and nothing else:
+    what a run's settings are measured against."""
+    ov = [f"optimizer={cfg.optimizer.name}", f"dataset={name_of(cfg.dataset.name)}",
+          f"scale={name_of(cfg.scale.name)}"]
+    if (config_dir() / "model" / f"{name_of(cfg.model.name)}.yaml").is_file():
+        ov.append(f"model={name_of(cfg.model.name)}")
+    return compose(ov)
+
+
+def settings_text(changes: dict) -> str:
+    return ";".join(f"{k}={format_value(v)}" for k, v in sorted(changes.items()))
+
+
+def single_run(cfg: DictConfig, user: list[str]) -> RunSpec:
+    """The run of a config without a figure, with its scale's preset for single runs (smoke: fewer
+    batches and a test subset, the protocol unchanged), named by what differs from the defaults."""
+    if cfg.scale.single:
+        overrides = merge_overrides(flatten_overrides(cfg.scale.single), user)
+        cfg = compose(overrides)
+        preset = compose(merge_overrides(flatten_overrides(cfg.scale.single),
+                                         [o for o in cfg.overrides if override_key(o) in GROUP_KEYS]))
+    else:
+        overrides, preset = user, group_defaults(cfg)
+    validate(cfg)
+    base = group_defaults(cfg)
+    named = changed_settings(cfg, preset)
+    label = "-".join(p for p in (str(cfg.optimizer.name), name_of(cfg.model.name), short_name(named)) if p)
+    return RunSpec("none", None, label[:120], int(cfg.seed), cfg, tuple(overrides),
+                   settings_text(changed_settings(cfg, base)))
 
 
 def plan(cfg: DictConfig) -> list[RunSpec]:
@@ -85,16 +112,15 @@ def plan(cfg: DictConfig) -> list[RunSpec]:
     fig_id = str(cfg.figure.id)
     user = [o for o in cfg.overrides if not o.lstrip("+~").startswith("hydra")]
     if fig_id == "none":
-        validate(cfg)
-        return [RunSpec("none", None, default_label(cfg), int(cfg.seed), cfg, tuple(user))]
+        return [single_run(cfg, user)]
     fig = get_figure(fig_id)
     if not fig.needs_runs:
         return []
-    settings = settings_of(cfg)
-    scale_overrides = flatten_overrides(settings.overrides)
-    variants = [v for v in fig.variants(cfg, settings) if _matches(v.series, cfg.only)]
+    fig_settings = settings_of(cfg)
+    scale_overrides = flatten_overrides(fig_settings.overrides)
+    variants = [v for v in fig.variants(cfg, fig_settings) if _matches(v.series, cfg.only)]
     if not variants:
-        labels = ", ".join(dict.fromkeys(v.series for v in fig.variants(cfg, settings)))
+        labels = ", ".join(dict.fromkeys(v.series for v in fig.variants(cfg, fig_settings)))
         raise ConfigError("only", cfg.only, f"a pattern matching one of: {labels}")
     specs: list[RunSpec] = []
     seen: set[str] = set()
@@ -108,11 +134,14 @@ def plan(cfg: DictConfig) -> list[RunSpec]:
                 f"series {v.series!r} of figure {fig_id}: {e} (run the other series with only=..., or set it for "
                 f"one series with ++figure.<scale>.series_overrides.<series>.<key>=<value>)") from None
         validate(base)
-        for i in range(int(settings.seeds)):
+        label = fig.label(base, v.series) if fig.label is not None else v.series
+        settings = settings_text(changed_settings(base, group_defaults(base)))
+        for i in range(int(fig_settings.seeds)):
             seed = int(cfg.seed) + i
             run_cfg = base.copy()
             run_cfg.seed = seed
-            spec = RunSpec(fig_id, fig.config, v.series, seed, run_cfg, tuple(overrides) + (f"seed={seed}",))
+            spec = RunSpec(fig_id, fig.config, label, seed, run_cfg, tuple(overrides) + (f"seed={seed}",),
+                           settings)
             if spec.run_id in seen:
                 continue
             seen.add(spec.run_id)
@@ -140,20 +169,58 @@ def check_runs(specs: Iterable[RunSpec]) -> None:
                               f"at most the training set size {sizes[0]} of dataset {name_of(cfg.dataset.name)}")
 
 
+def finished_elsewhere(spec: RunSpec) -> Path | None:
+    """A finished run folder with this run's identity (hash) elsewhere under ``out_dir``."""
+    for done in sorted(Path(spec.cfg.out_dir).glob(f"**/*-{spec.run_id}/done.json")):
+        if done.parent.resolve() != spec.dir.resolve():
+            return done.parent
+    return None
+
+
+def reuse(source: Path, spec: RunSpec) -> None:
+    """Copy the finished run ``source`` (same identity) into ``spec.dir``: its config, its CSV with
+    this run's figure / series / settings columns, and its done.json, each written atomically."""
+    import csv
+    import io
+    import json
+    import shutil
+
+    spec.dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source / "config.yaml", spec.dir / "config.yaml.tmp")
+    os.replace(spec.dir / "config.yaml.tmp", spec.dir / "config.yaml")
+    columns = config_columns(spec.cfg, spec.figure, spec.label, spec.settings)
+    with open(source / "metrics.csv", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(header)
+        keep = {i: str(columns[h]) for i, h in enumerate(header) if h in ("figure", "series", "settings")}
+        for row in reader:
+            writer.writerow([keep.get(i, v) for i, v in enumerate(row)])
+    write_text_atomic(spec.dir / "metrics.csv", out.getvalue())
+    done = json.loads((source / "done.json").read_text())
+    write_json_atomic(spec.dir / "done.json", {**done, "reused_from": str(source)})
+
+
 def _open_run(spec: RunSpec, restart: bool, comm) -> RunDir | dict:
-    """Rank 0 (or the only process) decides skip / resume and opens the run folder; the other
-    ranks get the decision, any error, and the resume state (all collective)."""
+    """Rank 0 (or the only process) decides skip / reuse / resume and opens the run folder; the
+    other ranks get the decision, any error, and the resume state (all collective)."""
     leader = comm.rank == 0
     status = None
     if leader and (spec.dir / "done.json").exists() and not restart:
         status = {"status": "skipped", "dir": str(spec.dir)}
+    elif leader and not restart and (source := finished_elsewhere(spec)) is not None:
+        reuse(source, spec)
+        status = {"status": "reused", "dir": str(spec.dir), "source": str(source)}
     status = comm.broadcast_object(status)
     if status is not None:
         return status
     rd, err, exc = None, None, None
     if leader:
         try:
-            rd = RunDir(spec.dir, spec.cfg, config_columns(spec.cfg, spec.figure, spec.label), restart=restart,
+            rd = RunDir(spec.dir, spec.cfg, config_columns(spec.cfg, spec.figure, spec.label, spec.settings),
+                        restart=restart,
                         checkpoint_every=int(spec.cfg.checkpoint_every), comm=comm)
         except EnkfReproError as e:
             err, exc = (type(e).__name__, str(e), e.exit_code), e
@@ -162,6 +229,8 @@ def _open_run(spec: RunSpec, restart: bool, comm) -> RunDir | dict:
         raise exc
     distributed.raise_shared(err)
     resume = comm.broadcast_object(distributed.without_ensemble(rd.resume_state) if leader else None)
+    if leader and rd.resume_state is not None:
+        say(f"{spec.label} seed={spec.seed}: resumed from iteration {rd.resume_state['loop']['iteration']}")
     return rd if leader else FollowerRunDir(comm, spec.dir, resume, int(spec.cfg.checkpoint_every))
 
 
@@ -217,6 +286,8 @@ def run_figure(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
             continue
         if status["status"] == "skipped":
             say(f"{head}: already finished ({spec.dir})")
+        elif status["status"] == "reused":
+            say(f"{head}: the same run finished in {status['source']}; copied, not retrained -> {spec.dir}")
         elif status["status"] == "diverged":
             diverged.append(spec)
             say(f"{head}: diverged: {status['message']} (CSV kept in {spec.dir})")
