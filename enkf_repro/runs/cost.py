@@ -11,7 +11,10 @@ an evaluation n_test * f. Small models and per-sample methods are bound by a fix
 
 from __future__ import annotations
 
+import datetime
+import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -19,6 +22,7 @@ import time
 import torch
 from omegaconf import DictConfig
 
+from ..config.paths import rates_file
 from ..config.schema import name_of
 from ..models.ensemble import precision_scope
 from ..models.registry import build_model
@@ -118,3 +122,44 @@ def describe(device: torch.device) -> str:
     except OSError:
         pass
     return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+# -- the rate the estimates use ------------------------------------------------------------------
+# Share of the dense GEMM rate an EnKF iteration reaches when no benchmark was run (about 59 % at
+# J = 500 on a 2-core CPU in `enkf-repro bench`; a rough prior for other work).
+PROBE_FRACTION = 0.5
+
+
+def save_rate(device_type: str, flops: float, source: str, **extra) -> None:
+    """Remember a measured rate (FLOP/s of real work) for ``device_type`` (cpu / cuda)."""
+    path = rates_file()
+    try:
+        data = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        data = {}
+    data[device_type] = {"flops": float(flops), "source": source,
+                         "date": datetime.date.today().isoformat(), **extra}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def cached_rate(device_type: str) -> tuple[float, str] | None:
+    """(FLOP/s, where it comes from) remembered for ``device_type``, or None."""
+    try:
+        entry = json.loads(rates_file().read_text())[device_type]
+        return float(entry["flops"]), f"{entry['source']} on {entry['date']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def measured_rate(device: torch.device) -> tuple[float, str]:
+    """The rate for estimates on ``device``: the one ``enkf-repro bench`` measured (or an earlier
+    probe), else a quick probe now (a dense GEMM times :data:`PROBE_FRACTION`), remembered."""
+    got = cached_rate(device.type)
+    if got is not None:
+        return got
+    rate = PROBE_FRACTION * gemm_rate(device)
+    save_rate(device.type, rate, f"a GEMM probe x {PROBE_FRACTION:g}")
+    return rate, f"a GEMM probe x {PROBE_FRACTION:g} just now"
