@@ -6,7 +6,10 @@ Library entry points (imported on first use, so ``import enkf_repro`` stays chea
 * :func:`run_figure` - run (or resume, or skip) every run of a composed config; what
   ``enkf-repro run`` calls;
 * :func:`enkf_update` - the EnKF update as a pure function on tensors;
-* :func:`read_runs` - every run's rows under a folder as one tidy DataFrame.
+* :func:`read_runs` - every run's rows under a folder (any depth) as one tidy DataFrame, optionally
+  with settings of each run's config as columns;
+* :func:`compare` - group a sweep's runs by config keys: a mean +/- std plot per group and a table
+  of the final values (what ``enkf-repro compare`` calls).
 """
 
 __version__ = "0.1.0"
@@ -16,6 +19,7 @@ _EXPORTS = {
     "run_figure": ("enkf_repro.runs.runner", "run_figure"),
     "enkf_update": ("enkf_repro.optim.enkf", "enkf_update"),
     "read_runs": ("enkf_repro.runs.results", "read_runs"),
+    "compare": ("enkf_repro.report.compare", "compare"),
 }
 
 

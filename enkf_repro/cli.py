@@ -1,4 +1,4 @@
-"""Command line: ``enkf-repro run|plot|list|bench|reproduce ...``: parse the subcommand, call its
+"""Command line: ``enkf-repro run|plot|compare|list|bench|reproduce ...``: parse the subcommand, call its
 library function, and turn errors into one line and an exit code (0 done, 2 bad config or data,
 3 a run diverged, 130 interrupted)."""
 
@@ -15,6 +15,8 @@ USAGE = """usage: enkf-repro <command> [key=value ...]
 commands:
   run figure=ID [overrides]     run a figure's experiments (Hydra app: -m, --cfg job, --help work)
   plot figure=ID [overrides]    draw <out_dir>/<scale>/fig<ID>/fig<ID>.png and .pdf from its CSVs
+  compare by=KEY[,KEY] [where=KEY=VALUE ...] [out_dir=DIR] [scale=S] [metric=M]
+                                group a sweep's runs by config keys: mean +/- std plot, final-value table
   list                          every figure id, what it shows, and its cost at each scale
   bench [--help]                time the ensemble engine against the naive loop (table)
   reproduce [scale=smoke|paper] [figures=1,8,...]
@@ -28,6 +30,7 @@ examples:
   enkf-repro run figure=8 scale=smoke dataset=fashion_mnist
   enkf-repro plot figure=8 scale=smoke
   enkf-repro run -m figure=8 scale=smoke model.activation=relu,tanh
+  enkf-repro compare scale=smoke by=optimizer.gamma,optimizer.ensemble_size
 """
 
 
@@ -41,6 +44,12 @@ def _plot(args: list[str]) -> int:
     from .report.render import plot_main
 
     return plot_main(args)
+
+
+def _compare(args: list[str]) -> int:
+    from .report.compare import compare_main
+
+    return compare_main(args)
 
 
 def _list(args: list[str]) -> int:
@@ -62,7 +71,7 @@ def _reproduce(args: list[str]) -> int:
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "run": _run, "plot": _plot, "list": _list, "bench": _bench, "reproduce": _reproduce,
+    "run": _run, "plot": _plot, "compare": _compare, "list": _list, "bench": _bench, "reproduce": _reproduce,
 }
 
 

@@ -12,7 +12,7 @@ from enkf_repro.runs.results import COLUMNS
 
 def test_help_lists_commands(cli):
     out = cli("--help", check=True).stdout
-    for cmd in ("run", "plot", "list", "bench", "reproduce"):
+    for cmd in ("run", "plot", "compare", "list", "bench", "reproduce"):
         assert f"  {cmd}" in out
 
 

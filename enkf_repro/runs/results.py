@@ -9,6 +9,7 @@ config alone and a changed config never overwrites it.
 
 from __future__ import annotations
 
+import difflib
 import io
 import json
 import os
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from ..config.compose import did_you_mean
 from ..config.identity import config_hash
+from ..errors import ConfigError
 
 # Measurement columns first, then the run's identity and config.
 COLUMNS = [
@@ -135,10 +138,102 @@ def read_metrics(path: Path) -> pd.DataFrame:
     return df
 
 
-def read_runs(fig_dir: Path) -> pd.DataFrame:
-    """All rows of all runs under a figure folder (finished or not), with ``finished`` and ``mtime``."""
+def run_config(run_dir: str | Path) -> dict:
+    """A run's resolved config (its ``config.yaml``) as plain Python; ``{}`` when it has none."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return {}
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+
+
+def flat_config(config: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer": {"gamma": 0.01}}`` -> ``{"optimizer.gamma": 0.01}``; lists become tuples, so
+    that every value can be grouped on."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            out.update(flat_config(v, key))
+        else:
+            out[key] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def config_key(key: str, flats: Iterable[Mapping[str, Any]]) -> str:
+    """The dotted key ``key`` names in runs whose flat configs are ``flats``: the key itself, or for
+    a section (``dataset``, ``optimizer``, ``figure``) its ``name`` (or ``id``). A key in no run's
+    config is a one-line ConfigError naming the closest keys."""
+    keys = set().union(*flats)
+    key = key.strip()
+    if key in keys:
+        return key
+    inner = {k for k in keys if k.startswith(key + ".")}
+    for leaf in ("name", "id"):
+        if f"{key}.{leaf}" in inner:
+            return f"{key}.{leaf}"
+    if inner:
+        children = sorted({k[len(key) + 1:].split(".")[0] for k in inner})
+        raise ConfigError.line(f"config key {key!r} is a section of the run configs; name one of its keys: "
+                               + ", ".join(f"{key}.{c}" for c in children))
+    done: list[str] = []
+    for part in key.split("."):
+        prefix = ".".join(done + [part])
+        if any(k == prefix or k.startswith(prefix + ".") for k in keys):
+            done.append(part)
+            continue
+        parent = ".".join(done)
+        children = sorted({(k[len(parent) + 1:] if parent else k).split(".")[0]
+                           for k in keys if not parent or k.startswith(parent + ".")})
+        hint = did_you_mean(part, children)
+        if not hint:   # gamma -> optimizer.gamma: keys whose last part is close
+            ends: dict[str, list[str]] = {}
+            for k in sorted(keys):
+                ends.setdefault(k.rsplit(".", 1)[-1], []).append(k)
+            close = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(ends), n=2, cutoff=0.7)
+            full = [k for c in close for k in ends[c]][:3]
+            hint = f"did you mean {' or '.join(repr(k) for k in full)}? " if full else ""
+        if parent and not children:
+            where = f"{parent} is a value, not a section"
+        else:
+            where = f"{parent or 'the top level'} has no key {part!r}; {hint}its keys: {', '.join(children)}"
+        raise ConfigError.line(f"config key {key!r} is in no run's config: {where}")
+    raise AssertionError("unreachable")
+
+
+def read_runs(folder: str | Path, with_config: Iterable[str] | str | bool | None = None) -> pd.DataFrame:
+    """Every row of every run under ``folder``, as one tidy DataFrame.
+
+    ``folder`` may hold run folders at any depth: ``results``, ``results/smoke``, one figure's
+    ``results/smoke/fig8``, single runs' ``results/smoke/runs``, or one run's own folder. A run is
+    a folder with a ``metrics.csv``; runs still going (or killed) are included with the rows
+    written so far (an incomplete last line is dropped).
+
+    One row per run, iteration and metric (and layer and histogram bin for the per-layer
+    statistics); the columns are :data:`COLUMNS`:
+
+    * ``figure, series, seed, iteration, epoch`` (fraction of the epoch's batches seen),
+      ``metric`` (``test_error`` in %, ``test_loss``, ``train_misfit``, ``ensemble_spread``, ...),
+      ``value``, ``elapsed_s`` (training seconds so far), ``layer``, ``bin`` (empty unless
+      per-layer), ``run_id`` (the hash of the settings that change the numbers);
+    * the run's main settings: ``scale, dataset, model, activation, optimizer, ensemble_size,
+      gamma, repetitions, update_mode, init_sigma, lr, batch_size`` (empty where the method has
+      no such setting);
+
+    then ``finished`` (True once the run wrote ``done.json``), ``mtime`` (when its
+    ``metrics.csv`` was last written, seconds since the epoch) and ``run_dir`` (its folder).
+
+    ``with_config`` adds settings of each run's ``config.yaml`` as columns named by their dotted
+    keys: a list of keys (``["optimizer.gamma", "model.hidden"]``, or one comma-separated string;
+    a section such as ``dataset`` means ``dataset.name``), or ``True`` for every key. A run
+    without the key gets None; a key in no run's config is a ConfigError naming the closest keys.
+    The default (None) adds nothing::
+
+        df = enkf_repro.read_runs("results/smoke/runs", with_config=["optimizer.gamma"])
+        err = df[df.metric == "test_error"]
+        err.groupby(["optimizer.gamma", "iteration"])["value"].agg(["mean", "std"])
+    """
     frames = []
-    for csv in sorted(Path(fig_dir).glob("*/metrics.csv")):
+    for csv in sorted(Path(folder).rglob("metrics.csv")):
         df = read_metrics(csv)
         if df.empty:
             continue
@@ -146,9 +241,23 @@ def read_runs(fig_dir: Path) -> pd.DataFrame:
         df["mtime"] = csv.stat().st_mtime
         df["run_dir"] = str(csv.parent)
         frames.append(df)
+    keys: list[str] = []
+    if with_config and with_config is not True:
+        parts = [with_config] if isinstance(with_config, str) else list(with_config)
+        keys = [k for p in parts for k in str(p).split(",") if k.strip()]
     if not frames:
-        return pd.DataFrame(columns=COLUMNS + ["finished", "mtime", "run_dir"])
-    return pd.concat(frames, ignore_index=True)
+        return pd.DataFrame(columns=COLUMNS + ["finished", "mtime", "run_dir"] + keys)
+    df = pd.concat(frames, ignore_index=True)
+    if with_config:
+        flats = {d: flat_config(run_config(d)) for d in df["run_dir"].unique()}
+        if with_config is True:
+            keys = sorted(set().union(*flats.values()) - set(df.columns))
+        else:
+            keys = list(dict.fromkeys(config_key(k, flats.values()) for k in keys))
+        for key in keys:
+            values = {d: f.get(key) for d, f in flats.items()}
+            df[key] = [values[d] for d in df["run_dir"]]
+    return df
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
