@@ -52,6 +52,18 @@ def make_dataset(root: Path, folder: str = "mnist", n_train: int = 640, n_test: 
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Measured rates and cached tables go to a folder of this test session, not the user's."""
+    old = os.environ.get("ENKF_REPRO_CACHE")
+    os.environ["ENKF_REPRO_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("ENKF_REPRO_CACHE", None)
+    else:
+        os.environ["ENKF_REPRO_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A data root with synthetic mnist/ and fashion-mnist/ folders (640 train, 320 test)."""
