@@ -67,3 +67,13 @@ def test_reproduce_rejects_figure_and_bad_scale(cli):
     assert proc.returncode == 2 and "figures=" in proc.stderr
     proc = cli("reproduce", "scale=huge")
     assert proc.returncode == 2 and "scale='huge'" in proc.stderr
+
+
+def test_dry_run_prints_the_paper_scale_plan_on_the_proxies_and_trains_nothing(cli, data_root, tmp_path):
+    proc = cli("reproduce", "scale=paper", "dataset.test_only=true", "dry_run=true", f"out_dir={tmp_path}",
+               env={"ENKF_REPRO_DATA": str(data_root)})
+    assert proc.returncode == 0, proc.stderr
+    assert "figure | runs | to do | TFLOP to do | estimated" in proc.stderr
+    fig1 = next(ln for ln in proc.stderr.splitlines() if ln.startswith("1 | "))
+    assert fig1.split(" | ")[1] == "30"                       # 3 families x the paper's 10 seeds
+    assert not any(tmp_path.iterdir())                         # nothing trained, nothing written

@@ -123,3 +123,43 @@ def test_progress_in_a_log_is_periodic_lines_with_rate_and_eta():
     lines = out.getvalue().splitlines()
     assert len(lines) == 4 and lines[-1].startswith("relu-J200: it 30/100 (30.0 %), ")
     assert "it/s, ETA" in lines[-1]
+
+
+def test_a_run_stopped_by_its_time_budget_resumes_to_the_uninterrupted_csv(cli, synthetic_root, tmp_path,
+                                                                           monkeypatch):
+    """time_budget=1h with a clock that runs out after 7 iterations: the run checkpoints, the
+    command ends with exit 0 and the number of runs left; the rerun finishes it, and its CSV
+    equals an uninterrupted run's (the wall-clock column aside)."""
+    from enkf_repro.runs import budget
+
+    env = {"ENKF_REPRO_DATA": str(synthetic_root)}
+    args = ["scale=smoke", "train.max_batches=4", "checkpoint_every=3", "seed=0,1", *TINY]
+    assert cli("run", "-m", *args, f"out_dir={tmp_path / 'ref'}", env=env).returncode == 0
+    checks = {"n": 0}
+
+    def expired():
+        checks["n"] += 1
+        return checks["n"] > 7
+
+    monkeypatch.setattr(budget, "expired", expired)
+    out = tmp_path / "budget"
+    proc = cli("run", "-m", *args, "time_budget=1h", f"out_dir={out}", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "time budget spent" in proc.stderr and "1 run left: rerun the same command to continue" in proc.stderr
+    monkeypatch.undo()
+    budget.clear()
+    assert cli("run", "-m", *args, "time_budget=1h", f"out_dir={out}", env=env).returncode == 0
+    budget.clear()
+    for a, b in zip(_runs(tmp_path / "ref"), _runs(out)):
+        assert a.name == b.name
+        pd.testing.assert_frame_equal(pd.read_csv(a / "metrics.csv").drop(columns="elapsed_s"),
+                                      pd.read_csv(b / "metrics.csv").drop(columns="elapsed_s"))
+
+
+def test_time_budget_values():
+    from enkf_repro.config.validate import parse_duration
+    from enkf_repro.errors import ConfigError
+
+    assert [parse_duration(v) for v in ("90", "90s", "8m", "1h30m", "1.5h")] == [90, 90, 480, 5400, 5400]
+    with pytest.raises(ConfigError, match="time_budget='soon'.*8m"):
+        parse_duration("soon")

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 # Keys that do not change the numbers a run produces: excluded from the run's identity.
 NON_SEMANTIC = {"device", "out_dir", "restart", "checkpoint_every", "progress", "only", "figure", "scale",
-                "distributed", "overrides"}
+                "distributed", "overrides", "time_budget"}
 NON_SEMANTIC_NESTED = {"dataset": {"root", "download"},
                        "ensemble": {"chunk_size", "compile", "kernel"}}
 # Backprop-only settings (what a backprop run logs); not part of other runs' identity.

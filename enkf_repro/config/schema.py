@@ -211,6 +211,9 @@ class Config:
     # One ensemble over the ranks of a torchrun launch or a multi-task submitit job (distributed.py);
     # the same numbers as one process, so not part of the run identity.
     distributed: bool = False
+    # Stop cleanly after this long (90s, 8m, 2h): the running run checkpoints, no further run starts,
+    # exit 0 with the number of runs left; rerun to continue (runs/budget.py). Not part of a run's identity.
+    time_budget: Optional[str] = None
     # The command-line overrides this config was composed with (set by ``compose``): they win
     # over a figure's per-series settings. Not part of the run identity.
     overrides: List[str] = field(default_factory=list)

@@ -7,6 +7,8 @@ class may define ``check(opt, cfg)``, called here for the selected optimizer.
 
 from __future__ import annotations
 
+import re
+
 from omegaconf import DictConfig
 
 from ..errors import ConfigError
@@ -57,6 +59,19 @@ def validate(cfg: DictConfig) -> None:
     he = cfg.instrument.hist_every
     check(he is None or he >= 1, "instrument.hist_every", he, "an integer >= 1, or null for automatic")
     check(cfg.checkpoint_every >= 1, "checkpoint_every", cfg.checkpoint_every, "an integer >= 1")
+    if cfg.get("time_budget") not in (None, ""):
+        parse_duration(cfg.time_budget)
     for scale in ("paper", "smoke"):
         s = cfg.figure[scale].seeds
         check(s >= 1, f"figure.{scale}.seeds", s, "an integer >= 1")
+
+
+def parse_duration(text, key: str = "time_budget") -> float:
+    """Seconds of ``90``, ``90s``, ``8m``, ``2h``, ``1h30m``, ``1.5h``; ConfigError otherwise."""
+    s = str(text).strip().lower().replace(" ", "")
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        return float(s)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", s)
+    if not parts or "".join(n + u for n, u in parts) != s:
+        raise ConfigError(key, text, "a duration such as 90s, 8m, 2h or 1h30m")
+    return sum(float(n) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[u] for n, u in parts)

@@ -139,8 +139,14 @@ class Comm:
 
     def any(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on some rank."""
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        return bool(self.all_reduce(t).item() > 0)
+        return self.max(1.0 if flag else 0.0) > 0
+
+    def max(self, value: float) -> float:
+        """The largest of the ranks' values, on every rank."""
+        t = torch.tensor([float(value)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        self.sent["all_reduce"] += 1
+        return float(t.item())
 
     def barrier(self) -> None:
         dist.barrier()
@@ -172,6 +178,9 @@ class LocalComm(Comm):
 
     def any(self, flag):
         return bool(flag)
+
+    def max(self, value):
+        return float(value)
 
     def barrier(self):
         pass

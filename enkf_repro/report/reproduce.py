@@ -1,13 +1,18 @@
 """``enkf-repro reproduce``: run every figure's experiments, plot them, and write REPORT.md.
 
-    enkf-repro reproduce [scale=smoke|paper] [figures=1,8,...] [out_dir=DIR] [overrides...]
+    enkf-repro reproduce [scale=smoke|paper] [figures=1,8,...] [out_dir=DIR] [time_budget=8m]
+                         [dry_run=true] [overrides...]
 
 Finished runs are skipped (their folders are keyed by the resolved config), so a rerun right
 after a finished one only re-plots and rewrites the report. Before starting it prints the plan
-and a cost estimate; while it works, an overall progress line with an ETA weighted by each
-run's FLOPs. ``REPORT.md`` embeds every figure and tabulates, for every number the paper (or a
-related work) reports, what this rerun got: those numbers live in the figure modules as data
-(``experiments/*.py``, ``PaperNumber``), not in prose.
+and a cost estimate at the rate measured on this machine (``dry_run=true`` prints the plan per
+figure and stops); while it works, an overall progress line with an ETA weighted by each run's
+FLOPs. Runs go figure by figure, the cheapest figure first, so that a ``time_budget`` (or a
+SLURM time limit) that runs out leaves as many complete figures as possible: the running run
+checkpoints, the report is written from what is finished, and a rerun continues. ``REPORT.md``
+leads with the paper's claims judged on these runs, then tabulates, for every number the paper
+(or a related work) reports, what this rerun got: those numbers live in the figure modules as
+data (``experiments/*.py``, ``PaperNumber``, ``Claim``), not in prose.
 """
 
 from __future__ import annotations
@@ -25,24 +30,27 @@ from ..config.compose import compose, normalize_figure_args, split_flags
 from ..config.schema import name_of
 from ..errors import ConfigError
 from ..experiments.base import FIGURES, figure_ids, get_figure
-from ..runs.cost import describe, estimate_flops, estimate_seconds, gemm_rate
+from ..runs import budget
+from ..runs.cost import describe, estimate_flops, estimate_seconds, measured_rate
 from ..runs.progress import duration
 from ..runs.results import figure_dir, read_metrics
 from ..runs.runner import check_runs, plan, run_one
 from .render import plot_figure
-
-MEASURED_FRACTION = 0.4  # share of the dense GEMM rate assumed for the time estimate
 
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def parse_args(args: list[str]) -> tuple[str, list[str] | None, list[str]]:
-    scale, figures, rest = "paper", None, []
+def parse_args(args: list[str]) -> tuple[str, list[str] | None, list[str], bool]:
+    scale, figures, rest, dry = "paper", None, [], False
     for a in args:
         key, _, value = a.partition("=")
-        if key == "scale":
+        if key == "dry_run":
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ConfigError("dry_run", value, "true or false")
+            dry = value.lower() in ("true", "1")
+        elif key == "scale":
             scale = value
             rest.append(a)
         elif key == "figures":
@@ -55,7 +63,7 @@ def parse_args(args: list[str]) -> tuple[str, list[str] | None, list[str]]:
         raise ConfigError("scale", scale, "paper or smoke")
     if not any(a.startswith("scale=") for a in rest):
         rest.append(f"scale={scale}")
-    return scale, figures, rest
+    return scale, figures, rest, dry
 
 
 def _fmt_number(v) -> str:
@@ -70,13 +78,13 @@ def _fmt_number(v) -> str:
 
 def _machine() -> str:
     if torch.cuda.is_available():
-        return f"{torch.cuda.get_devicename_of(0)} (CUDA), torch {torch.__version__}"
+        return f"{torch.cuda.get_device_name(0)} (CUDA), torch {torch.__version__}"
     return f"{describe(torch.device('cpu'))}, torch {torch.__version__}, {platform.system()}"
 
 
 def reproduce_main(args: list[str]) -> int:
     _, overrides = split_flags(normalize_figure_args(args))
-    scale, figures, overrides = parse_args(overrides)
+    scale, figures, overrides, dry_run = parse_args(overrides)
     ids = [get_figure(f).id for f in figures] if figures else figure_ids()
     figs = [FIGURES[i] for i in ids]
 
@@ -97,17 +105,33 @@ def reproduce_main(args: list[str]) -> int:
     flops = sum(estimate_flops(s.cfg) for s in pending)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rate = MEASURED_FRACTION * gemm_rate(device) if pending else 1.0
+    rate, source = measured_rate(device) if pending else (1.0, "")
     cost = {id(s): estimate_seconds(s.cfg, rate, device.type) for s in pending}   # ETA weights
     total = sum(cost.values())
+    # whole figures first: the cheapest unfinished figure before the next, so a time budget that
+    # runs out leaves as many complete figures as it can
+    by_fig = {fid: sum(cost[id(s)] for s in pending if s.figure == fid) for fid in ids}
+    pending.sort(key=lambda s: (by_fig[s.figure], ids.index(s.figure)))
     _say(f"reproduce scale={scale}: {len(figs)} figures, {len(all_specs)} runs "
          f"({len(all_specs) - len(pending)} already finished); to do {flops / 1e12:.3g} TFLOP, "
-         f"estimated {duration(total)} on {device.type}")
+         f"estimated {duration(total)} on {device.type} (at {rate / 1e9:.0f} GFLOP/s, {source})")
+    if dry_run:
+        _say(plan_table(figs, plans, pending, cost))
+        return 0
 
-    t0, done_cost, results = time.perf_counter(), 0.0, {}
+    budget.start(compose(overrides).get("time_budget"))
+    t0, done_cost = time.perf_counter(), 0.0
+    left = 0
     for i, spec in enumerate(pending, 1):
-        status = run_one(spec)
-        results[spec.run_id] = status
+        try:
+            if budget.expired():
+                raise budget.BudgetSpent("time budget spent")
+            status = run_one(spec)
+        except budget.BudgetSpent as e:
+            left = sum(not (s.dir / "done.json").exists() for s in pending[i - 1:])
+            _say(f"{e}; {left} run{'s' if left != 1 else ''} left: rerun the same command to continue "
+                 f"(the report below shows what is finished)")
+            break
         done_cost += cost[id(spec)]
         elapsed = time.perf_counter() - t0
         eta = elapsed / done_cost * (total - done_cost) if done_cost else float("nan")
@@ -129,8 +153,19 @@ def reproduce_main(args: list[str]) -> int:
         judged[fig.id] = _judge(fig, cfg, rows)
     out = Path(compose(overrides).out_dir) / scale
     report = write_report(out, scale, figs, plans, plotted, measured, judged, args)
-    _say(f"report: {report}")
+    _say(f"report: {report}" + (f" ({left} runs left)" if left else ""))
     return 0
+
+
+def plan_table(figs, plans, pending, cost) -> str:
+    """The plan of a dry run: per figure its runs, what is left, FLOPs and estimated time."""
+    lines = ["figure | runs | to do | TFLOP to do | estimated", "--- | --- | --- | --- | ---"]
+    for fig in figs:
+        todo = [s for s in pending if s.figure == fig.id]
+        tflop = sum(estimate_flops(s.cfg) for s in todo) / 1e12
+        secs = sum(cost[id(s)] for s in todo)
+        lines.append(f"{fig.id} | {len(plans[fig.id])} | {len(todo)} | {tflop:.3g} | {duration(secs)}")
+    return "\n".join(lines)
 
 
 def _up_to_date_plot(cfg, fig, specs) -> list[Path] | None:

@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 from ..config.identity import config_hash, semantic_config
 from ..errors import EnkfReproError, Interrupted
 from ..optim.distributed_enkf import Comm, LocalComm
+from . import budget
 from .results import CsvLog, write_json_atomic, write_text_atomic
 
 
@@ -131,11 +132,16 @@ class RunDir:
         return step % self.checkpoint_every == 0
 
     def stop_if_requested(self, state_fn) -> None:
-        """Called once per iteration: on SIGINT/SIGTERM (on any rank) checkpoint and raise Interrupted."""
-        if self.comm.any(self.stop_requested):
-            self.stop_requested = True
+        """Called once per iteration: on SIGINT/SIGTERM (on any rank) checkpoint and raise Interrupted;
+        when the time budget is spent (budget.py, rank 0's clock) checkpoint and raise BudgetSpent."""
+        signal_or_budget = 2.0 if self.stop_requested else (1.0 if budget.expired() and self.comm.rank == 0 else 0.0)
+        flag = self.comm.max(signal_or_budget)
+        if flag:
             self.checkpoint(state_fn())
-            raise Interrupted(self.stop_message())
+            if flag >= 2:
+                self.stop_requested = True
+                raise Interrupted(self.stop_message())
+            raise budget.BudgetSpent(f"time budget spent; checkpoint written to {self.ckpt_path}")
 
     def stop_message(self) -> str:
         return f"interrupted; checkpoint written to {self.ckpt_path}; rerun the same command to resume"

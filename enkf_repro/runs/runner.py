@@ -28,7 +28,7 @@ from ..config.validate import validate
 from ..errors import ConfigError, DivergenceError, EnkfReproError
 from ..experiments.base import get_figure
 from ..optim.distributed_enkf import LocalComm
-from . import distributed
+from . import budget, distributed
 from .loop import train_run
 from .results import config_columns, figure_dir, slug, write_json_atomic, write_text_atomic
 from .rundir import FollowerRunDir, RunBusy, RunDir
@@ -275,15 +275,22 @@ def run_figure(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
         cfg.overrides = [o for o in cfg.overrides if not o.startswith("out_dir=")] + [f"out_dir={out_dir}"]
     specs = plan(cfg)
     check_runs(specs)
+    budget.start(cfg.get("time_budget"))
     restart = bool(cfg.restart)
     diverged = []
     for i, spec in enumerate(specs, 1):
         head = f"[{i}/{len(specs)}] {spec.label} seed={spec.seed}"
         try:
+            if budget.expired():
+                raise budget.BudgetSpent("time budget spent")
             status = run_one(spec, restart)
         except RunBusy as e:
             say(f"{head}: skipped, {e}")
             continue
+        except budget.BudgetSpent as e:
+            left = sum(not (s.dir / "done.json").exists() for s in specs[i - 1:])
+            say(f"{head}: {e}; {left} run{'s' if left != 1 else ''} left: rerun the same command to continue")
+            break
         if status["status"] == "skipped":
             say(f"{head}: already finished ({spec.dir})")
         elif status["status"] == "reused":
