@@ -58,6 +58,7 @@ class Figure:
     claims: tuple[Claim, ...] = field(default_factory=tuple)
     needs_runs: bool = True     # False for drawn figures (Figure 2)
     tables: Callable | None = None  # (df, cfg) -> {file name: text} written beside the figure
+    datasets: tuple[str, ...] = ("mnist",)   # the data the paper used for this figure
     # (run cfg, series) -> the run's label from its resolved config (``only=`` matches the series);
     # None: the series itself
     label: Callable | None = None

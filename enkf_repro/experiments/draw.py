@@ -35,14 +35,39 @@ def mean_std(df: pd.DataFrame, x: str = "iteration") -> pd.DataFrame:
 
 def band(ax, df: pd.DataFrame, label: str, color: str, x: str = "iteration", marker: str | None = "o",
          xscale: float = 1.0, **kw) -> None:
-    """Line of the mean over seeds with a +/- std band."""
+    """Line of the mean over seeds with a +/- std band, over thin lines of the single seeds (a
+    band alone hides a seed that went its own way)."""
     s = mean_std(df, x)
     if s.empty:
         return
     xs = s[x].to_numpy() * xscale
+    if "run_dir" in df and df["run_dir"].nunique() > 1:
+        for _, run in df.groupby("run_dir"):
+            r = run.groupby(x)["value"].mean().sort_index()
+            ax.plot(r.index.to_numpy() * xscale, r.to_numpy(), color=color, linewidth=0.6, alpha=0.45,
+                    linestyle=kw.get("linestyle", "-"))
     ax.plot(xs, s["mean"], label=label, color=color, marker=marker, **kw)
     if (s["n"] > 1).any():
         ax.fill_between(xs, s["mean"] - s["std"], s["mean"] + s["std"], color=color, alpha=0.2, linewidth=0)
+
+
+def differences_from_paper(cfg: DictConfig, datasets) -> list[str]:
+    """What in these runs is not the paper's setting: the scale, the data (a stand-in dataset,
+    or a split of the test files)."""
+    from .base import FIGURES
+
+    notes = []
+    if name_of(cfg.scale.name) == "smoke":
+        notes.append("smoke scale: smaller J, fewer batches and seeds than the paper")
+    fig = FIGURES.get(str(cfg.figure.id))
+    paper = fig.datasets if fig is not None else ("mnist",)
+    others = sorted(set(datasets) - set(paper))
+    if others:
+        notes.append(f"{', '.join(others)} instead of {' and '.join(paper)}")
+    if cfg.dataset.test_only:
+        n = cfg.dataset.test_only_train_size
+        notes.append(f"trained on {n} of the 10,000 test images, tested on the rest (the paper: 60,000 / 10,000)")
+    return notes
 
 
 def caption(fig, cfg: DictConfig, df: pd.DataFrame, extra: str = "") -> None:
@@ -53,6 +78,9 @@ def caption(fig, cfg: DictConfig, df: pd.DataFrame, extra: str = "") -> None:
     text = f"scale={name_of(cfg.scale.name)}, dataset={ds}, {runs} runs ({done} finished)"
     if extra:
         text += "; " + extra
+    diffs = differences_from_paper(cfg, df["dataset"].astype(str).unique() if not df.empty else ())
+    if diffs:
+        text += "\nnot the paper's setting: " + "; ".join(diffs)
     fig.text(0.01, -0.02, text, fontsize=7, color="0.35", ha="left", va="top")
 
 

@@ -61,6 +61,7 @@ def plot(df: pd.DataFrame, cfg):
 
 
 register(Figure(
+    datasets=("mnist", "fashion_mnist"),
     id="eki_scaling", config="eki_scaling",
     title="EKI test accuracy against ensemble size, MNIST and Fashion-MNIST",
     description="EKI and EKI(R) on DNN 2: final test accuracy vs J, MNIST and Fashion-MNIST",

@@ -64,6 +64,7 @@ def _claim_larger_J_better(df, cfg):
 
 
 register(Figure(
+    datasets=("notmnist",),
     id="9", config="fig9",
     title="EnKF on letters (notMNIST)",
     description="EnKF, 1 epoch on notMNIST letters A-J: J=5000 and J=10000 (logistic)",

@@ -30,6 +30,7 @@ from ..config.compose import compose, normalize_figure_args, split_flags
 from ..config.schema import name_of
 from ..errors import ConfigError
 from ..experiments.base import FIGURES, figure_ids, get_figure
+from ..experiments.draw import differences_from_paper
 from ..runs import budget
 from ..runs.cost import describe, estimate_flops, estimate_seconds, measured_rate
 from ..runs.progress import duration
@@ -309,6 +310,11 @@ def write_report(out: Path, scale: str, figs, plans, plotted, measured, judged, 
     lines.append("")
     for fig in figs:
         lines += [f"## Figure {fig.id}: {fig.title}", "", fig.description, ""]
+        specs = plans[fig.id]
+        if specs:
+            diffs = differences_from_paper(specs[0].cfg, {name_of(s.cfg.dataset.name) for s in specs})
+            if diffs:
+                lines += ["Not the paper's setting: " + "; ".join(diffs) + ".", ""]
         p = plotted[fig.id]
         if isinstance(p, Exception):
             lines += [f"*Not plotted: {p}*", ""]
