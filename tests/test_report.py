@@ -38,7 +38,7 @@ def test_reproduce_two_figures_writes_report_then_reruns_without_training(cli, s
     for _fig, _quantity, paper, ours, diff in fig8:
         value = float(ours.split(" ")[0])
         assert 0 <= value <= 100 and "J=" in ours
-        assert abs(float(diff) - (value - float(paper))) < 0.06
+        assert diff == "smoke: not comparable"  # a smoke number beside the paper's says nothing
     assert all(cell for row in rows for cell in row)  # no empty cell
     for png in ("fig2/fig2.png", "fig8/fig8.png"):
         assert f"]({png})" in report
