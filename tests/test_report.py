@@ -36,6 +36,7 @@ def test_reproduce_two_figures_writes_report_then_reruns_without_training(cli, s
     fig8 = [r for r in rows if r[0] == "8"]
     assert len(fig8) == 9
     for _fig, _quantity, paper, ours, diff in fig8:
+        float(paper)  # the paper column stays a number
         value = float(ours.split(" ")[0])
         assert 0 <= value <= 100 and "J=" in ours
         assert diff == "smoke: not comparable"  # a smoke number beside the paper's says nothing
