@@ -1,5 +1,7 @@
 """Cost of the backprop instrumentation: the same training run with ``instrument.enabled=false``,
-with per-iteration statistics (Figures 3 and 6) and with per-epoch statistics (Figures 4 and 7).
+with per-iteration statistics (Figures 3 and 6), with per-epoch statistics, and with per-epoch
+statistics plus every iteration of the listed epochs and the per-unit mean-gradient histograms
+(``instrument.iteration_epochs``, Figures 4 and 7; here both epochs of the run, the worst case).
 
 Each configuration runs through the real trainer (``backprop.train_backprop`` via the runner, CSV
 writes included), the modes interleaved in every repeat so that load from other processes hits
@@ -30,6 +32,7 @@ MODES = {
     "off": ["instrument.enabled=false"],
     "per-iteration": ["instrument.enabled=true", "instrument.stats_per=iteration"],
     "per-epoch": ["instrument.enabled=true", "instrument.stats_per=epoch"],
+    "iter-epochs": ["instrument.enabled=true", "instrument.stats_per=epoch", "instrument.iteration_epochs=[0,1]"],
 }
 
 
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         time_run(base + MODES["off"], Path(tmp))  # warm-up: data loading, allocator
         for r in range(args.repeats):
-            order = list(MODES)[r % 3:] + list(MODES)[: r % 3]
+            order = list(MODES)[r % len(MODES):] + list(MODES)[: r % len(MODES)]
             for mode in order:
                 results[mode].append(time_run(base + MODES[mode], Path(tmp)))
     steps = 2 * half

@@ -85,7 +85,7 @@ def test_instrument_per_iteration_rows_by_hand():
     inst = Instrument(net, icfg, per_epoch=10, total=10, epochs=1.0)
     x, y = torch.ones(4, 1, 28, 28), torch.tensor([0, 0, 1, 2])
     rows = one_step(inst, net, x, y, 1)  # step 1: histogram due, stats flushed with it
-    stats = {(r["metric"], r["layer"]): r["value"] for r in rows if r["metric"] != "grad_hist"}
+    stats = {(r["metric"], r["layer"]): r["value"] for r in rows if not r["metric"].endswith("_hist")}
     # fc gradient rows: k=0: 0.5 (0.1 - 0.5) = -0.2; k=1,2: -0.075; k=3..9: 0.05 -> mean 0,
     # std^2 = (0.04 + 2 * 0.005625 + 7 * 0.0025) / 10 = 0.006875
     expect = {("act_mean", 1): 0.625, ("act_std", 1): 0.125, ("act_mean", 2): 0.5, ("act_std", 2): 0.0,
@@ -104,6 +104,14 @@ def test_instrument_per_iteration_rows_by_hand():
                   (3, round(-(10 ** -0.5), 12)): 1280,              # -0.2 in [-0.316, -0.178)
                   (3, -0.1): 2560,                                  # -0.075 in [-0.1, -0.0562)
                   (3, round(10 ** -1.5, 12)): 8960}                 # 0.05 in [0.0316, 0.0562)
+    # per-unit means over the window {1}: conv units all 0; fc row k is constant, its mean is
+    # the entry itself: one unit at -0.2, two at -0.075, seven at 0.05
+    units = pd.DataFrame([r for r in rows if r["metric"] == "grad_unit_mean_hist"])
+    assert len(units) == 3 * 91 and set(units.iteration) == {1}
+    assert units.groupby("layer")["value"].sum().to_dict() == {1: 10, 2: 20, 3: 10}
+    nz = {(r.layer, round(r.bin, 12)): r.value for r in units.itertuples() if r.value}
+    assert nz == {(1, -1e-10): 10, (2, -1e-10): 20, (3, round(-(10 ** -0.5), 12)): 1, (3, -0.1): 2,
+                  (3, round(10 ** -1.5, 12)): 7}
     # step 2: no histogram, stats held until the flush (every 100 iterations or at the end)
     assert one_step(inst, net, x, y, 2) == [] and len(inst.pending) == 1
     # forward passes outside capture() (evaluation) are not recorded
@@ -123,7 +131,7 @@ def test_instrument_per_epoch_pools_and_percentiles_by_hand():
     one_step(inst, net, torch.ones(4, 1, 28, 28), y, 1)
     rows = one_step(inst, net, torch.zeros(4, 1, 28, 28), y, 2)
     df = pd.DataFrame(rows)
-    stats = df[df.metric != "grad_hist"]
+    stats = df[~df.metric.str.endswith("_hist")]
     assert set(stats.iteration) == {2} and set(stats.epoch) == {1.0}
     get = {(r.metric, r.bin if r.metric == "act_mean_pct" else None): r.value
            for r in stats[stats.layer == 1].itertuples()}
@@ -135,7 +143,44 @@ def test_instrument_per_epoch_pools_and_percentiles_by_hand():
     assert get[("act_mean_pct", 100)] == pytest.approx(0.625)
     assert len(stats) == 3 * (4 + 7)
     assert set(df[df.metric == "grad_hist"].iteration) == {2}  # end of epoch 1
-    assert inst.pending == []
+    # no iteration epochs: per-unit histograms with the gradient histograms, over the iterations
+    # since the previous one (iteration 1 had its own): {2}
+    units = df[df.metric == "grad_unit_mean_hist"]
+    assert set(units.iteration) == {2} and units.groupby("layer")["value"].sum().to_dict() == {1: 10, 2: 20, 3: 10}
+    assert inst.pending == [] and inst.pending_units == []
+    assert not df.metric.str.endswith("_iter").any()
+
+
+def test_instrument_iteration_epochs_by_hand():
+    """Per-epoch statistics with iteration_epochs=[1] over 3 epochs of 2 iterations: epoch 1
+    (iterations 3, 4) also gets one row per iteration (``*_iter``) and one per-unit histogram
+    over its 2 iterations; epochs 0 and 2 only their pooled rows."""
+    net = hand_net()
+    icfg = OmegaConf.create({"stats_per": "epoch", "hist_every": None, "iteration_epochs": [1]})
+    inst = Instrument(net, icfg, per_epoch=2, total=6, epochs=3.0)
+    y = torch.tensor([0, 0, 1, 2])
+    rows = []
+    for step, fill in zip(range(1, 7), (1, 1, 1, 0, 1, 1)):
+        rows += one_step(inst, net, torch.full((4, 1, 28, 28), float(fill)), y, step)
+        if step == 3:  # inside epoch 1: nothing written yet, the iteration's statistics pending
+            assert len(inst.pending) == 1 and len(inst.pending_units) == 1
+    df = pd.DataFrame(rows)
+    it = df[df.metric.str.endswith("_iter")]
+    assert sorted(it.metric.unique()) == ["act_mean_iter", "act_std_iter", "grad_mean_iter", "grad_std_iter"]
+    assert sorted(it.iteration.unique()) == [3, 4] and len(it) == 2 * 3 * 4
+    l1 = it[(it.metric == "act_mean_iter") & (it.layer == 1)].set_index("iteration")["value"]
+    assert l1.to_dict() == pytest.approx({3: 0.625, 4: 0.5})   # ones, then zeros (hand_net)
+    assert set(it.epoch) == {1.5, 2.0}
+    pooled = df[df.metric == "act_mean"]
+    assert sorted(pooled.epoch.unique()) == [1.0, 2.0, 3.0]     # every epoch keeps its pooled row
+    assert pooled[(pooled.layer == 1) & (pooled.epoch == 2.0)]["value"].item() == pytest.approx(0.5625)
+    units = df[df.metric == "grad_unit_mean_hist"]
+    assert set(units.iteration) == {4}                           # the end of epoch 1 only
+    assert units.groupby("layer")["value"].sum().to_dict() == {1: 20, 2: 40, 3: 20}
+    assert sorted(df[df.metric == "grad_hist"].iteration.unique()) == [1, 2, 4, 6]  # unchanged
+    # per-iteration statistics ignore the setting
+    it_cfg = OmegaConf.create({"stats_per": "iteration", "hist_every": 200, "iteration_epochs": [1]})
+    assert Instrument(hand_net(), it_cfg, per_epoch=2, total=6, epochs=3.0).iteration_epochs == frozenset()
 
 
 def test_make_optimizer_is_fresh_and_configurable():
@@ -151,6 +196,8 @@ def test_make_optimizer_is_fresh_and_configurable():
 def test_bad_histogram_period_is_a_config_error():
     with pytest.raises(ConfigError, match="instrument.hist_every"):
         compose_run(["optimizer=sgd", "instrument.hist_every=0"])
+    with pytest.raises(ConfigError, match="instrument.iteration_epochs"):
+        compose_run(["optimizer=sgd", "instrument.iteration_epochs=[0,-1]"])
 
 
 # -- runs on the synthetic dataset -----------------------------------------------------------
@@ -182,11 +229,14 @@ def test_every_run_starts_from_fresh_model_and_optimizer(synthetic_root, tmp_pat
         assert not _read(specs[0])[cols].equals(a[cols])  # a different seed is a different run
 
 
-@pytest.mark.parametrize("mode", ["iteration", "epoch"])
+@pytest.mark.parametrize("mode", ["iteration", "epoch", "iteration_epochs"])
 def test_interrupted_run_resumes_bit_identically(synthetic_root, tmp_path, mode):
     """Stop after 5 of 8 steps (checkpoint every 3: pending statistics in the checkpoint), resume,
-    and compare with an uninterrupted run."""
-    ov = _tiny(synthetic_root, tmp_path, "train.epochs=2", f"instrument.stats_per={mode}",
+    and compare with an uninterrupted run. ``iteration_epochs``: per-epoch statistics with every
+    iteration of epoch 1 (steps 5-8) logged, the stop falling inside it (pending per-iteration
+    statistics and per-unit means in the checkpoint)."""
+    stats = {"iteration_epochs": ["instrument.stats_per=epoch", "instrument.iteration_epochs=[1]"]}
+    ov = _tiny(synthetic_root, tmp_path, "train.epochs=2", *stats.get(mode, [f"instrument.stats_per={mode}"]),
                "instrument.hist_every=3", "checkpoint_every=3", "optimizer=adam")
     cfg = compose_run(ov)
 
@@ -215,6 +265,12 @@ def test_interrupted_run_resumes_bit_identically(synthetic_root, tmp_path, mode)
     a, b = _read(whole), _read(cut)
     pd.testing.assert_frame_equal(a, b)
     assert (a.metric == "act_mean").sum() == (3 * 8 if mode == "iteration" else 3 * 2)
+    assert (a.metric == "act_mean_iter").sum() == (3 * 4 if mode == "iteration_epochs" else 0)
+    units = a[a.metric == "grad_unit_mean_hist"]
+    # windows: iteration_epochs: epoch 1 (4 steps); otherwise since the previous grad_hist (1, 3, 6, 8)
+    windows = {"iteration": [1, 3, 6, 8], "epoch": [1, 3, 6, 8], "iteration_epochs": [8]}[mode]
+    assert sorted(units.iteration.unique()) == windows
+    assert units.value.sum() == 8 * 40 if mode != "iteration_epochs" else units.value.sum() == 4 * 40
 
 
 def test_figure3_end_to_end(synthetic_root, tmp_path):
@@ -299,7 +355,29 @@ def test_figure4_end_to_end(synthetic_root, tmp_path):
         assert g.sort_values("bin")["value"].is_monotonic_increasing
     assert sorted(df[df.metric == "grad_hist"].iteration.unique()) == [1, 2, 4, 6]  # first + each epoch end
     assert sorted(df[df.metric == "test_error"].epoch.unique()) == [0.0, 1.0, 2.0, 3.0]
-    assert get_figure("4").paper_numbers[0].measure(df, cfg) is not None
+    # the smoke preset's iteration epochs 0, 2, 4, 6, 8: epochs 0 and 2 of these 3, at every iteration
+    it = df[df.metric == "grad_std_iter"]
+    assert sorted(it.iteration.unique()) == [1, 2, 5, 6] and set(it.layer) == {1, 2, 3}
+    units = df[df.metric == "grad_unit_mean_hist"]
+    assert sorted(units.iteration.unique()) == [2, 6]  # the ends of epochs 0 and 2
+    assert units.groupby(["iteration", "layer"])["value"].sum().unstack().values.tolist() == [[20, 40, 20]] * 2
+    first, where = get_figure("4").paper_numbers[0].measure(df, cfg)
+    assert 0 < first < 1 and where == "epoch ending at 1 of 3"
+    for claim in get_figure("4").claims:
+        evidence, holds = claim.check(df, cfg)
+        assert "SGD sigma=1: lowest test error" in evidence and holds in (True, False)
+    # the pooled per-epoch view stays available, also from the command line's overrides (a
+    # figure.* setting draws differently, it does not select runs)
+    from enkf_repro.experiments.saturation import plot_many_epochs
+
+    view = "figure.smoke.gradient_view=epoch"
+    pooled = cfg.copy()
+    pooled.figure.smoke.gradient_view = "epoch"
+    titles = [ax.get_title() for ax in plot_many_epochs(df, pooled, "4").axes]
+    assert not any("per-unit" in t for t in titles)
+    titles = [ax.get_title() for ax in plot_many_epochs(df, cfg, "4").axes]
+    assert sum("per-unit" in t for t in titles) == 3
+    assert plot_figure(pooled, [f"dataset.root={synthetic_root}", view])[0].stat().st_size > 10000
 
 
 def test_figure5_end_to_end(synthetic_root, tmp_path):
@@ -314,8 +392,11 @@ def test_figure5_end_to_end(synthetic_root, tmp_path):
     err = df[df.metric == "test_error"]
     assert sorted(err.epoch.unique()) == [0.0, 1.0, 2.0]
     assert not df.metric.eq("act_mean").any()  # instrumentation off for Figure 5
-    acc = get_figure("5").paper_numbers[0].measure(df, cfg)
-    assert acc is not None and 0 <= acc <= 100
+    acc, where = get_figure("5").paper_numbers[0].measure(df, cfg)
+    assert 0 <= acc <= 100 and where == "epoch 0 of 2"  # 10/50 of 2 epochs: nearest evaluation 0.0
+    for claim in get_figure("5").claims:
+        evidence, holds = claim.check(df, cfg)
+        assert evidence and holds in (True, False, None), claim.text
 
 
 def test_override_that_one_series_cannot_take_is_a_one_line_error():

@@ -38,10 +38,11 @@ def test_reproduce_two_figures_writes_report_then_reruns_without_training(cli, s
     rows = table_rows(report)
     fig8 = [r for r in rows if r[0] == "8"]
     assert len(fig8) == 9
-    for _fig, _quantity, _paper, ours, diff in fig8:
+    for _fig, _quantity, paper, ours, diff in fig8:
+        float(paper)  # the paper column stays a number
         value = float(ours.split(" ")[0])
         assert 0 <= value <= 100 and "J=" in ours
-        assert diff == "smoke: not comparable"      # a smoke number beside the paper's says nothing
+        assert diff == "smoke: not comparable"  # a smoke number beside the paper's says nothing
     assert all(cell for row in rows for cell in row)  # no empty cell
     # the claims come first, each with its evidence and a verdict
     assert report.index("## The paper's claims, judged on this run") < report.index("## Paper versus this run")

@@ -73,6 +73,11 @@ class StatsPer(str, Enum):
     epoch = "epoch"
 
 
+class GradientView(str, Enum):
+    iteration = "iteration"  # per-iteration curves of the iteration epochs, per-unit mean histograms
+    epoch = "epoch"          # pooled per epoch, histograms of all weight-gradient entries
+
+
 class ScaleName(str, Enum):
     paper = "paper"
     smoke = "smoke"
@@ -145,6 +150,11 @@ class InstrumentConfig:
     # Iterations between gradient histograms (plus the first and last iteration); null: 200
     # with per-iteration statistics, one epoch with per-epoch statistics.
     hist_every: Optional[int] = None
+    # With per-epoch statistics: the epochs (0-based) whose statistics are also written at every
+    # iteration (``*_iter`` rows) and whose per-unit mean gradients are histogrammed, one
+    # histogram per epoch (Figures 4 and 7: 0, 10, 20, 30, 40). Empty: per-epoch rows only, and
+    # per-unit histograms with the gradient histograms. Ignored with per-iteration statistics.
+    iteration_epochs: List[int] = field(default_factory=list)
 
 
 @dataclass
@@ -174,6 +184,11 @@ class FigureSettings:
     # Run-level overrides for single series, keyed by series label (nested like ``overrides``,
     # applied after it), e.g. ``{enkf: {train: {max_batches: 12}}}``.
     series_overrides: Dict[str, Any] = field(default_factory=dict)
+    # Figures 4 and 7: how the gradients are drawn. ``iteration``: the paper's panels, gradient
+    # mean +/- std at every iteration of ``instrument.iteration_epochs`` and the histograms of the
+    # per-unit mean gradient (falls back to ``epoch`` when a run has no per-iteration rows);
+    # ``epoch``: mean +/- std pooled per epoch and histograms of all weight-gradient entries.
+    gradient_view: GradientView = GradientView.iteration
 
 
 class EnKFNetwork(str, Enum):

@@ -58,6 +58,8 @@ def validate(cfg: DictConfig) -> None:
     check(up in ("fp32", "tf32"), "ensemble.update_precision", up, "fp32 or tf32 (the update's GEMMs)")
     he = cfg.instrument.hist_every
     check(he is None or he >= 1, "instrument.hist_every", he, "an integer >= 1, or null for automatic")
+    ie = list(cfg.instrument.iteration_epochs)
+    check(all(e >= 0 for e in ie), "instrument.iteration_epochs", ie, "a list of epoch numbers >= 0 (0: the first)")
     check(cfg.checkpoint_every >= 1, "checkpoint_every", cfg.checkpoint_every, "an integer >= 1")
     if cfg.get("time_budget") not in (None, ""):
         parse_duration(cfg.time_budget)

@@ -19,15 +19,30 @@ column holding the paper's layer number (docs/paper.md):
   logged at the epoch's last iteration (``epoch`` = 1.0, 2.0, ...), plus ``act_mean_pct``:
   the percentiles ``bin`` in :data:`PERCENTILES` of the per-iteration ``act_mean`` over the
   epoch (the "distribution of mean activations per epoch" of Figures 4 and 7).
+* ``act_mean_iter``, ``act_std_iter``, ``grad_mean_iter``, ``grad_std_iter``: only with
+  per-epoch statistics and ``instrument.iteration_epochs`` (0-based epoch numbers; Figures 4
+  and 7: 0, 10, 20, 30, 40): the same four statistics at every iteration of those epochs, one
+  row per iteration (its own ``iteration`` and ``epoch``), written at the epoch's last
+  iteration. They come in addition to the epoch's pooled rows, which every epoch keeps, so the
+  per-epoch series has no gaps and a row's name says which of the two it is.
 * ``grad_hist``: count of weight-gradient entries per bin over the fixed edges of
   :func:`grad_hist_edges`; ``bin`` holds the bin's lower edge (``-inf`` for the first bin), a
   bin covers [lower edge, next lower edge). Every ``instrument.hist_every`` iterations (200 with
   per-iteration statistics, one epoch with per-epoch statistics), at the first and at the last
   iteration. Every bin is written, zero counts included, so the counts of a layer sum to its
   number of weights.
+* ``grad_unit_mean_hist``: the histogram the paper draws in Figures 4 and 7: for each layer, the
+  mean of each output unit's weight-gradient entries (conv: an output channel's in x k x k
+  taps; dense: a neuron's incoming weights; see :func:`unit_means`), one value per unit and
+  iteration, counted over the fixed edges of :func:`grad_hist_edges` (``bin`` as for
+  ``grad_hist``) over a window of iterations: each epoch of ``instrument.iteration_epochs`` in
+  a per-epoch run that lists some (written at the epoch's last iteration), otherwise the
+  iterations since the previous ``grad_hist`` (written with it). Every bin is written; the
+  counts of a layer sum to its number of units times the window's iterations.
 
-Statistics stay on the device and are written every :data:`FLUSH_EVERY` iterations (one host
-sync per flush), so the cost per iteration is a few small reductions.
+Statistics stay on the device and are written every :data:`FLUSH_EVERY` iterations or, with
+per-epoch statistics, once per epoch (one host sync per flush), so the cost per iteration is a
+few small reductions.
 """
 
 from __future__ import annotations
@@ -46,6 +61,7 @@ from ..errors import ConfigError
 HIST_EXP_MIN, HIST_EXP_MAX, HIST_PER_DECADE = -10, 1, 4
 PERCENTILES = (0, 10, 25, 50, 75, 90, 100)  # of the per-iteration act_mean within an epoch
 STATS = ("act_mean", "act_std", "grad_mean", "grad_std")
+ITER_STATS = tuple(f"{k}_iter" for k in STATS)  # per-iteration rows of the iteration epochs of a per-epoch run
 FLUSH_EVERY = 100  # iterations between writes of per-iteration statistics
 HIST_EVERY = 200   # default histogram period with per-iteration statistics (the paper's)
 
@@ -73,6 +89,12 @@ def pool_moments(m: torch.Tensor) -> torch.Tensor:
     mean = m[..., 0].mean(0)
     second = (m[..., 1] ** 2 + m[..., 0] ** 2).mean(0)
     return torch.stack([mean, (second - mean ** 2).clamp_min(0).sqrt()], -1)
+
+
+def unit_means(grad: torch.Tensor) -> torch.Tensor:
+    """The mean of each output unit's entries of a weight gradient (out, ...) -> (out,), float32:
+    per output channel of a conv kernel (out, in, k, k), per neuron of a dense layer (out, in)."""
+    return grad.detach().float().flatten(1).mean(1)
 
 
 def grad_hist_edges(lo: int = HIST_EXP_MIN, hi: int = HIST_EXP_MAX, per_decade: int = HIST_PER_DECADE) -> torch.Tensor:
@@ -104,6 +126,14 @@ def stats_per_epoch(icfg, epochs: float) -> bool:
     return mode == "epoch" or (mode == "auto" and float(epochs) > 1.0)
 
 
+def iteration_epochs(icfg, epochs: float) -> frozenset[int]:
+    """The 0-based epochs logged at every iteration of a per-epoch run (``instrument.iteration_epochs``);
+    empty with per-iteration statistics, where every iteration is logged anyway."""
+    if not stats_per_epoch(icfg, epochs):
+        return frozenset()
+    return frozenset(int(e) for e in (icfg.get("iteration_epochs") or ()))
+
+
 class Instrument:
     """Records the per-layer statistics of every training iteration of ``net`` and turns them into
     CSV rows (module docstring). Activation layers are the submodules named ``act1``, ``act2``, ...
@@ -121,6 +151,7 @@ class Instrument:
                               f"layers, it has {len(self.act_modules)} and {len(self.weights)}")
         self.layers = len(self.weights)
         self.per_epoch_mode = stats_per_epoch(icfg, epochs)
+        self.iteration_epochs = iteration_epochs(icfg, epochs)
         self.per_epoch = int(per_epoch)
         self.total = int(total)
         he = icfg.hist_every
@@ -129,6 +160,9 @@ class Instrument:
         self.lower = bin_lower_edges(self.edges)
         self.pending: list[torch.Tensor] = []   # (layers, 4) per iteration, not yet written
         self.pending_steps: list[int] = []
+        self.units = [int(p.shape[0]) for p in self.weights]
+        self.pending_units: list[torch.Tensor] = []  # (sum of units,) per iteration of the open window
+        self._unit_hist: torch.Tensor | None = None
         self._acts: list[torch.Tensor] = []
         self._capturing = False
         self._hist: torch.Tensor | None = None
@@ -150,6 +184,24 @@ class Instrument:
     def hist_due(self, step: int) -> bool:
         return step == 1 or step % self.hist_every == 0 or step == self.total
 
+    def epoch_index(self, step: int) -> int:
+        """The 0-based epoch of iteration ``step`` (1-based)."""
+        return (step - 1) // self.per_epoch
+
+    def epoch_end(self, step: int) -> bool:
+        return step % self.per_epoch == 0 or step == self.total
+
+    def in_iteration_epoch(self, step: int) -> bool:
+        return self.epoch_index(step) in self.iteration_epochs
+
+    def unit_window(self, step: int) -> tuple[bool, bool]:
+        """(record, close): whether iteration ``step`` belongs to a ``grad_unit_mean_hist`` window
+        and whether the window's histogram is written after it (module docstring)."""
+        if self.iteration_epochs:
+            inside = self.in_iteration_epoch(step)
+            return inside, inside and self.epoch_end(step)
+        return True, self.hist_due(step)
+
     @torch.no_grad()
     def record(self, step: int, logits: torch.Tensor) -> None:
         """After ``backward()`` of iteration ``step`` (1-based) and before the optimizer step."""
@@ -159,31 +211,44 @@ class Instrument:
         self.pending_steps.append(step)
         if self.hist_due(step):
             self._hist = torch.stack([histogram_counts(p.grad, self.edges) for p in self.weights])
+        inside, close = self.unit_window(step)
+        if inside:
+            self.pending_units.append(torch.cat([unit_means(p.grad) for p in self.weights]))
+        if close and self.pending_units:
+            per_layer = torch.stack(self.pending_units).split(self.units, dim=1)  # (n, units_l) each
+            self._unit_hist = torch.stack([histogram_counts(u, self.edges) for u in per_layer])
+            self.pending_units = []
 
     def rows(self, step: int) -> list[dict]:
         """The rows due after iteration ``step``: histograms, flushed or per-epoch statistics."""
         out: list[dict] = []
-        end_of_epoch = step % self.per_epoch == 0 or step == self.total
         if self.per_epoch_mode:
-            if end_of_epoch and self.pending:
+            if self.epoch_end(step) and self.pending:
+                if self.in_iteration_epoch(step):
+                    out += self._iteration_rows(ITER_STATS, clear=False)
                 out += self._epoch_rows(step)
         elif step % FLUSH_EVERY == 0 or step == self.total or self._hist is not None:
-            out += self._iteration_rows()
-        if self._hist is not None:
-            counts = self._hist.cpu().tolist()
-            self._hist = None
-            out += [{"iteration": step, "epoch": step / self.per_epoch, "metric": "grad_hist", "layer": l + 1,
-                     "bin": self.lower[k], "value": c}
-                    for l, row in enumerate(counts) for k, c in enumerate(row)]
+            out += self._iteration_rows(STATS)
+        for name, counts in (("grad_hist", self._hist), ("grad_unit_mean_hist", self._unit_hist)):
+            if counts is not None:
+                out += self._hist_rows(step, name, counts)
+        self._hist = self._unit_hist = None
         return out
 
-    def _iteration_rows(self) -> list[dict]:
+    def _hist_rows(self, step: int, name: str, counts: torch.Tensor) -> list[dict]:
+        return [{"iteration": step, "epoch": step / self.per_epoch, "metric": name, "layer": l + 1,
+                 "bin": self.lower[k], "value": c}
+                for l, row in enumerate(counts.cpu().tolist()) for k, c in enumerate(row)]
+
+    def _iteration_rows(self, names: tuple[str, ...], clear: bool = True) -> list[dict]:
+        """One row per pending iteration, layer and statistic, under ``names`` (STATS or ITER_STATS)."""
         if not self.pending:
             return []
         vals = torch.stack(self.pending).cpu().tolist()  # (n, layers, 4)
-        out = [{"iteration": s, "epoch": s / self.per_epoch, "metric": STATS[k], "layer": l + 1, "value": v[l][k]}
+        out = [{"iteration": s, "epoch": s / self.per_epoch, "metric": names[k], "layer": l + 1, "value": v[l][k]}
                for s, v in zip(self.pending_steps, vals) for l in range(self.layers) for k in range(4)]
-        self.pending, self.pending_steps = [], []
+        if clear:
+            self.pending, self.pending_steps = [], []
         return out
 
     def _epoch_rows(self, step: int) -> list[dict]:
@@ -204,12 +269,15 @@ class Instrument:
 
     def state_dict(self) -> dict[str, Any]:
         pending = torch.stack(self.pending).cpu() if self.pending else torch.zeros(0, self.layers, 4)
-        return {"pending": pending, "pending_steps": list(self.pending_steps)}
+        units = (torch.stack(self.pending_units).cpu() if self.pending_units
+                 else torch.zeros(0, sum(self.units)))
+        return {"pending": pending, "pending_steps": list(self.pending_steps), "pending_units": units}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         device = self.edges.device
         self.pending = [t.to(device) for t in state["pending"]]
         self.pending_steps = [int(s) for s in state["pending_steps"]]
+        self.pending_units = [t.to(device) for t in state.get("pending_units", ())]
 
     def close(self) -> None:
         for h in self._handles:

@@ -49,7 +49,8 @@ def _filters(overrides: Iterable[str]) -> list[tuple[str, list[str]]]:
     groups = _groups()
     for ov in parse_overrides(list(overrides)):
         key = ov.key_or_group
-        if key in NOT_FILTERS or key.startswith("hydra") or ov.is_delete():
+        # figure.<scale>.* and the like: how to draw, not which runs
+        if key in NOT_FILTERS or key.split(".")[0] in NON_SEMANTIC or key.startswith("hydra") or ov.is_delete():
             continue
         values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
         out.append((f"{key}.name" if key in groups else key, values))
