@@ -348,13 +348,15 @@ def test_figure4_end_to_end(synthetic_root, tmp_path):
                              "figure.smoke.overrides.train.eval_every=2",
                              "figure.smoke.overrides.dataset.test_size=64"], synthetic_root, tmp_path)
     stats = df[df.metric == "grad_std"]
-    assert sorted(stats.epoch.unique()) == [1.0, 2.0, 3.0] and len(stats) == 3 * 3  # per epoch
+    assert sorted(stats["pass"].unique()) == [1.0, 2.0, 3.0] and len(stats) == 3 * 3  # per pass
+    # 2 of the 10 synthetic batches per pass: the CSV's epoch is the fraction of the data seen
+    assert sorted(stats.epoch.unique()) == pytest.approx([0.2, 0.4, 0.6])
     pct = df[df.metric == "act_mean_pct"]
     assert len(pct) == 3 * 3 * 7
-    for _, g in pct.groupby(["epoch", "layer"]):  # percentiles are ordered
+    for _, g in pct.groupby(["pass", "layer"]):  # percentiles are ordered
         assert g.sort_values("bin")["value"].is_monotonic_increasing
     assert sorted(df[df.metric == "grad_hist"].iteration.unique()) == [1, 2, 4, 6]  # first + each epoch end
-    assert sorted(df[df.metric == "test_error"].epoch.unique()) == [0.0, 1.0, 2.0, 3.0]
+    assert sorted(df[df.metric == "test_error"]["pass"].unique()) == [0.0, 1.0, 2.0, 3.0]
     # the smoke preset's iteration epochs 0, 2, 4, 6, 8: epochs 0 and 2 of these 3, at every iteration
     it = df[df.metric == "grad_std_iter"]
     assert sorted(it.iteration.unique()) == [1, 2, 5, 6] and set(it.layer) == {1, 2, 3}
@@ -390,7 +392,7 @@ def test_figure5_end_to_end(synthetic_root, tmp_path):
     runs = df.groupby(["optimizer", "init_sigma"])["run_dir"].nunique()
     assert runs.to_dict() == {("adam", 1.0): 1, ("adam", 3.0): 1, ("sgd", 1.0): 1, ("sgd", 3.0): 1}
     err = df[df.metric == "test_error"]
-    assert sorted(err.epoch.unique()) == [0.0, 1.0, 2.0]
+    assert sorted(err["pass"].unique()) == [0.0, 1.0, 2.0]
     assert not df.metric.eq("act_mean").any()  # instrumentation off for Figure 5
     acc, where = get_figure("5").paper_numbers[0].measure(df, cfg)
     assert 0 <= acc <= 100 and where == "epoch 0 of 2"  # 10/50 of 2 epochs: nearest evaluation 0.0

@@ -80,7 +80,7 @@ def test_single_run_without_figure(cli, synthetic_root, tmp_path):
                "scale=smoke", "progress=false", f"out_dir={tmp_path}", env=env)
     assert proc.returncode == 0, proc.stderr
     (run,) = (tmp_path / "smoke" / "runs").iterdir()
-    assert run.name.startswith("enkf-paper_cnn-logistic-J4-s0-")
+    assert run.name.startswith("enkf-paper_cnn-J4-eval_every8-max_batches2-s0-")   # what differs from the defaults
 
 
 @pytest.mark.parametrize("figure_arg", ["figure=8", "figure=fig8"])

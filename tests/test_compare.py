@@ -134,7 +134,7 @@ def test_where_keeps_matching_runs(cli, sweep, tmp_path):
 def test_a_run_still_going_is_included(cli, sweep, tmp_path):
     out = tmp_path / "res"
     shutil.copytree(sweep, out)
-    (going,) = (out / "smoke" / "runs").glob("*-J4-s1-*")
+    (going,) = (out / "smoke" / "runs").glob("*-J4-*s1-*")
     (going / "done.json").unlink()
     csv = going / "metrics.csv"
     lines = csv.read_text().splitlines(keepends=True)

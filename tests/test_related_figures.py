@@ -113,7 +113,7 @@ def test_tiny_thesis_end_to_end(synthetic_root, tmp_path):
                          "figure.smoke.overrides.train.eval_every=2")
     assert set(df["series"]) == {"ienk", "sgd", "nag", "adam"}
     ienk = df[(df["series"] == "ienk") & (df["metric"] == "test_error")]
-    assert ienk["iteration"].tolist() == [0, 2, 4] and ienk["epoch"].max() == 2
+    assert ienk["iteration"].tolist() == [0, 2, 4] and ienk["pass"].max() == 2
     values = [p.measure(df, None) for p in get_figure("thesis").paper_numbers]
     assert all(v is not None and 0 <= v <= 1 for v in values)
 

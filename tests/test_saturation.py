@@ -52,7 +52,7 @@ BASE = {"dataset": "mnist", "lr": 0.001, "finished": True, "bin": np.nan}
 def rows(run, opt, sigma, metric, layer, points) -> list[dict]:
     """Rows of one metric: ``points`` [(iteration, epoch, value)]."""
     return [{**BASE, "run_dir": run, "optimizer": opt, "init_sigma": sigma, "metric": metric, "layer": layer,
-             "iteration": it, "epoch": ep, "value": v} for it, ep, v in points]
+             "iteration": it, "epoch": ep, "pass": ep, "value": v} for it, ep, v in points]
 
 
 def errors_frame(curves: dict[tuple[str, float], list[float]], per_epoch: int = 10, finished: bool = True):

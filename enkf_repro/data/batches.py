@@ -48,6 +48,17 @@ class Batches:
             x, y = self.data.train_x[idx], self.data.train_y[idx]
         return x, (F.one_hot(y, self.C).to(x.dtype) if onehot else y)
 
-    def epoch_of(self, batch_progress: float) -> float:
-        """Fraction of epochs done when ``batch_progress`` batches have been fully presented."""
+    @property
+    def data_fraction(self) -> float:
+        """The share of the training set one pass over the run's batches sees (< 1 when
+        ``train.max_batches`` keeps only the first batches)."""
+        return self.n_used / self.data.train_x.shape[0]
+
+    def pass_of(self, batch_progress: float) -> float:
+        """Passes over the run's batches done when ``batch_progress`` batches have been presented."""
         return batch_progress / self.per_epoch
+
+    def epoch_of(self, batch_progress: float) -> float:
+        """Epochs of the training set seen (its fraction seen) after ``batch_progress`` batches:
+        a run of 24 of the 938 batches of MNIST is at epoch 0.026, not 1.0."""
+        return self.pass_of(batch_progress) * self.data_fraction

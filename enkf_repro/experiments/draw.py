@@ -15,6 +15,9 @@ from omegaconf import DictConfig  # noqa: E402
 from ..config.schema import name_of  # noqa: E402
 
 STYLE = Path(__file__).resolve().parents[1] / "style" / "enkf_repro.mplstyle"
+# x-axis of the multi-epoch figures: passes over the run's training batches (epochs when, as at
+# paper scale, the run uses the whole training set; the CSV's ``epoch`` is the fraction seen)
+PASS_LABEL = "epoch (pass over the run's training batches)"
 COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 
 
@@ -56,16 +59,21 @@ def differences_from_paper(cfg: DictConfig, datasets) -> list[str]:
     or a split of the test files)."""
     from .base import FIGURES
 
+    from omegaconf import OmegaConf
+
+    def get(key, default=None):
+        return OmegaConf.select(cfg, key, default=default)
+
     notes = []
-    if name_of(cfg.scale.name) == "smoke":
+    if name_of(get("scale.name", "")) == "smoke":
         notes.append("smoke scale: smaller J, fewer batches and seeds than the paper")
-    fig = FIGURES.get(str(cfg.figure.id))
+    fig = FIGURES.get(str(get("figure.id", "none")))
     paper = fig.datasets if fig is not None else ("mnist",)
     others = sorted(set(datasets) - set(paper))
     if others:
         notes.append(f"{', '.join(others)} instead of {' and '.join(paper)}")
-    if cfg.dataset.test_only:
-        n = cfg.dataset.test_only_train_size
+    if get("dataset.test_only", False):
+        n = get("dataset.test_only_train_size", 8000)
         notes.append(f"trained on {n} of the 10,000 test images, tested on the rest (the paper: 60,000 / 10,000)")
     return notes
 

@@ -38,7 +38,7 @@ from ..optim.instrument import PERCENTILES
 from . import saturation_checks as sc
 from .base import Claim, Figure, PaperNumber, Variant, register
 from .common import curve, series_overrides, value_at
-from .draw import COLORS, band, caption, metric
+from .draw import COLORS, PASS_LABEL, band, caption, metric
 from .saturation_checks import LABELS, LEARNED, iteration_epoch_rows, layer_rows, seed_mean
 
 ACT_TITLES = {1: "layer 1: conv1 + activation (before pooling)", 2: "layer 2: conv2 + activation",
@@ -199,15 +199,15 @@ def unit_hist_panel(ax, df: pd.DataFrame, layer: int, most: int = 6) -> bool:
 
 
 def gradient_epoch_panel(ax, df: pd.DataFrame, layer: int, color: str) -> None:
-    mean = seed_mean(layer_rows(df, "grad_mean", layer), "epoch")
-    std = seed_mean(layer_rows(df, "grad_std", layer), "epoch").reindex(mean.index)
+    mean = seed_mean(layer_rows(df, "grad_mean", layer), "pass")
+    std = seed_mean(layer_rows(df, "grad_std", layer), "pass").reindex(mean.index)
     if mean.empty:
         return
     ax.plot(mean.index, mean.values, color=color, marker="o" if len(mean) <= 60 else None, label="mean")
     ax.fill_between(mean.index, mean - std, mean + std, color=color, alpha=0.25, linewidth=0, label="\u00b1 std")
     ax.axhline(0, color="0.4", linewidth=0.6)
     ax.set_title(GRAD_TITLES.get(layer, f"layer {layer}"), fontsize=9)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(PASS_LABEL)
     ax.set_ylabel("weight gradient")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
 
@@ -218,11 +218,11 @@ def act_percentiles(df: pd.DataFrame, layer: int) -> pd.DataFrame:
     d = layer_rows(df, "act_mean_pct", layer)
     if not d.empty:
         d = d.assign(bin=pd.to_numeric(d["bin"]))
-        return d.pivot_table(index="epoch", columns="bin", values="value", aggfunc="mean").sort_index()
+        return d.pivot_table(index="pass", columns="bin", values="value", aggfunc="mean").sort_index()
     d = layer_rows(df, "act_mean", layer)
     if d.empty:
         return pd.DataFrame()
-    ep = np.ceil(d["epoch"].to_numpy() - 1e-9)
+    ep = np.ceil(d["pass"].to_numpy() - 1e-9)
     g = d.assign(ep=ep).groupby("ep")["value"]
     return pd.DataFrame({p: g.quantile(p / 100) for p in PERCENTILES})
 
@@ -250,7 +250,7 @@ def distribution_panel(ax, df: pd.DataFrame, layer: int, color: str, paper=None)
         ax.set_ylim((lo + hi) / 2 - 0.05, (lo + hi) / 2 + 0.05)
     ax.ticklabel_format(axis="y", useOffset=False)
     ax.set_title(ACT_TITLES.get(layer, f"layer {layer}"), fontsize=9)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(PASS_LABEL)
     ax.set_ylabel("mean activation per iteration")
 
 
@@ -327,7 +327,7 @@ def plot_iteration_epochs(df: pd.DataFrame, cfg, number: str):
     if axes[1, 0].get_visible():
         axes[1, 0].legend(fontsize=7)
     axes[2, 0].legend(fontsize=7)
-    epochs = df["epoch"].max()
+    epochs = df["pass"].max()
     fig.suptitle(f"Figure {number}: {_opt_label(df)}, weights ~ N(0, {_sigma(df)}\u00b2), {epochs:g} epochs: "
                  f"gradients per iteration (top), per-unit mean gradients (middle), mean activations (bottom)",
                  fontsize=11)
@@ -346,10 +346,10 @@ def plot_pooled_epochs(df: pd.DataFrame, cfg, number: str):
     axes[1, 0].legend(fontsize=7)
     img = None
     for l in (1, 2, 3):
-        img = histogram_panel(axes[2, l - 1], df, l, y="epoch") or img
+        img = histogram_panel(axes[2, l - 1], df, l, y="pass") or img
     if img is not None:
         fig.colorbar(img, ax=axes[2, :].tolist(), label="fraction of weights", shrink=0.9)
-    epochs = df["epoch"].max()
+    epochs = df["pass"].max()
     fig.suptitle(f"Figure {number}: {_opt_label(df)}, weights ~ N(0, {_sigma(df)}\u00b2), {epochs:g} epochs: "
                  f"gradients (top), mean activations (middle), gradient histograms (bottom)", fontsize=11)
     caption(fig, cfg, df, "per epoch: gradient mean \u00b1 std pooled over the epoch's iterations, "
@@ -369,9 +369,9 @@ def plot_fig5(df: pd.DataFrame, cfg):
                 continue
             seeds = d["seed"].nunique()
             band(ax, d, f"{LABELS[opt]}, \u03c3 = {s:g}" + (f" ({seeds} seeds)" if seeds > 1 else ""),
-                 COLORS[i], x="epoch", marker=None, linestyle=styles[j % len(styles)])
+                 COLORS[i], x="pass", marker=None, linestyle=styles[j % len(styles)])
     ax.axhline(90, color="0.5", linestyle=":", linewidth=1, label="chance (90 %)")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(PASS_LABEL)
     ax.set_ylabel("test error (%)")
     ax.set_ylim(0, 100)
     ax.set_title("Figure 5: test error per epoch, SGD and Adam at two initial scales")

@@ -38,12 +38,12 @@ def seed_mean(df: pd.DataFrame, x: str = "iteration") -> pd.Series:
 
 def epoch_index(df: pd.DataFrame) -> pd.Series:
     """The 0-based epoch a row's iteration belongs to (a pooled row sits at its epoch's end)."""
-    return (np.ceil(pd.to_numeric(df["epoch"]) - 1e-9) - 1).clip(lower=0).astype(int)
+    return (np.ceil(pd.to_numeric(df["pass"]) - 1e-9) - 1).clip(lower=0).astype(int)
 
 
 def within_epoch(df: pd.DataFrame) -> pd.Series:
     """The iteration's number inside its epoch (1, 2, ...): iteration - epoch index x iterations per epoch."""
-    per_epoch = pd.to_numeric(df["iteration"]) / pd.to_numeric(df["epoch"])
+    per_epoch = pd.to_numeric(df["iteration"]) / pd.to_numeric(df["pass"])
     return (pd.to_numeric(df["iteration"]) - epoch_index(df) * per_epoch).round().astype(int)
 
 
@@ -65,7 +65,7 @@ def per_epoch(df: pd.DataFrame, name: str, layer: int) -> pd.DataFrame:
     if d.empty:
         return pd.DataFrame(columns=["run_dir", "ep", "end", "value"])
     d = d.assign(ep=epoch_index(d))
-    return (d.groupby(["run_dir", "ep"]).agg(end=("epoch", "max"), value=("value", "mean"))
+    return (d.groupby(["run_dir", "ep"]).agg(end=("pass", "max"), value=("value", "mean"))
             .reset_index())
 
 
@@ -136,7 +136,7 @@ def unit_mean_extent(df: pd.DataFrame, layer: int, lo: float, hi: float) -> tupl
     edges = sorted(pd.to_numeric(layer_rows(df, "grad_unit_mean_hist", layer)["bin"]).unique())
     upper = {e: (edges[i + 1] if i + 1 < len(edges) else math.inf) for i, e in enumerate(edges)}
     d = d.assign(ep=epoch_index(d), bin=pd.to_numeric(d["bin"]))
-    total = df.groupby("run_dir")["epoch"].max()
+    total = df.groupby("run_dir")["pass"].max()
     out, eps = [], set()
     for run_dir, run in d.groupby("run_dir"):
         epochs = float(total[run_dir])
@@ -173,9 +173,9 @@ def error_at(err: pd.DataFrame, fraction: float) -> tuple[float, float, float] |
         return None
     vals = []
     for _, run in err.groupby("run_dir"):
-        epochs = run["epoch"].max()
-        row = run.loc[(run["epoch"] - fraction * epochs).abs().idxmin()]
-        vals.append((float(row["value"]), float(row["epoch"]), float(epochs)))
+        epochs = run["pass"].max()
+        row = run.loc[(run["pass"] - fraction * epochs).abs().idxmin()]
+        vals.append((float(row["value"]), float(row["pass"]), float(epochs)))
     return tuple(float(np.mean(v)) for v in zip(*vals))
 
 
@@ -183,8 +183,8 @@ def first_learning(err: pd.DataFrame) -> list[tuple[float | None, float]]:
     """Per run: (epoch of the first evaluation with test error < LEARNED or None, run epochs)."""
     out = []
     for _, run in err.groupby("run_dir"):
-        below = run.loc[run["value"] < LEARNED, "epoch"]
-        out.append((float(below.min()) if not below.empty else None, float(run["epoch"].max())))
+        below = run.loc[run["value"] < LEARNED, "pass"]
+        out.append((float(below.min()) if not below.empty else None, float(run["pass"].max())))
     return out
 
 
@@ -288,7 +288,7 @@ def c_no_learning(opt: str | None = None, sigma: float | None = None, every: boo
             return f"no test-error rows of {series_name(opt, sigma)}", None
         if every:
             best = err.groupby("run_dir")["value"].min()
-            at = err.loc[err.groupby("run_dir")["value"].idxmin(), "epoch"]
+            at = err.loc[err.groupby("run_dir")["value"].idxmin(), "pass"]
             text = (f"{series_name(opt, sigma)}: lowest test error {best.min():.1f} % (epoch "
                     f"{', '.join(f'{e:g}' for e in at)} of {err['epoch'].max():g}); learning means < {LEARNED:g} %")
             return text, bool(best.min() >= LEARNED)

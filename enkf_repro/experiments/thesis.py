@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from .base import Figure, PaperNumber, Variant, register
-from .draw import COLORS, band, caption
+from .draw import COLORS, PASS_LABEL, band, caption
 
 METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ienk": ("IEnK", ("optimizer=ienk_simple",)),
@@ -47,16 +47,16 @@ def accuracy_curves(df: pd.DataFrame) -> pd.DataFrame:
 def plot(df: pd.DataFrame, cfg):
     acc = accuracy_curves(df)
     fig, ax = plt.subplots(figsize=(6.2, 3.8))
-    last_epoch = float(acc["epoch"].max()) if not acc.empty else 10.0
+    last_epoch = float(acc["pass"].max()) if not acc.empty else 10.0
     for i, (m, (name, _)) in enumerate(METHODS.items()):
         d = acc[acc["series"].astype(str) == m]
         if d.empty:
             continue
-        band(ax, d, name, COLORS[i], x="epoch")
+        band(ax, d, name, COLORS[i], x="pass")
         ax.scatter([last_epoch], [100 * REPORTED[m]], marker="*", s=90, color=COLORS[i], edgecolor="black",
                    linewidth=0.5, zorder=5)
     ax.scatter([], [], marker="*", s=90, color="white", edgecolor="black", label="thesis, after 10 epochs")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(PASS_LABEL)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Thesis MLP 784-128-10: IEnK vs SGD, NAG, Adam")
     ax.legend()

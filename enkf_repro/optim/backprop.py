@@ -72,7 +72,8 @@ class Backprop(Method):
     def attach(self, batches) -> None:
         icfg = self.cfg.get("instrument")
         if icfg is not None and icfg.enabled:
-            self.inst = Instrument(self.net, icfg, batches.per_epoch, batches.total, float(self.cfg.train.epochs))
+            self.inst = Instrument(self.net, icfg, batches.per_epoch, batches.total, float(self.cfg.train.epochs),
+                                   batches.data_fraction)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         labels = y.argmax(1)

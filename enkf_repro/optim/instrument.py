@@ -140,7 +140,9 @@ class Instrument:
     (forward hooks, active only inside :meth:`capture`, so evaluation passes are not recorded),
     plus the softmax of the logits; gradient layers are the ``*.weight`` parameters in order."""
 
-    def __init__(self, net: torch.nn.Module, icfg, per_epoch: int, total: int, epochs: float):
+    def __init__(self, net: torch.nn.Module, icfg, per_epoch: int, total: int, epochs: float,
+                 data_fraction: float = 1.0):
+        self.data_fraction = float(data_fraction)
         acts = {int(m.group(1)): mod for name, mod in net.named_modules()
                 if (m := re.fullmatch(r"act(\d+)", name.rsplit(".", 1)[-1]))}
         self.act_modules = [acts[k] for k in sorted(acts)]
@@ -183,6 +185,10 @@ class Instrument:
 
     def hist_due(self, step: int) -> bool:
         return step == 1 or step % self.hist_every == 0 or step == self.total
+
+    def when(self, step: int) -> dict[str, float]:
+        """The ``pass`` (over the run's batches) and ``epoch`` (of the training set) of iteration ``step``."""
+        return {"pass": step / self.per_epoch, "epoch": step / self.per_epoch * self.data_fraction}
 
     def epoch_index(self, step: int) -> int:
         """The 0-based epoch of iteration ``step`` (1-based)."""
@@ -236,7 +242,7 @@ class Instrument:
         return out
 
     def _hist_rows(self, step: int, name: str, counts: torch.Tensor) -> list[dict]:
-        return [{"iteration": step, "epoch": step / self.per_epoch, "metric": name, "layer": l + 1,
+        return [{"iteration": step, **self.when(step), "metric": name, "layer": l + 1,
                  "bin": self.lower[k], "value": c}
                 for l, row in enumerate(counts.cpu().tolist()) for k, c in enumerate(row)]
 
@@ -245,7 +251,7 @@ class Instrument:
         if not self.pending:
             return []
         vals = torch.stack(self.pending).cpu().tolist()  # (n, layers, 4)
-        out = [{"iteration": s, "epoch": s / self.per_epoch, "metric": names[k], "layer": l + 1, "value": v[l][k]}
+        out = [{"iteration": s, **self.when(s), "metric": names[k], "layer": l + 1, "value": v[l][k]}
                for s, v in zip(self.pending_steps, vals) for l in range(self.layers) for k in range(4)]
         if clear:
             self.pending, self.pending_steps = [], []
@@ -257,7 +263,7 @@ class Instrument:
         grad = pool_moments(m[:, :, 2:4]).cpu().tolist()
         q = torch.tensor([p / 100 for p in PERCENTILES], dtype=torch.float64, device=m.device)
         pct = torch.quantile(m[:, :, 0].double(), q, dim=0).T.cpu().tolist()  # (layers, percentiles)
-        head = {"iteration": step, "epoch": step / self.per_epoch}
+        head = {"iteration": step, **self.when(step)}
         out = []
         for l in range(self.layers):
             vals = (act[l][0], act[l][1], grad[l][0], grad[l][1])

@@ -83,11 +83,12 @@ def train_run(cfg, rd: RunDir, label: str = "", comm: Comm | None = None) -> dic
         return {"method": method.state_dict(), "generator": generator.get_state(), "loop": asdict(st),
                 "schedule": schedule.state_dict()}
 
-    def epoch() -> float:
-        return batches.epoch_of(st.batch + st.rep / st.r)
+    def progress_at() -> float:
+        return st.batch + st.rep / st.r
 
     def log(rows) -> None:
-        head = {"iteration": st.iteration, "epoch": epoch(), "elapsed_s": round(rd.elapsed(), 3)}
+        head = {"iteration": st.iteration, "epoch": batches.epoch_of(progress_at()),
+                "pass": batches.pass_of(progress_at()), "elapsed_s": round(rd.elapsed(), 3)}
         rd.log({**head, **row} for row in rows)
 
     def evaluate(last_step: dict[str, Any]) -> None:
@@ -122,7 +123,7 @@ def train_run(cfg, rd: RunDir, label: str = "", comm: Comm | None = None) -> dic
                     if st.iteration % eval_every == 0 or at_end:
                         evaluate(last)
                         bar.total = st.budget
-                    extra = method.rows(st.iteration, epoch())
+                    extra = method.rows(st.iteration, batches.epoch_of(progress_at()))
                     if extra:
                         rd.log({"elapsed_s": round(rd.elapsed(), 3), **row} for row in extra)
                     if st.rep >= st.r:

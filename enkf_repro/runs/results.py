@@ -26,7 +26,7 @@ from ..errors import ConfigError
 
 # Measurement columns first, then the run's identity and config.
 COLUMNS = [
-    "figure", "series", "seed", "iteration", "epoch", "metric", "value", "elapsed_s",
+    "figure", "series", "seed", "iteration", "epoch", "pass", "metric", "value", "elapsed_s",
     "layer", "bin", "run_id", "scale", "dataset", "model", "activation", "optimizer",
     "ensemble_size", "gamma", "repetitions", "update_mode", "init_sigma", "lr", "batch_size", "settings",
 ]
