@@ -1,4 +1,5 @@
-"""The issue-7 figures (eki_table, eki_scaling, thesis): plans, tiny end-to-end runs, paper numbers.
+"""The related-method figures (eki_table, eki_scaling, thesis): plans, tiny end-to-end runs, paper
+numbers, claims.
 
 End-to-end runs go through the library (``run_figure`` / ``plot_figure``, what the CLI calls) in
 this process, to stay fast; the command line itself is covered by test_cli.py.
@@ -62,6 +63,13 @@ def test_bad_optimizer_values_are_config_errors():
         compose_run(["optimizer=eki", "optimizer.momentum_coef=1.5"])
     with pytest.raises(Exception, match="heavy"):
         compose_run(["optimizer=eki", "optimizer.momentum=heavy"])
+    with pytest.raises(ConfigError, match="init.bias_sigma"):
+        compose_run(["optimizer=eki", "init.bias_sigma=-0.1"])
+    with pytest.raises(Exception, match="annealed"):
+        compose_run(["optimizer=eki", "optimizer.random_schedule=annealed"])
+    with pytest.raises(Exception, match="pairwise"):
+        compose_run(["optimizer=ienk_simple", "optimizer.perturb=pairwise"])
+    assert compose_run(["optimizer=eki"]).init.bias_sigma is None
 
 
 # synthetic data has full train/test files: no t10k-only split, the whole 320-image test set
@@ -94,6 +102,9 @@ def test_tiny_eki_table_end_to_end(synthetic_root, tmp_path):
     assert float(tab[tab.method == "sgd"]["reported"].iloc[0]) == 0.9735
     md = (d / "eki_table.md").read_text()
     assert "| EKI(R) (mean) |" in md and "(0.9721)" in md and "| DNN 2 |" in md
+    for claim in get_figure("eki_table").claims:               # judged on DNN 2, the one model run
+        evidence, holds = claim.check(df, None)
+        assert holds in (True, False) and evidence.startswith("DNN 2: ") and "test_error" in evidence
     values = {p.quantity: p.measure(df, None) for p in get_figure("eki_table").paper_numbers}
     assert len(values) == 12
     dnn2 = [v for q, v in values.items() if q.endswith("DNN 2")]
@@ -116,6 +127,9 @@ def test_tiny_thesis_end_to_end(synthetic_root, tmp_path):
     assert ienk["iteration"].tolist() == [0, 2, 4] and ienk["pass"].max() == 2
     values = [p.measure(df, None) for p in get_figure("thesis").paper_numbers]
     assert all(v is not None and 0 <= v <= 1 for v in values)
+    for claim in get_figure("thesis").claims:
+        evidence, holds = claim.check(df, None)
+        assert holds in (True, False) and "test_error" in evidence and "epoch 2" in evidence
 
 
 @pytest.mark.parametrize("args", [["optimizer=haber", "model=dnn2", "optimizer.ensemble_size=6"],
@@ -129,3 +143,62 @@ def test_single_runs_of_each_method_on_dense_and_cnn_models(synthetic_root, tmp_
     assert run_one(spec)["status"] == "finished"
     err = read_runs(spec.dir.parent).query("metric == 'test_error'")
     assert err["iteration"].tolist() == [0, 2] and err["value"].between(0, 100).all()
+
+
+def test_thesis_plans_use_the_thesis_settings():
+    """The thesis's README and code: lr 0.001, batch 500, data in order, K = 10, IEnK per sample
+    with all layers perturbed jointly; evaluated once per epoch (120 batches of 500)."""
+    for scale, every in (("paper", 120), ("smoke", 2)):
+        by = {s.label: s.cfg for s in planned("thesis", scale)}
+        assert set(by) == {"ienk", "sgd", "nag", "adam"}
+        for c in by.values():
+            assert c.train.batch_size == 500 and c.train.shuffle is False and c.train.eval_every == every
+            assert c.optimizer.lr == 0.001 and c.model.name.value == "mlp" and c.init.scheme.value == "glorot"
+        ienk = by["ienk"].optimizer
+        assert (ienk.perturb.value, ienk.mode.value, ienk.ensemble_size) == ("joint", "sample", 10)
+        assert by["sgd"].optimizer.momentum == 0.0 and by["nag"].optimizer.nesterov
+
+
+def final_rows(values: dict[str, float], models=("dnn1",), seeds=1) -> pd.DataFrame:
+    """Tidy rows of finished runs: for each series its accuracy (fraction) at the last
+    evaluation, a worse one earlier (the checks must read the last)."""
+    rows = []
+    for series, acc in values.items():
+        for seed in range(seeds):
+            run = f"/runs/{series}-s{seed}"
+            model = series.split("-")[0] if "-" in series else "mlp"
+            for it, a in ((0, 0.1), (10, acc)):
+                rows.append({"series": series, "run_dir": run, "iteration": it, "epoch": it / 5, "pass": it / 5,
+                             "model": model,
+                             "metric": "test_error", "value": 100.0 * (1.0 - a)})
+    return pd.DataFrame(rows)
+
+
+def judge(fig: str, df: pd.DataFrame) -> list:
+    return [c.check(df, None) for c in get_figure(fig).claims]
+
+
+def test_eki_table_claims():
+    df = final_rows({"dnn1-eki": 0.80, "dnn1-eki_r": 0.85, "dnn1-sgd": 0.90,
+                     "dnn3-eki": 0.70, "dnn3-eki_r": 0.75, "dnn3-sgd": 0.65})
+    (ev_r, r), (ev_s, sgd) = judge("eki_table", df)
+    assert r is True and sgd is False                        # SGD is below EKI on DNN 3
+    assert ev_r.startswith("DNN 1: EKI(R) 0.8500 vs EKI 0.8000 [K&S 0.9252 vs 0.9092]; DNN 3: EKI(R) 0.7500")
+    assert "metric test_error at each run's last evaluation" in ev_r and "4 runs" in ev_s
+    assert "DNN 3: SGD 0.6500 vs EKI 0.7000 [K&S 0.9798 vs 0.9424]" in ev_s
+    (_, r), (_, sgd) = judge("eki_table", final_rows({"dnn2-eki": 0.8, "dnn2-sgd": 0.9}))
+    assert r is None and sgd is True                         # no EKI(R) series: not decided
+    (ev, r), _ = judge("eki_table", df[df.series != "dnn1-eki_r"])
+    assert r is True and ev.startswith("DNN 3:")             # judged on the DNNs that have both
+
+
+def test_thesis_claims():
+    (ev_a, adam), (ev_c, close) = judge("thesis", final_rows({"ienk": 0.80, "sgd": 0.81, "adam": 0.9}, seeds=2))
+    assert adam is True and close is True
+    assert ev_a.startswith("Adam 0.9000 vs IEnK 0.8000, final test accuracy (metric test_error")
+    assert "epoch 2" in ev_a and "mean over 2/2 runs" in ev_a and "the thesis: 0.9699 vs 0.886" in ev_a
+    assert "IEnK - SGD = -0.0100" in ev_c
+    _, (_, close) = judge("thesis", final_rows({"ienk": 0.70, "sgd": 0.81, "adam": 0.9}))
+    assert close is False                                    # 11 points apart
+    (ev, adam), (_, close) = judge("thesis", final_rows({"ienk": 0.95, "sgd": 0.94}))
+    assert adam is None and "missing" in ev and close is True

@@ -145,7 +145,6 @@ def test_eki_members_stay_in_the_initial_span_without_randomisation(momentum):
     Q, _ = torch.linalg.qr(U0.T)
     assert (eki.U.T - Q @ (Q.T @ eki.U.T)).abs().max() < 1e-9 * eki.U.abs().max()
     assert not torch.allclose(eki.U, U0)
-    assert (eki.U[:, model.num_params - 10:] == 0).all()   # output biases: 0 in every member, kept
 
 
 def test_randomisation_keeps_the_mean_and_sets_the_spread():
@@ -320,11 +319,13 @@ def test_ienk_perturbs_one_layer_per_member_and_updates_only_along_its_noise():
     assert torch.allclose(new[a2:b2], theta[a2:b2] - 1.0 * noise[1, a2:b2])
 
 
+@pytest.mark.parametrize("perturb", ["joint", "per_layer"])
 @pytest.mark.parametrize("mode", ["sample", "batch"])
-def test_ienk_method_learns_a_fixed_batch(mode):
+def test_ienk_method_learns_a_fixed_batch(mode, perturb):
+    """(lr 0.02: at 0.05 the joint estimator, noisier than the per-layer one, diverges on some seeds.)"""
     model = dense("mlp", [16])
-    cfg = OmegaConf.create({"optimizer": {"ensemble_size": 10, "lr": 0.05,
-                                          "delta": 0.005, "mode": mode},
+    cfg = OmegaConf.create({"optimizer": {"ensemble_size": 10, "lr": 0.02,
+                                          "delta": 0.005, "mode": mode, "perturb": perturb},
                             "init": {"scheme": "glorot", "sigma": 0.1}})
     m = IEnKSimple(cfg, model, EnsembleForward(model), torch.Generator().manual_seed(0), torch.device("cpu"))
     x, y = tiny_batch(0, B=8)
@@ -332,3 +333,312 @@ def test_ienk_method_learns_a_fixed_batch(mode):
     for _ in range(30):
         last = m.step(x, y)["train_loss"]
     assert last < 0.7 * first
+
+
+# -- biases of the ensemble methods' prior ------------------------------------------------------
+def init_cfg(scheme="glorot", sigma=0.3, bias_sigma=None):
+    return OmegaConf.create({"scheme": scheme, "sigma": sigma, "bias_sigma": bias_sigma})
+
+
+@pytest.mark.parametrize("scheme", ["normal", "glorot"])
+def test_ensemble_prior_draws_biases_with_the_std_of_their_layer_weights(scheme):
+    model = dense("dnn2", [32])
+    init = init_cfg(scheme)
+    w1, b1, w2, b2 = model.prior_stds(init, ensemble=True)
+    if scheme == "normal":
+        assert w1 == w2 == b1 == b2 == 0.3
+    else:
+        assert (b1, b2) == (w1, w2) == (math.sqrt(2 / (784 + 32)), math.sqrt(2 / (32 + 10)))
+    assert model.prior_stds(init) == [w1, 0.0, w2, 0.0]                   # the standard init: zero biases
+    assert model.prior_stds(init_cfg(scheme, bias_sigma=0.05), ensemble=True) == [w1, 0.05, w2, 0.05]
+    assert model.prior_stds(init_cfg(scheme, bias_sigma=0.0), ensemble=True) == [w1, 0.0, w2, 0.0]
+    U = model.init(400, init, torch.Generator().manual_seed(0), ensemble=True)
+    std = model.prior_std(init, ensemble=True)
+    a, b = 32 * 784, 32 * 785                                                # the hidden biases
+    assert (std[a:b] == b1).all() and abs(float(U[:, a:b].std()) - b1) < 0.02 * b1
+
+
+def test_bias_sigma_zero_keeps_the_old_draws():
+    """bias_sigma = 0 draws no random numbers for biases: the ensemble is the one drawn before
+    biases had a prior (the same generator stream)."""
+    model = dense("dnn3", [16, 8])
+    a = model.init(5, init_cfg(bias_sigma=0.0), torch.Generator().manual_seed(1), ensemble=True)
+    b = model.init(5, init_cfg(), torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+
+
+def bias_slices(model):
+    out, offset = [], 0
+    for name, shape in model.shapes.items():
+        n = math.prod(shape)
+        if name.endswith("bias"):
+            out.append(slice(offset, offset + n))
+        offset += n
+    return out
+
+
+@pytest.mark.parametrize("bias_sigma", [None, 0.0])
+def test_eki_trains_the_biases_of_a_dense_model_unless_bias_sigma_is_zero(bias_sigma):
+    model = dense("dnn2", [16])
+    cfg = tiny_cfg()
+    cfg.init.bias_sigma = bias_sigma
+    eki = EKI(cfg, model, EnsembleForward(model), torch.Generator().manual_seed(0), torch.device("cpu"))
+    U0 = eki.U.clone()
+    for i in range(4):
+        eki.step(*tiny_batch(i))
+    for s in bias_slices(model):
+        if bias_sigma == 0.0:                 # 0 in every member, and every update keeps them 0
+            assert (U0[:, s] == 0).all() and (eki.U[:, s] == 0).all()
+        else:
+            mean_move = (eki.U[:, s].mean(0) - U0[:, s].mean(0)).abs().max()
+            assert mean_move > 1e-4                                       # the mean network's biases learn
+            assert (eki.U[:, s].std(0) > 1e-3).all()                      # members differ
+    assert not torch.equal(eki.U, U0)
+
+
+def test_ensemble_methods_draw_biases_and_the_others_start_from_zero():
+    from enkf_repro.optim.backprop import Backprop
+    from enkf_repro.optim.enkf import EnKF
+
+    model = dense("dnn2", [16])
+    init = {"scheme": "glorot", "sigma": 0.1, "bias_sigma": None}
+    gen = torch.Generator().manual_seed(0)
+    dev = torch.device("cpu")
+    enkf = EnKF(OmegaConf.create({"optimizer": {"ensemble_size": 6, "gamma": 0.01, "repetitions": 1,
+                                                "update_mode": "sequential"}, "init": init}),
+                model, EnsembleForward(model), gen, dev)
+    haber = Haber(OmegaConf.create({"optimizer": {"ensemble_size": 4, "sigma": 0.01, "alpha": 1.0, "gamma": 1.0,
+                                                  "output": "softmax"}, "init": init}),
+                  model, EnsembleForward(model), gen, dev)
+    ienk = IEnKSimple(OmegaConf.create({"optimizer": {"ensemble_size": 4, "lr": 0.001, "delta": 0.005,
+                                                      "mode": "sample"}, "init": init}),
+                      model, EnsembleForward(model), gen, dev)
+    sgd = Backprop(OmegaConf.create({"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.0, "nesterov": False,
+                                                   "weight_decay": 0.0},
+                                     "init": init, "train": {"epochs": 1}}), model, EnsembleForward(model), gen, dev)
+    sgd_theta = torch.nn.utils.parameters_to_vector(sgd.net.parameters()).detach()
+    for s in bias_slices(model):
+        assert (enkf.U[:, s].std(0) > 0).all()
+        for theta in (haber.theta, ienk.theta, sgd_theta):
+            assert (theta[s] == 0).all()
+
+
+# -- thesis IEnK: all layers perturbed jointly --------------------------------------------------
+def ienk_cfg(K=3, lr=0.5, mode="sample", perturb="joint"):
+    return OmegaConf.create({"optimizer": {"ensemble_size": K, "lr": lr, "delta": 0.005, "mode": mode,
+                                           "perturb": perturb},
+                             "init": {"scheme": "glorot", "sigma": 0.1, "bias_sigma": None}})
+
+
+def thesis_loop(W1, b1, W2, b2, x, y, K, lr, gen):
+    """The thesis's per-sample update (codes/main.py with DenseLayer of codes/Layers.py) written
+    out: for each sample, each layer draws K perturbations of its weight and bias with its Glorot
+    std; network k uses every layer's k-th perturbation, the last network none; then
+    fin = (p_k - p_0)^T (-y / (p_0 + 0.005)) and every layer does W -= lr * sum_k dW_k fin_k.
+    The K x P standard normals are taken from ``gen`` in the flat parameter order (weights as
+    (out, in), as nn.Linear stores them)."""
+    s1 = math.sqrt(2 / (W1.shape[0] + W1.shape[1]))
+    s2 = math.sqrt(2 / (W2.shape[0] + W2.shape[1]))
+    sizes = [W1.numel(), b1.numel(), W2.numel(), b2.numel()]
+    for s in range(x.shape[0]):
+        xi = torch.randn(K, sum(sizes), generator=gen, dtype=F64)
+        dW1, db1, dW2, db2 = xi.split(sizes, dim=1)
+        dW1, db1 = s1 * dW1.reshape(K, *W1.shape), s1 * db1
+        dW2, db2 = s2 * dW2.reshape(K, *W2.shape), s2 * db2
+        inp = x[s].reshape(-1)
+        outs = []
+        for k in range(K + 1):
+            if k < K:
+                w1, c1, w2, c2 = W1 + dW1[k], b1 + db1[k], W2 + dW2[k], b2 + db2[k]
+            else:
+                w1, c1, w2, c2 = W1, b1, W2, b2
+            hidden = torch.relu(w1 @ inp + c1)
+            z = w2 @ hidden + c2
+            outs.append(torch.exp(z) / torch.exp(z).sum())
+        p0 = outs[K]
+        ens_error = torch.stack([outs[k] - p0 for k in range(K)], 1)       # (10, K)
+        fin = ens_error.T @ (-y[s] / (p0 + 0.005))                         # (K,)
+        W1 = W1 - lr * sum(dW1[k] * fin[k] for k in range(K))
+        b1 = b1 - lr * sum(db1[k] * fin[k] for k in range(K))
+        W2 = W2 - lr * sum(dW2[k] * fin[k] for k in range(K))
+        b2 = b2 - lr * sum(db2[k] * fin[k] for k in range(K))
+    return torch.cat([W1.reshape(-1), b1, W2.reshape(-1), b2])
+
+
+def test_ienk_joint_step_equals_the_thesis_loop():
+    model = dense("mlp", [5])
+    K = 3
+    gen = torch.Generator().manual_seed(0)
+    m = IEnKSimple(ienk_cfg(K), model, EnsembleForward(model), gen, torch.device("cpu"))
+    m.theta = m.theta.double()
+    m.std = torch.cat([torch.full((b - a,), std, dtype=F64) for a, b, std in layer_blocks(model)])
+    m.theta[5 * 784: 5 * 785] = 0.1 * torch.randn(5, generator=torch.Generator().manual_seed(1), dtype=F64)
+    x, y = [t.double() for t in tiny_batch(0, B=3)]
+    p = model.unflatten(m.theta.clone())
+    state = gen.get_state()
+    want = thesis_loop(p["net.fc1.weight"], p["net.fc1.bias"], p["net.fc2.weight"], p["net.fc2.bias"], x, y, K,
+                       0.5, torch.Generator().set_state(state))
+    m.step(x, y)
+    assert (m.theta - want).abs().max() < 1e-12
+    moved = (m.theta - torch.cat([t.reshape(-1) for t in p.values()])).abs()
+    assert (moved[5 * 784: 5 * 785] > 0).all() and (moved[-10:] > 0).all()  # every layer and its biases move
+
+
+@pytest.mark.parametrize("perturb,networks", [("joint", lambda K, L: K + 1), ("per_layer", lambda K, L: 1 + K * L)])
+def test_ienk_networks_per_sample(perturb, networks):
+    model = dense("dnn3", [6, 4])                                              # L = 3 layers
+    calls = []
+    fwd = EnsembleForward(model)
+
+    def spy(M, x):
+        calls.append((M.shape[0], x.shape[0]))
+        return fwd(M, x)
+
+    m = IEnKSimple(ienk_cfg(4, 0.001, perturb=perturb), model, spy, torch.Generator().manual_seed(0),
+                   torch.device("cpu"))
+    m.step(*tiny_batch(0, B=5))
+    assert calls == [(networks(4, 3), 1)] * 5
+
+
+def test_ienk_joint_update_is_a_scaled_gradient_step():
+    """With the K = P coordinate directions of size sigma, the joint estimate is sigma^2 times the
+    gradient (as for per_layer, test_ienk_update_is_a_scaled_gradient_step)."""
+    from enkf_repro.optim.ienk import ienk_joint_update_, joint_members
+
+    model = dense("dnn2", [2])
+    g = torch.Generator().manual_seed(0)
+    theta = model.init(1, OmegaConf.create({"scheme": "glorot", "sigma": 0.1}), g, dtype=F64)[0]
+    theta[model.num_params - 10:] = 0.1 * torch.randn(10, generator=g, dtype=F64)
+    x = torch.rand(1, 1, 28, 28, generator=g, dtype=F64)
+    y = torch.nn.functional.one_hot(torch.tensor([3]), 10).to(F64)
+    sigma = 1e-6
+    noise = sigma * torch.eye(model.num_params, dtype=F64)
+    p = torch.softmax(EnsembleForward(model, chunk_size=4096)(joint_members(theta, noise), x), -1)
+    step = ienk_joint_update_(torch.zeros_like(theta), noise, ienk_coefficients(p[1:], p[0], y), lr=1.0)
+    net = model.module().double()
+    torch.nn.utils.vector_to_parameters(theta.clone(), net.parameters())
+    loss = -(y * torch.log(torch.softmax(net(x), -1) + 0.005)).sum()
+    grad = torch.nn.utils.parameters_to_vector(torch.autograd.grad(loss, list(net.parameters())))
+    assert torch.linalg.norm(-step / sigma ** 2 - grad) < 1e-4 * torch.linalg.norm(grad)
+
+
+# -- EKI(R): the public implementation's schedule -----------------------------------------------
+def test_public_schedule_adds_h_quarter_scaled_prior_noise_after_each_step():
+    from enkf_repro.optim.eki import public_noise_scale
+
+    model = dense("dnn2", [8])
+    cfg = tiny_cfg(randomize=True, random_schedule="public", ensemble_size=300)
+    cfg.init.bias_sigma = None
+    gen = torch.Generator().manual_seed(0)
+    eki = EKI(cfg, model, EnsembleForward(model), gen, torch.device("cpu"))
+    x, y = tiny_batch(0)
+    U = eki.U.clone()
+    G = torch.softmax(EnsembleForward(model)(U, x), -1)
+    W, info = eki_step_(U.clone(), G, y, 2.0, 0.5, "cross_entropy")
+    state = gen.get_state()
+    eki.step(x, y)
+    scale = (2.0 / (300 * info["d_norm"] + 0.5)) ** 0.25                   # h_t^(1/4), h_t = h0 / (J ||D|| + eps)
+    assert scale == pytest.approx(public_noise_scale(2.0, 0.5, info["d_norm"], 300))
+    assert eki.diagnostics()["random_noise_scale"] == pytest.approx(scale)
+    assert "random_gamma" not in eki.diagnostics()
+    xi = torch.randn(U.shape, generator=torch.Generator().set_state(state))
+    prior = model.prior_std(cfg.init, ensemble=True)
+    assert torch.allclose(eki.U, W + scale * xi * prior, atol=1e-6)
+    noise = eki.U - W                                                       # per-parameter spread: scale x prior
+    for s in [slice(0, 8 * 784), *bias_slices(model)]:
+        want = scale * float(prior[s][0])
+        assert abs(float(noise[:, s].std(0).mean()) - want) < 0.1 * want
+
+
+@pytest.mark.parametrize("momentum", ["none", "nesterov"])
+def test_public_schedule_redraws_around_the_mean_from_the_prior_at_epoch_end(momentum):
+    model = dense("dnn2", [8])
+    cfg = tiny_cfg(randomize=True, random_schedule="public", ensemble_size=400, momentum=momentum)
+    cfg.init.bias_sigma = None
+    eki = EKI(cfg, model, EnsembleForward(model), torch.Generator().manual_seed(0), torch.device("cpu"))
+    for i in range(2):
+        eki.step(*tiny_batch(i))
+    eki.U.mul_(0.1)                                                         # a collapsed ensemble
+    mean = eki.U.mean(0)
+    eki.on_epoch_end()
+    assert (eki.U.mean(0) - mean).abs().max() < 1e-6                       # the mean network is kept
+    prior = model.prior_std(cfg.init, ensemble=True)
+    for s in [slice(0, 8 * 784), slice(8 * 785, 8 * 785 + 80), *bias_slices(model)]:
+        want = float(prior[s][0])
+        assert abs(float(eki.U[:, s].std(0).mean()) - want) < 0.05 * want  # the full prior spread (gamma = 1)
+
+
+def test_decay_schedule_ignores_epoch_ends():
+    model = dense()
+    eki = EKI(tiny_cfg(randomize=True), model, EnsembleForward(model), torch.Generator().manual_seed(0),
+              torch.device("cpu"))
+    U = eki.U.clone()
+    eki.on_epoch_end()
+    assert torch.equal(eki.U, U)
+
+
+# -- through the training loop ------------------------------------------------------------------
+def loop_run(root, out, *overrides):
+    from conftest import compose_run
+    from enkf_repro.runs.runner import plan, run_one
+
+    ov = [*overrides, f"dataset.root={root}", "dataset.test_only=false", "dataset.test_size=null",
+          "train.max_batches=3", "scale=smoke", "progress=false", f"out_dir={out}"]
+    (spec,) = plan(compose_run(ov))
+    assert run_one(spec)["status"] == "finished"
+    return spec
+
+
+def test_the_loop_calls_on_epoch_end_after_each_completed_epoch(synthetic_root, tmp_path, monkeypatch):
+    from enkf_repro.optim.base import Method
+
+    seen = []
+    monkeypatch.setattr(EKI, "on_epoch_end", lambda self: seen.append(("eki", self.n)))
+    monkeypatch.setattr(Method, "on_epoch_end", lambda self: seen.append(("other", None)))
+    # 2.5 epochs of 3 batches: ends after epochs 1 and 2, none for the half epoch
+    loop_run(synthetic_root, tmp_path / "a", "optimizer=eki", "model=dnn1", "optimizer.ensemble_size=4",
+             "train.epochs=2.5", "train.eval_every=100")
+    assert seen == [("eki", 3), ("eki", 6)]
+    seen.clear()
+    # the EnKF presents each batch r = 2 times: the epoch ends after the 2nd presentation of batch 3
+    loop_run(synthetic_root, tmp_path / "b", "optimizer=enkf", "model=dnn1", "optimizer.ensemble_size=4",
+             "optimizer.repetitions=2", "train.epochs=2", "train.eval_every=100")
+    assert seen == [("other", None)] * 2
+
+
+def test_default_randomised_eki_run_matches_the_schedule_before_the_epoch_hook(synthetic_root, tmp_path):
+    """The default (R) schedule (decay) through the loop, with biases at 0 (init.bias_sigma=0, the
+    prior before biases had one), gives exactly the numbers of the update as it was written before
+    the epoch hook and the public schedule existed: eki_step_ then a centred redraw with gamma(n)
+    after every step, recomputed here from the pure functions."""
+    from enkf_repro.data.batches import Batches
+    from enkf_repro.data.datasets import load_data
+    from enkf_repro.runs.results import read_metrics
+
+    spec = loop_run(synthetic_root, tmp_path, "optimizer=eki", "model=dnn2", "optimizer.ensemble_size=5",
+                    "optimizer.randomize=true", "init.scheme=glorot", "init.bias_sigma=0", "train.epochs=2",
+                    "train.eval_every=2")
+    cfg = spec.cfg
+    data = load_data(cfg.dataset, "cpu")
+    model = build_model(cfg.model)
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    forward = EnsembleForward.from_config(model, cfg.ensemble, "cpu")
+    U = model.init(5, cfg.init, gen)                                      # biases 0, no draws for them
+    prior = model.prior_std(cfg.init)
+    spread = SpreadSchedule(1.0, 100.0)
+    batches = Batches(data, cfg.train, int(cfg.seed))
+
+    def evaluate():
+        return model.evaluate(U.mean(0), data.test_x, data.test_y, int(cfg.train.eval_batch_size))
+
+    want = {0: evaluate()}
+    for k in range(batches.total):
+        x, y = batches.get(k)
+        eki_step_(U, torch.softmax(forward(U, x), -1), y, 2.0, 0.5, "cross_entropy", 0.005)
+        randomize_(U, torch.randn(U.shape, generator=gen), spread(k + 1) * prior)
+        if (k + 1) % 2 == 0 or k + 1 == batches.total:
+            want[k + 1] = evaluate()
+    df = read_metrics(spec.dir / "metrics.csv")
+    got = {int(i): (e, float(df[(df.iteration == i) & (df.metric == "test_loss")]["value"].iloc[0]))
+           for i, e in df[df.metric == "test_error"][["iteration", "value"]].itertuples(index=False)}
+    assert sorted(got) == [0, 2, 4, 6] and got == {k: (e, loss) for k, (e, loss) in want.items()}

@@ -45,8 +45,8 @@ class ModelName(str, Enum):
 
 
 class InitScheme(str, Enum):
-    normal = "normal"  # every weight ~ N(0, sigma^2), biases 0 (the paper)
-    glorot = "glorot"  # Glorot-normal weights, biases 0 (the 2019 thesis MLP)
+    normal = "normal"  # every weight ~ N(0, sigma^2) (the paper)
+    glorot = "glorot"  # Glorot-normal weights (the 2019 thesis MLP, Kovachki & Stuart's DNNs)
 
 
 class Device(str, Enum):
@@ -112,6 +112,13 @@ class ModelConfig:
 class InitConfig:
     scheme: InitScheme = InitScheme.normal
     sigma: float = 0.1
+    # Biases of the ensemble methods' prior (every EnsembleMethod: enkf, eki, ...; the initial
+    # ensemble and the (R) redraws): N(0, bias_sigma^2); null: the std of the same layer's weights
+    # (sigma under scheme=normal, the Glorot std under glorot); 0: biases start at 0 in every member
+    # and then stay 0, since every ensemble update is a combination of member differences. The
+    # backprop baselines and the single-network methods (haber, ienk_simple) always start from
+    # zero biases. The paper CNN has no biases.
+    bias_sigma: Optional[float] = None
 
 
 @dataclass

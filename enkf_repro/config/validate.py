@@ -52,6 +52,8 @@ def validate(cfg: DictConfig) -> None:
     check(n >= 1, "dataset.test_only_train_size", n,
           "an integer >= 1 (and below the number of images; the loader checks that)")
     check(cfg.init.sigma > 0, "init.sigma", cfg.init.sigma, "a number > 0")
+    bs = cfg.init.bias_sigma
+    check(bs is None or bs >= 0, "init.bias_sigma", bs, "a number >= 0, or null for the std of the layer's weights")
     cs = cfg.ensemble.chunk_size
     check(cs is None or cs >= 1, "ensemble.chunk_size", cs, "an integer >= 1, or null for automatic")
     up = str(getattr(cfg.ensemble.update_precision, "value", cfg.ensemble.update_precision))

@@ -57,9 +57,9 @@ def band(ax, df: pd.DataFrame, label: str, color: str, x: str = "iteration", mar
 def differences_from_paper(cfg: DictConfig, datasets) -> list[str]:
     """What in these runs is not the paper's setting: the scale, the data (a stand-in dataset,
     or a split of the test files)."""
-    from .base import FIGURES
-
     from omegaconf import OmegaConf
+
+    from .base import FIGURES
 
     def get(key, default=None):
         return OmegaConf.select(cfg, key, default=default)

@@ -76,12 +76,14 @@ class ModelSpec:
         return torch.nn.utils.parameters_to_vector(module.parameters()).detach()
 
     def init(self, n: int, init_cfg, generator: torch.Generator, device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """n independent draws (n, P) of the paper's initialisation: weights ~ N(0, sigma^2),
-        biases 0 (``init.scheme=normal``), or Glorot-normal weights (``init.scheme=glorot``)."""
+             dtype: torch.dtype = torch.float32, ensemble: bool = False) -> torch.Tensor:
+        """n independent draws (n, P) of the initialisation: weights ~ N(0, sigma^2)
+        (``init.scheme=normal``) or Glorot-normal (``init.scheme=glorot``); biases 0, or, with
+        ``ensemble=True`` (the prior of the ensemble methods), N(0, s^2) with s from
+        ``init.bias_sigma`` (:meth:`prior_stds`). Tensors with std 0 draw no random numbers."""
         out = torch.empty(n, self.num_params, device=device, dtype=dtype)
         offset = 0
-        for shape, std in zip(self.shapes.values(), self.prior_stds(init_cfg)):
+        for shape, std in zip(self.shapes.values(), self.prior_stds(init_cfg, ensemble)):
             size = math.prod(shape)
             block = out[:, offset: offset + size]
             if std == 0.0:
@@ -91,22 +93,36 @@ class ModelSpec:
             offset += size
         return out
 
-    def prior_stds(self, init_cfg) -> list[float]:
+    def prior_stds(self, init_cfg, ensemble: bool = False) -> list[float]:
         """The init prior's std of each parameter tensor (in ``shapes`` order): weights
-        N(0, sigma^2) (``init.scheme=normal``) or Glorot-normal (``glorot``), biases 0."""
+        N(0, sigma^2) (``init.scheme=normal``) or Glorot-normal (``glorot``). Biases: 0, or with
+        ``ensemble=True`` ``init.bias_sigma`` (null: the std of the same layer's weight, e.g.
+        ``net.fc1.bias`` takes that of ``net.fc1.weight``; a bias without a weight in its own
+        layer takes that of the weight before it)."""
         scheme = name_of(init_cfg.scheme)
-        out = []
+        bias_sigma = init_cfg.get("bias_sigma", None) if ensemble else 0.0
+        weight_std: dict[str, float] = {}
         for name, shape in self.shapes.items():
-            if name.endswith("bias"):
-                out.append(0.0)
+            if not name.endswith("bias"):
+                weight_std[name.rsplit(".", 1)[0]] = (float(init_cfg.sigma) if scheme == "normal"
+                                                      else glorot_std(shape))
+        out: list[float] = []
+        last_weight = 0.0
+        for name in self.shapes:
+            prefix = name.rsplit(".", 1)[0]
+            if not name.endswith("bias"):
+                last_weight = weight_std[prefix]
+                out.append(last_weight)
+            elif bias_sigma is None:
+                out.append(weight_std.get(prefix, last_weight))
             else:
-                out.append(float(init_cfg.sigma) if scheme == "normal" else glorot_std(shape))
+                out.append(float(bias_sigma))
         return out
 
-    def prior_std(self, init_cfg, device=None, dtype=torch.float32) -> torch.Tensor:
-        """Per-parameter std (P,) of the init prior that :meth:`init` draws from."""
+    def prior_std(self, init_cfg, device=None, dtype=torch.float32, ensemble: bool = False) -> torch.Tensor:
+        """Per-parameter std (P,) of the init prior that :meth:`init` draws from (same ``ensemble``)."""
         return torch.cat([torch.full((math.prod(shape),), std, device=device, dtype=dtype)
-                          for shape, std in zip(self.shapes.values(), self.prior_stds(init_cfg))])
+                          for shape, std in zip(self.shapes.values(), self.prior_stds(init_cfg, ensemble))])
 
     # -- evaluation ------------------------------------------------------------------------
     def prepare(self, x: torch.Tensor) -> Any:

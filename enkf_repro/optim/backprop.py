@@ -63,6 +63,7 @@ class Backprop(Method):
     def __init__(self, cfg, model: ModelSpec, forward, generator: torch.Generator, device: torch.device):
         self.cfg = cfg
         self.net = model.module().to(device)
+        # the standard init: zero biases (init.bias_sigma is the ensemble methods' prior only)
         torch.nn.utils.vector_to_parameters(model.init(1, cfg.init, generator, device)[0], self.net.parameters())
         self.opt = make_optimizer(cfg.optimizer, self.net.parameters())
         self.inst: Instrument | None = None

@@ -14,6 +14,9 @@ A method object is driven by the one training loop (``runs/loop.py``):
 * ``diagnostics() -> dict`` scalars logged at every evaluation;
 * ``rows(iteration, epoch) -> list`` extra CSV rows after a step (instrumentation);
 * ``attach(batches)`` called once before training with the run's batch stream;
+* ``on_epoch_end()`` called after the step that completes an epoch (the last presentation of
+  the epoch's last batch), before that iteration's evaluation; a no-op unless the method
+  acts on epochs (EKI's ``public`` (R) schedule);
 * ``state_dict()`` / ``load_state_dict()`` everything a resumed run needs (the loop keeps the
   generator, the data position and Algorithm 1's state);
 * ``repetitions`` presentations of each mini-batch (the EnKF's r; 1 otherwise), and
@@ -57,6 +60,9 @@ class Method:
     def attach(self, batches) -> None:
         """Called once by the loop before training (or resuming) with the run's batch stream."""
 
+    def on_epoch_end(self) -> None:
+        """Called by the loop after the step that completes an epoch, before its evaluation."""
+
     def eval_params(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -78,12 +84,16 @@ class Method:
 
 class EnsembleMethod(Method):
     """A persistent ensemble U (J, P) drawn from the init prior, evaluated through its mean, with
-    the shared non-finite member policy (``optimizer.nonfinite``, failure.py)."""
+    the shared non-finite member policy (``optimizer.nonfinite``, failure.py).
+
+    The prior covers every parameter, biases included (``init.bias_sigma``; ``ModelSpec.init``
+    with ``ensemble=True``): biases that started at 0 in every member would stay 0 under any
+    update that combines member differences (EnKF, EKI), i.e. they would never train."""
 
     def __init__(self, cfg, model: ModelSpec, forward, generator: torch.Generator, device: torch.device):
         opt = cfg.optimizer
         self.model, self.forward, self.generator = model, forward, generator
-        self.U = model.init(int(opt.ensemble_size), cfg.init, generator, device)
+        self.U = model.init(int(opt.ensemble_size), cfg.init, generator, device, ensemble=True)
         self.failures = FailureHandler(name_of(opt.get("nonfinite", "redraw")), generator)
         self.update_precision = name_of((cfg.get("ensemble") or {}).get("update_precision", "fp32"))
         self.device = torch.device(device)

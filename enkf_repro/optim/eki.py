@@ -21,10 +21,25 @@ W = -h A / J (A = grad_z Psi, J x d) and Z = centred G (J x d), applied by
 Momentum (MEKI, K&S's Nesterov variant):  v_n = u_n + lambda_n (u_n - u_{n-1}),
 lambda_n = n / (n + 3) (or a constant), and u_{n+1} = v_n - h(v_n) D(v_n) v_n.
 
-Randomised "(R)": after each step the members are redrawn as u_j = mean(u) + gamma(n) xi_j with
-xi_j drawn from the prior (the ``init`` distribution), centred over j so the mean is kept
-exactly; gamma(n) = gamma0 / sqrt(1 + n / tau) decreases (our schedule; docs/paper.md has the one
-of a public implementation).
+Randomised "(R)" (``randomize=true``), xi_j drawn from the prior (the ``init`` distribution of
+the ensemble, biases included: ``init.bias_sigma``), two schedules (``random_schedule``):
+
+* ``decay`` (default, our schedule): after EVERY step the members are redrawn around the mean,
+  u_j = mean(u) + gamma(n) (xi_j - mean_j xi) after the n-th step, gamma(n) = gamma0 /
+  sqrt(1 + n / tau) (gamma0 = 1, tau = 100), the noise centred over j so the mean is kept exactly.
+* ``public`` (the schedule of a public Keras implementation of Kovachki & Stuart's EKI(R),
+  moritzlauff/thesis_programming, python/functions/enkf_functions.py, ``enkf_classifier``):
+  after every step each member gets independent prior noise with std h_t^(1/4) times the prior
+  std (variance sqrt(h_t) times the prior variance), u_j <- u_j + h_t^(1/4) xi_j, not centred
+  (as there); and at the end of every epoch (``on_epoch_end``, called by the training loop after
+  the epoch's last step, before that iteration's evaluation) the members are redrawn around the
+  mean with the full prior spread, u_j = mean(u) + (xi_j - mean_j xi), i.e. gamma = 1 (there the
+  noise is not centred; we centre it so the evaluated mean network is kept exactly). h_t is that
+  code's step scalar: its D has no 1/J, so h_t = h0 / (||J D||_F + eps) = h0 / (J ||D||_F + eps)
+  in our notation (logged as ``random_noise_scale`` = h_t^(1/4)); our own step h_n in its place
+  would make the noise about J^(1/4) times larger. The EKI step itself stays (1) with K&S's 1/J.
+  That code's prior is Glorot-normal for weights and biases alike (a bias takes its layer's
+  weight std), which is ``init.scheme=glorot`` with ``init.bias_sigma=null``.
 """
 
 from __future__ import annotations
@@ -125,6 +140,12 @@ def randomize_(U: torch.Tensor, noise: torch.Tensor, scale: float | torch.Tensor
     return torch.add(mean, noise, alpha=float(scale), out=U)
 
 
+def public_noise_scale(h0: float, eps: float, d_norm: float, J: int) -> float:
+    """h_t^(1/4) of the ``public`` (R) schedule: h_t = h0 / (J ||D||_F + eps), the step scalar of
+    the public implementation, whose D (J x J) lacks the 1/J of (1)."""
+    return (h0 / (J * d_norm + eps)) ** 0.25
+
+
 class SpreadSchedule:
     """gamma(n) = gamma0 / sqrt(1 + n / tau): the decreasing spread of the (R) redraws."""
 
@@ -184,6 +205,11 @@ class EKILoss(str, Enum):
     cross_entropy = "cross_entropy"  # Psi = -<y, log(G + delta)> on the softmax outputs
 
 
+class RandomSchedule(str, Enum):
+    decay = "decay"    # redraw around the mean after every step, spread gamma(n) (ours)
+    public = "public"  # h_t^(1/4)-scaled prior noise every step, full prior redraw at epoch ends
+
+
 class Momentum(str, Enum):
     none = "none"
     nesterov = "nesterov"            # MEKI: v_n = u_n + lambda_n (u_n - u_{n-1})
@@ -201,8 +227,9 @@ class EKIConfig:
     delta: float = 0.005             # cross_entropy: grad = -y / (G + delta)
     momentum: Momentum = Momentum.none
     momentum_coef: Optional[float] = None  # null: Nesterov's n / (n + 3); a number: constant lambda
-    randomize: bool = False          # (R): redraw members as mean + gamma(n) * prior noise
-    random_gamma0: float = 1.0       # gamma(n) = gamma0 / sqrt(1 + n / tau)
+    randomize: bool = False          # (R): randomise the members with prior noise (random_schedule)
+    random_schedule: RandomSchedule = RandomSchedule.decay
+    random_gamma0: float = 1.0       # decay: gamma(n) = gamma0 / sqrt(1 + n / tau)
     random_tau: float = 100.0
     best_of: int = 512               # training samples (most recent batches) ranking the best member
     nonfinite: NonfinitePolicy = NonfinitePolicy.redraw
@@ -232,8 +259,9 @@ class EKI(EnsembleMethod):
         self.momentum = name_of(opt.momentum) == "nesterov"
         self.coef = opt.momentum_coef
         self.randomize = bool(opt.randomize)
+        self.public = self.randomize and name_of(opt.get("random_schedule", "decay")) == "public"
         self.spread = SpreadSchedule(opt.random_gamma0, opt.random_tau)
-        self.prior_std = model.prior_std(cfg.init, device) if self.randomize else None
+        self.prior_std = model.prior_std(cfg.init, device, ensemble=True) if self.randomize else None
         self.prev: torch.Tensor | None = None   # u_{n-1} (members, or the mean under (R))
         self.n = 0
         self.recent = RecentBatches(int(opt.best_of))
@@ -266,13 +294,25 @@ class EKI(EnsembleMethod):
             info, nbad = self.failures.apply(
                 V, G, lambda Vg, Gg: eki_step_(Vg, Gg, y, self.h0, self.eps, self.loss, self.delta)[1])
         self.U = V
-        if self.randomize:
-            noise = torch.randn(self.U.shape, generator=self.generator, device=self.U.device, dtype=self.U.dtype)
-            randomize_(self.U, noise, self.spread(self.n + 1) * self.prior_std)   # xi_j ~ the init prior
-        self.n += 1
         self.last = {"step_size": info["h"], "d_norm": info["d_norm"]}
+        if self.public:
+            scale = public_noise_scale(self.h0, self.eps, info["d_norm"], self.U.shape[0])
+            self.U.addcmul_(self._prior_noise(), self.prior_std, value=scale)   # u_j += h_t^(1/4) xi_j
+            self.last["random_noise_scale"] = scale
+        elif self.randomize:
+            randomize_(self.U, self._prior_noise(), self.spread(self.n + 1) * self.prior_std)
+        self.n += 1
         out = {"train_loss": float(info["loss"].mean()) / x.shape[0]}   # per sample, mean over members
         return {**out, "nonfinite_step": nbad} if nbad else out
+
+    def _prior_noise(self) -> torch.Tensor:
+        """Standard normal (J, P) from the run's generator (times ``prior_std``: xi_j ~ the prior)."""
+        return torch.randn(self.U.shape, generator=self.generator, device=self.U.device, dtype=self.U.dtype)
+
+    def on_epoch_end(self) -> None:
+        """``public`` (R) schedule: redraw u_j = mean(u) + xi_j (centred) with the full prior spread."""
+        if self.public:
+            randomize_(self.U, self._prior_noise(), self.prior_std)
 
     def eval_params(self) -> dict[str, torch.Tensor]:
         out = {"": self.U.mean(0)}
@@ -285,7 +325,7 @@ class EKI(EnsembleMethod):
         d = {**super().diagnostics(), **self.last}
         if self.momentum:
             d["momentum_lambda"] = nesterov_coefficient(self.n, self.coef)
-        if self.randomize:
+        if self.randomize and not self.public:
             d["random_gamma"] = self.spread(self.n)
         return d
 

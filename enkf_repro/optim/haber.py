@@ -72,8 +72,9 @@ class HaberConfig:
 
 
 class Haber(SingleNetworkMethod):
-    """``optimizer=haber``: one network theta drawn from the init prior, updated by (1) with
-    ``ensemble_size`` = K fresh perturbations per step (one batched forward of K + 1 networks)."""
+    """``optimizer=haber``: one network theta drawn from the standard init (zero biases; not the
+    ensemble prior of ``init.bias_sigma``), updated by (1) with ``ensemble_size`` = K fresh
+    perturbations per step (one batched forward of K + 1 networks)."""
 
     def __init__(self, cfg, model: ModelSpec, forward, generator: torch.Generator, device: torch.device):
         opt = cfg.optimizer

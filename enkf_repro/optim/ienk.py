@@ -1,18 +1,26 @@
 """The 2019 master thesis's simplified iterative EnKF (``optimizer=ienk_simple``).
 
-After the thesis (docs/paper.md; its text itself was not available): one network theta
-(Glorot-normal weights, zero biases for ``model=mlp``). For every training sample (x, y), in
-order, and for every layer l (a weight and its bias), K fresh perturbations dW_k of that layer
-alone are drawn with the layer's Glorot std sqrt(2 / (fan_in + fan_out)) (the same std for the
-bias: our choice, so that biases learn too). With p_0 the softmax output of the unperturbed
-network and p_k that of the network with layer l perturbed by dW_k,
+After the thesis's published code (diepi/Ensemble-Kalman-for-Neural-Network: codes/main.py and
+``DenseLayer`` in codes/Layers.py; docs/paper.md): one network theta (Glorot-normal weights, zero
+biases: ``model=mlp``, the standard init, not the ensemble prior of ``init.bias_sigma``). For every
+training sample (x, y), in order, K fresh perturbations of EVERY layer are drawn at once: layer l
+(its weight W_l and its bias b_l) gets dW_{l,k}, db_{l,k} ~ N(0, s_l^2) with the layer's Glorot
+std s_l = sqrt(2 / (fan_in + fan_out)) for the weight AND the bias, and network k (k = 1..K)
+runs with every layer perturbed, W_l + dW_{l,k} and b_l + db_{l,k} for all l. With p_0 the
+softmax output of the unperturbed network and p_k that of network k (K + 1 forward passes per
+sample),
 
-    c_k = < p_k - p_0 , -y / (p_0 + delta) >,           delta = 0.005                      (1)
-    W_l <- W_l - lr * sum_k dW_k c_k,                    lr = 0.001, no 1/K, no adaptive step  (2)
+    c_k = < p_k - p_0 , -y / (p_0 + delta) >,            delta = 0.005                     (1)
+    W_l <- W_l - lr * sum_k dW_{l,k} c_k,  b_l <- b_l - lr * sum_k db_{l,k} c_k   for all l    (2)
 
-All layers' perturbations of one sample are evaluated at the same theta in one batched forward
-of 1 + K * L networks (L layers), then every layer is updated. (2) is a Monte-Carlo estimate of
-K sigma_l^2 times the gradient of -log-likelihood-like loss <y, log(p + delta)> in W_l.
+one coefficient vector c (K,) for all layers, lr = 0.001 for every layer, no 1/K, no adaptive
+step, c from the one sample (not summed over the batch: one update per sample; the batch of 500
+only groups the logging there). (2) is a Monte-Carlo estimate of K s_l^2 times the gradient of
+the loss -<y, log(p + delta)> in layer l (cross terms between layers average out).
+
+``optimizer.perturb``: ``joint`` (default, the thesis) as above; ``per_layer`` perturbs one
+layer at a time, K perturbations per layer with the other layers unperturbed, 1 + K * L networks
+per sample (L layers) all evaluated at the same theta, and each layer updated with its own c.
 
 ``optimizer.mode=batch`` (an option, not the thesis): one update per mini-batch with the c_k of
 (1) summed over its samples (with the same lr, roughly the first-order effect of B per-sample
@@ -59,8 +67,22 @@ def ienk_coefficients(p_pert: torch.Tensor, p0: torch.Tensor, Y: torch.Tensor, d
     return ((p_pert - p0.unsqueeze(0)) * w.unsqueeze(0)).sum((1, 2))
 
 
+def joint_members(theta: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """(1 + K, P): theta, then theta + noise_k (every layer perturbed at once), k = 1..K.
+
+    noise: (K, P), each parameter already scaled by its layer's std."""
+    return torch.cat([theta.unsqueeze(0), theta.unsqueeze(0) + noise])
+
+
+def ienk_joint_update_(theta: torch.Tensor, noise: torch.Tensor, c: torch.Tensor, lr: float) -> torch.Tensor:
+    """In place (2), joint: theta -= lr * sum_k noise_k c_k, c (K,) (every layer, one c)."""
+    theta -= lr * (c.to(noise.dtype) @ noise)
+    return theta
+
+
 def perturbed_members(theta: torch.Tensor, noise: torch.Tensor, blocks) -> torch.Tensor:
-    """(1 + K L, P): theta, then theta + noise_k restricted to layer l, for l = 1..L, k = 1..K.
+    """``per_layer``: (1 + K L, P): theta, then theta + noise_k restricted to layer l, for
+    l = 1..L, k = 1..K.
 
     noise: (K, P), each parameter already scaled by its layer's std."""
     K, P = noise.shape
@@ -72,11 +94,17 @@ def perturbed_members(theta: torch.Tensor, noise: torch.Tensor, blocks) -> torch
 
 
 def ienk_update_(theta: torch.Tensor, noise: torch.Tensor, c: torch.Tensor, blocks, lr: float) -> torch.Tensor:
-    """In place (2): theta[l] -= lr * sum_k noise_k[l] c_{l,k}; c (L * K,) in perturbed_members' order."""
+    """In place (2), ``per_layer``: theta[l] -= lr * sum_k noise_k[l] c_{l,k}; c (L * K,) in
+    perturbed_members' order."""
     K = noise.shape[0]
     for l, (a, b, _) in enumerate(blocks):
         theta[a:b] -= lr * (c[l * K: (l + 1) * K].to(noise.dtype) @ noise[:, a:b])
     return theta
+
+
+class Perturb(str, Enum):
+    joint = "joint"          # the thesis: K networks, each with every layer perturbed (K + 1 per sample)
+    per_layer = "per_layer"  # K perturbations of one layer at a time (1 + K L networks per sample)
 
 
 class IEnKMode(str, Enum):
@@ -89,21 +117,25 @@ class IEnKSimpleConfig:
     """``optimizer=ienk_simple`` (configs/optimizer/ienk_simple.yaml)."""
 
     name: str = "ienk_simple"
-    ensemble_size: int = 10          # K perturbations per layer
+    ensemble_size: int = 10          # K perturbations (of all layers jointly, or of each layer)
     lr: float = 0.001
     delta: float = 0.005
     mode: IEnKMode = IEnKMode.sample
+    perturb: Perturb = Perturb.joint
 
 
 class IEnKSimple(SingleNetworkMethod):
     """``optimizer=ienk_simple``: (1)-(2) per training sample (``mode=sample``, the thesis) or
-    per mini-batch (``mode=batch``). ``ensemble_size`` is K, the perturbations per layer."""
+    per mini-batch (``mode=batch``), all layers perturbed jointly (``perturb=joint``, the thesis)
+    or one at a time (``per_layer``). ``ensemble_size`` is K. theta starts from the standard
+    init (zero biases), not from the ensemble prior."""
 
     def __init__(self, cfg, model: ModelSpec, forward, generator: torch.Generator, device: torch.device):
         opt = cfg.optimizer
         self.forward, self.generator = forward, generator
         self.K, self.lr, self.delta = int(opt.ensemble_size), float(opt.lr), float(opt.delta)
         self.per_sample = name_of(opt.mode) == "sample"
+        self.joint = name_of(opt.get("perturb", "joint")) == "joint"
         self.blocks = layer_blocks(model)
         self.theta = model.init(1, cfg.init, generator, device)[0]
         self.std = torch.empty_like(self.theta)
@@ -115,9 +147,14 @@ class IEnKSimple(SingleNetworkMethod):
         unperturbed network before the update (a tensor: no device sync per sample)."""
         noise = torch.randn(self.K, self.theta.shape[0], generator=self.generator, device=self.theta.device,
                             dtype=self.theta.dtype).mul_(self.std)
-        p = torch.softmax(self.forward(perturbed_members(self.theta, noise, self.blocks), x), -1)
-        c = ienk_coefficients(p[1:], p[0], y, self.delta)
-        ienk_update_(self.theta, noise, c, self.blocks, self.lr)
+        if self.joint:
+            p = torch.softmax(self.forward(joint_members(self.theta, noise), x), -1)
+            c = ienk_coefficients(p[1:], p[0], y, self.delta)
+            ienk_joint_update_(self.theta, noise, c, self.lr)
+        else:
+            p = torch.softmax(self.forward(perturbed_members(self.theta, noise, self.blocks), x), -1)
+            c = ienk_coefficients(p[1:], p[0], y, self.delta)
+            ienk_update_(self.theta, noise, c, self.blocks, self.lr)
         return -(y * torch.log(p[0] + 1e-12)).sum()
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:

@@ -4,11 +4,12 @@ The loop (the paper's protocol, docs/paper.md): mini-batches of ``train.batch_si
 run's batch stream (a fixed order for the ensemble methods, a per-epoch reshuffle for backprop,
 ``train.shuffle`` to choose), each presented ``method.repetitions`` times (the EnKF's r; the
 forward pass is recomputed each time, so outputs and labels always belong to the same batch),
-and every ``train.eval_every`` iterations and at the end an evaluation of each network the
-method names (the ensemble mean, a best member, the trained network): test error and loss on the
-device-resident test set, plus the method's diagnostics. The loop owns the data order, the
-evaluation, the CSV rows, the checkpoints (method state, generator, data position, Algorithm 1's
-state) and resuming; a method only steps.
+``method.on_epoch_end()`` after the step that completes an epoch, and every ``train.eval_every``
+iterations and at the end an evaluation of each network the method names (the ensemble mean, a
+best member, the trained network): test error and loss on the device-resident test set, plus
+the method's diagnostics. The loop owns the data order, the evaluation, the CSV rows, the
+checkpoints (method state, generator, data position, Algorithm 1's state) and resuming; a method
+only steps.
 """
 
 from __future__ import annotations
@@ -117,6 +118,8 @@ def train_run(cfg, rd: RunDir, label: str = "", comm: Comm | None = None) -> dic
                     last = method.step(x, y)
                     st.iteration += 1
                     st.rep += 1
+                    if st.rep >= st.r and (st.batch + 1) % batches.per_epoch == 0:
+                        method.on_epoch_end()       # this step completed an epoch
                     if last.get("nonfinite_step"):
                         log([{"metric": "nonfinite_step", "value": last["nonfinite_step"]}])
                     at_end = st.iteration >= st.budget or (st.batch + 1 >= batches.total and st.rep >= st.r)
