@@ -5,6 +5,8 @@ overrides are checked before any job starts, and a failed job does not stop the 
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -58,7 +60,9 @@ def test_submitit_local_sweep_runs_two_jobs(cli, synthetic_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Submitit 'local' sweep output dir" in proc.stdout + proc.stderr
     _check_two_jobs(out)
-    (sweep,) = (out / "logs" / "multirun").glob("*/*")
+    # Hydra's sweep folder is outside out_dir (no logs/ there unless asked)
+    assert not (out / "logs").exists()
+    sweep = Path(re.search(r"sweep output dir : (\S+)", proc.stdout + proc.stderr).group(1))
     assert len(list(sweep.glob(".submitit/*/*_result.pkl"))) == 2   # each job ran as a submitit job
 
 
@@ -117,7 +121,8 @@ def test_a_submitit_job_with_several_tasks_gets_torch_distributed_env(monkeypatc
     from enkf_repro.runs.distributed import _export_submitit_env, launcher_world_size
 
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)   # restored (removed) after the test
+        monkeypatch.setenv(key, "")      # recorded, so what the export below sets is undone after the test
+        monkeypatch.delenv(key)
     assert launcher_world_size() is None
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
     for key, value in {"JOB_ID": "4242", "NTASKS": "2", "GLOBALID": "1", "LOCALID": "1", "NODEID": "0",

@@ -44,7 +44,8 @@ def validate(cfg: DictConfig) -> None:
     check(t.epochs > 0, "train.epochs", t.epochs, "a number > 0")
     check(t.max_batches is None or t.max_batches >= 1, "train.max_batches", t.max_batches,
           "an integer >= 1, or null for the whole training set")
-    check(t.eval_every >= 1, "train.eval_every", t.eval_every, "an integer >= 1")
+    check(t.eval_every is None or t.eval_every >= 1, "train.eval_every", t.eval_every,
+          "an integer >= 1, or null for once per epoch")
     check(t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, "an integer >= 1")
     ts = cfg.dataset.test_size
     check(ts is None or ts >= 1, "dataset.test_size", ts, "an integer >= 1, or null for the whole test set")

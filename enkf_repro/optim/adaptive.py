@@ -108,8 +108,9 @@ def check_adaptive(a, cfg) -> None:
     check(2 <= a.b_l <= a.b_u, "optimizer.adaptive.b_l", a.b_l, f"an integer with 2 <= b_l <= b_u = {a.b_u}")
     check(a.epsilon > 0, "optimizer.adaptive.epsilon", a.epsilon, "a test error in percent > 0")
     check(a.kappa >= 0, "optimizer.adaptive.kappa", a.kappa, "a number of percentage points >= 0")
-    check(a.tau % cfg.train.eval_every == 0, "optimizer.adaptive.tau", a.tau,
-          f"a multiple of train.eval_every = {cfg.train.eval_every} (decisions use evaluations)")
+    if cfg.train.eval_every is not None:
+        check(a.tau % cfg.train.eval_every == 0, "optimizer.adaptive.tau", a.tau,
+              f"a multiple of train.eval_every = {cfg.train.eval_every} (decisions use evaluations)")
 
 
 @dataclass(frozen=True)

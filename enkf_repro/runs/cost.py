@@ -70,12 +70,12 @@ def estimate_cost(cfg: DictConfig) -> tuple[float, int, str]:
         r = opt.get("repetitions", 1)
         iters = batches * r
         d = B * 10
-        evals = iters // cfg.train.eval_every + 2
+        evals = iters // (cfg.train.eval_every or per_epoch * r) + 2
         flops = iters * (J * B * f + 4.0 * J * d * P) + evals * n_test * f
         if name_of(opt.name) == "ienk_simple" and name_of(opt.get("mode", "batch")) == "sample":
             return flops, batches * B, "sample"
         return flops, iters, "step"
-    evals = batches // max(1, cfg.train.eval_every) + 2
+    evals = batches // (cfg.train.eval_every or per_epoch) + 2
     return batches * B * 3.0 * f + evals * n_test * f, batches, "step"
 
 

@@ -70,7 +70,7 @@ def train_run(cfg, rd: RunDir, label: str = "", comm: Comm | None = None) -> dic
     method.attach(batches)
     st = LoopState(r=method.repetitions, budget=batches.total * method.repetitions)
     schedule = make_schedule(cfg, batches)
-    eval_every = int(cfg.train.eval_every)
+    eval_every = int(cfg.train.eval_every or batches.per_epoch * method.repetitions)   # null: once per epoch
     eval_bs = int(cfg.train.eval_batch_size)
 
     if rd.resume_state is not None:
