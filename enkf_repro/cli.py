@@ -4,6 +4,7 @@ library function, and turn errors into one line and an exit code (0 done, 2 bad 
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Callable
@@ -34,45 +35,20 @@ examples:
 """
 
 
-def _run(args: list[str]) -> int:
-    from .runs.launch import run_main
-
-    return run_main(args)
-
-
-def _plot(args: list[str]) -> int:
-    from .report.render import plot_main
-
-    return plot_main(args)
-
-
-def _compare(args: list[str]) -> int:
-    from .report.compare import compare_main
-
-    return compare_main(args)
-
-
-def _list(args: list[str]) -> int:
-    from .report.listing import list_main
-
-    return list_main(args)
-
-
-def _bench(args: list[str]) -> int:
-    from .bench import main as bench_main
-
-    return bench_main(args)
-
-
-def _reproduce(args: list[str]) -> int:
-    from .report.reproduce import reproduce_main
-
-    return reproduce_main(args)
-
-
-COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "run": _run, "plot": _plot, "compare": _compare, "list": _list, "bench": _bench, "reproduce": _reproduce,
+# command -> (module, function) of the library that handles its arguments (imported on use)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("enkf_repro.runs.launch", "run_main"),
+    "plot": ("enkf_repro.report.render", "plot_main"),
+    "list": ("enkf_repro.report.listing", "list_main"),
+    "compare": ("enkf_repro.report.compare", "compare_main"),
+    "bench": ("enkf_repro.bench", "main"),
+    "reproduce": ("enkf_repro.report.reproduce", "reproduce_main"),
 }
+
+
+def command(name: str) -> Callable[[list[str]], int]:
+    module, function = COMMANDS[name]
+    return getattr(importlib.import_module(module), function)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        return COMMANDS[cmd](rest) or 0
+        return command(cmd)(rest) or 0
     except EnkfReproError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -52,6 +52,17 @@ def make_dataset(root: Path, folder: str = "mnist", n_train: int = 640, n_test: 
     return root
 
 
+@pytest.fixture
+def float64_default():
+    """Reference computations in float64 (a module opts in with ``pytestmark``)."""
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
     """Measured rates and cached tables go to a folder of this test session, not the user's."""

@@ -46,12 +46,7 @@ from enkf_repro.optim.schedulers import (
 P, D = 6, 20
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")   # references in float64 (conftest)
 
 
 def linear_problem(seed=0):

@@ -10,14 +10,7 @@ from enkf_repro.optim.enkf import enkf_update, enkf_update_reference, kalman_fac
 from enkf_repro.optim.failure import redraw_members
 from enkf_repro.optim.linalg import cholesky_jittered
 
-
-@pytest.fixture(autouse=True)
-def float64_default():
-    """Reference computations in float64, for this module's tests only."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")   # references in float64 (conftest)
 
 
 def literal_member_loop(U, G, Y, gamma):
