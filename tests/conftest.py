@@ -3,8 +3,13 @@ IDX dataset written on the fly, and a helper that runs the command line in a sub
 
 from __future__ import annotations
 
-import gzip
 import os
+
+# torch single-threaded in the tests and the processes they start: their tensors are small, and
+# with two OpenMP threads on a busy 2-core machine small torch calls slow down many times over.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import gzip
 import subprocess
 import sys
 from pathlib import Path
