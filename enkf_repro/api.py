@@ -109,7 +109,7 @@ def resolve_option(name: str, keys: list[str], method: str, value: Any = None) -
         raise ConfigError(name, value, f"ambiguous for method={method!r}: name one of "
                           + ", ".join(repr(t) for t in tail) + extra)
     names = _short_names(keys)
-    hint = did_you_mean(name, names + keys)
+    hint = did_you_mean(name, keys if "." in name else names)
     raise ConfigError(name, value, f"{hint}not an option of train(method={method!r}); options: {', '.join(names)} "
                       "(or any dotted key, e.g. 'optimizer.h0')")
 
@@ -259,7 +259,8 @@ def train(model: torch.nn.Module, train_data: Any, test_data: Any = None, method
     fixed = [f"optimizer={method}", "model=custom", "dataset=tensors", f"model.fingerprint={module_fingerprint(model)}",
              f"dataset.fingerprint={data_fp}"]
     base = compose(fixed)
-    keys = _leaf_keys(base)
+    keys = [k for k in _leaf_keys(base)   # what backprop logs: an option of sgd / adam only
+            if not (k.startswith("instrument.") and method not in ("sgd", "adam"))]
     chosen = [(resolve_option(k, keys, method, v), v) for k, v in _flatten_options(options)]
     seen: dict[str, str] = {}
     for (key, _), (name, _) in zip(chosen, _flatten_options(options)):
@@ -271,6 +272,9 @@ def train(model: torch.nn.Module, train_data: Any, test_data: Any = None, method
     if out_dir is not None:
         cfg.out_dir = str(out_dir)
     validate(cfg)
+    if cfg.train.batch_size > data.train_x.shape[0]:
+        raise ConfigError("batch_size", int(cfg.train.batch_size),
+                          f"at most the number of training samples, {data.train_x.shape[0]}")
     spec_model = spec_for_module(model, tuple(data.train_x.shape[1:]))
     from .runs.loop import check_outputs
 
