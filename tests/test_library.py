@@ -8,14 +8,13 @@ import copy
 import os
 import signal
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-from conftest import FILES, make_dataset
+from conftest import make_dataset
 from custom_nets import BufferedCNN, TwoLayer
 from enkf_repro import train
 from enkf_repro.errors import ConfigError, DataError, Interrupted
@@ -26,16 +25,16 @@ from enkf_repro.models.paper_cnn import PaperCNN, PaperCNNSpec
 
 
 @pytest.fixture(scope="module")
-def fashion(tmp_path_factory):
-    """Fashion-MNIST as tensors: the real files under $ENKF_REPRO_DATA when they are there, else
-    the synthetic stand-in; a 2000-image test subset."""
+def fashion(request, tmp_path_factory):
+    """Fashion-MNIST as tensors: the real files (the ``data_root`` fixture: $ENKF_REPRO_DATA) when
+    they are there, else the synthetic stand-in; a 2000-image test subset."""
     from enkf_repro.api import compose
     from enkf_repro.data import load_data
 
-    root = os.environ.get("ENKF_REPRO_DATA")
-    real = bool(root) and (Path(root) / "fashion-mnist" / FILES["train_images"]).is_file()
-    if not real:
-        root = str(make_dataset(tmp_path_factory.mktemp("fashion"), "fashion-mnist", 2000, 400))
+    try:
+        root, real = str(request.getfixturevalue("data_root")), True
+    except pytest.skip.Exception:
+        root, real = str(make_dataset(tmp_path_factory.mktemp("fashion"), "fashion-mnist", 2000, 400)), False
     d = load_data(compose(["dataset=fashion_mnist", f"dataset.root={root}", "dataset.test_size=2000"]).dataset)
     return {"train": (d.train_x, d.train_y), "test": (d.test_x, d.test_y), "real": real}
 

@@ -346,10 +346,10 @@ class EKI(EnsembleMethod):
         self.n = 0
         self.recent = RecentBatches(int(opt.best_of))
         self.last: dict[str, float] = {}
-        self.scheduler = scheduler_from_config(opt)
-        self.form = resolve_update(opt.update_form, opt.scheduler)
-        self.gamma = float(opt.gamma)
-        self.batch_clock = name_of(opt.misfit_clock) == "batch"
+        self.scheduler = scheduler_from_config(opt)   # missing keys (configs of older runs): the defaults
+        self.form = resolve_update(opt.get("update_form", "auto"), self.scheduler.name)
+        self.gamma = float(opt.get("gamma", 1.0))
+        self.batch_clock = name_of(opt.get("misfit_clock", "run")) == "batch"
 
     @property
     def finished(self) -> bool:

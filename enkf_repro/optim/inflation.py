@@ -172,14 +172,19 @@ class Inflation:
 
     def __init__(self, icfg, generator: torch.Generator | None,
                  prior_variance: Callable[[], torch.Tensor] | None = None):
-        icfg = icfg if icfg is not None else InflationConfig()
-        self.multiplicative = None if icfg.get("multiplicative") is None else float(icfg.multiplicative)
-        self.form = str(getattr(icfg.get("multiplicative_form", "factor"), "value",
-                                icfg.get("multiplicative_form", "factor")))
-        self.additive = None if icfg.get("additive") is None else float(icfg.additive)
-        cov = icfg.get("additive_covariance", "prior")
-        self.covariance = str(getattr(cov, "value", cov))
-        self.keep_mean = bool(icfg.get("additive_keep_mean", False))
+        def get(key, default=None):
+            if icfg is None:
+                return default
+            return icfg.get(key, default) if hasattr(icfg, "get") else getattr(icfg, key, default)
+
+        def name(v):
+            return str(getattr(v, "value", v))
+
+        self.multiplicative = None if get("multiplicative") is None else float(get("multiplicative"))
+        self.form = name(get("multiplicative_form", "factor"))
+        self.additive = None if get("additive") is None else float(get("additive"))
+        self.covariance = name(get("additive_covariance", "prior"))
+        self.keep_mean = bool(get("additive_keep_mean", False))
         self.generator = generator
         self._prior_variance = prior_variance
         self._variance: torch.Tensor | None = None

@@ -292,11 +292,14 @@ class MisfitClock(str, Enum):
 
 def scheduler_from_config(opt) -> StepScheduler:
     """The step scheduler of an optimizer config with the keys ``scheduler``, ``h0``, ``eps``,
-    ``dt``, ``terminate_at``, ``on_terminate`` (EKI, ETKI)."""
-    name = str(getattr(opt.scheduler, "value", opt.scheduler))
+    ``dt``, ``terminate_at``, ``on_terminate`` (EKI, ETKI); a missing key takes EKI's default."""
+    def get(key, default):
+        value = opt.get(key, default)
+        return str(getattr(value, "value", value)) if isinstance(value, Enum) else value
+
+    name = get("scheduler", "kovachki_stuart")
     if name == "kovachki_stuart":
-        return KovachkiStuartStep(float(opt.h0), float(opt.eps))
+        return KovachkiStuartStep(float(get("h0", 2.0)), float(get("eps", 0.5)))
     if name == "fixed":
-        return FixedStep(float(opt.dt))
-    on_terminate = str(getattr(opt.on_terminate, "value", opt.on_terminate))
-    return DataMisfitController(float(opt.terminate_at), on_terminate)
+        return FixedStep(float(get("dt", 1.0)))
+    return DataMisfitController(float(get("terminate_at", 1.0)), str(get("on_terminate", "stop")))
