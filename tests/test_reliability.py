@@ -126,9 +126,9 @@ def test_same_seed_same_config_gives_identical_csv_values(cli, synthetic_root, t
     for out in (a, b):
         assert cli("run", *RUN, f"out_dir={out}", env=_env(synthetic_root)).returncode == 0
     da, db = _csv(a).read_text().splitlines(), _csv(b).read_text().splitlines()
-    strip = [",".join(c for i, c in enumerate(line.split(",")) if i != 7) for line in da], \
-            [",".join(c for i, c in enumerate(line.split(",")) if i != 7) for line in db]
-    assert da[0].split(",")[7] == "elapsed_s"
+    col = da[0].split(",").index("elapsed_s")
+    strip = [",".join(c for i, c in enumerate(line.split(",")) if i != col) for line in da], \
+            [",".join(c for i, c in enumerate(line.split(",")) if i != col) for line in db]
     assert strip[0] == strip[1]  # byte for byte, apart from the wall-clock column
     c = cli("run", *RUN, "seed=1", f"out_dir={tmp_path / 'c'}", env=_env(synthetic_root))
     assert c.returncode == 0
@@ -266,8 +266,7 @@ def _in_process_run(root: Path, out: Path, extra=()):
     from conftest import compose_run
     from enkf_repro.runs.runner import plan
 
-    os.environ["ENKF_REPRO_DATA"] = str(root)
-    cfg = compose_run([*RUN, f"out_dir={out}", *extra])
+    cfg = compose_run([*RUN, f"dataset.root={root}", f"out_dir={out}", *extra])
     (spec,) = plan(cfg)
     return spec
 
