@@ -27,6 +27,18 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     return _compose(normalize_figure_args(list(overrides)))
 
 
+def load_dataset(name: str = "fashion_mnist", **options: Any):
+    """A built-in dataset as tensors (a ``Data``: ``train_x``, ``train_y``, ``test_x``, ``test_y``,
+    ``num_classes``), read as ``enkf-repro run dataset=<name>`` reads it: from ``dataset.root``
+    (``$ENKF_REPRO_DATA``, else ``~/.cache/enkf-repro/data``), downloaded through torchvision when
+    missing and allowed. ``options`` are ``dataset.*`` keys (``test_only=True``, ``root=...``,
+    ``test_size=2000``)."""
+    from .data.datasets import load_data
+
+    cfg = compose([f"dataset={name}"] + [f"dataset.{k}={format_value(v)}" for k, v in options.items()])
+    return load_data(cfg.dataset)
+
+
 # -- train(...) ----------------------------------------------------------------------------------
 @dataclass
 class TrainResult:
