@@ -2,6 +2,11 @@
 
 Library entry points (imported on first use, so ``import enkf_repro`` stays cheap):
 
+* :func:`train` - train any PyTorch classifier (an ``nn.Module``) on tensors or a Dataset with any
+  method (``enkf``, ``eki``, ``etki``, ``haber``, ``ienk_simple``, ``sgd``, ``adam``), through the
+  same loop and run folders as the command line; returns a :class:`~enkf_repro.api.TrainResult`
+  (the trained network, the tidy history);
+* :func:`load_dataset` - a built-in dataset (``"fashion_mnist"``, ``"mnist"``, ``"notmnist"``) as tensors;
 * :func:`compose` - a run or figure config from overrides (``["figure=8", "scale=smoke"]``);
 * :func:`run_figure` - run (or resume, or skip) every run of a composed config; what
   ``enkf-repro run`` calls;
@@ -15,6 +20,9 @@ Library entry points (imported on first use, so ``import enkf_repro`` stays chea
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "train": ("enkf_repro.api", "train"),
+    "TrainResult": ("enkf_repro.api", "TrainResult"),
+    "load_dataset": ("enkf_repro.api", "load_dataset"),
     "compose": ("enkf_repro.api", "compose"),
     "run_figure": ("enkf_repro.runs.runner", "run_figure"),
     "enkf_update": ("enkf_repro.optim.enkf", "enkf_update"),

@@ -172,6 +172,13 @@ def _set(cfg: DictConfig, ov, text: str) -> None:
             OmegaConf.update(cfg, key, value, merge=True, force_add=True)
         return
     _check_key(cfg, key, value)
+    node = OmegaConf.select(cfg, key)
+    if isinstance(value, dict) and isinstance(node, DictConfig):
+        new = [k for k in value if k not in node]
+        if new:   # Hydra refuses new keys here (struct mode): say how to add them
+            k = new[0]
+            raise ConfigError(key, value, f"a dict of existing keys; {key} has no key {k!r}: add keys with "
+                              f"+{key}.{k}={format_value(value[k])} (or replace the whole dict with ++{key}=...)")
     try:
         OmegaConf.update(cfg, key, value, merge=True)
     except OmegaConfBaseException as e:

@@ -21,6 +21,25 @@ NON_SEMANTIC_NESTED = {"dataset": {"root", "download"},
 # Backprop-only settings (what a backprop run logs); not part of other runs' identity.
 BACKPROP_ONLY = {"instrument"}
 BACKPROP_OPTIMIZERS = {"sgd", "adam"}
+# Settings added after runs were made, at the value that reproduces the earlier numbers exactly:
+# left out of the identity while they hold that value, so earlier runs keep their ids (a finished
+# run is still recognised). Dropping a key only at one fixed value never makes two different
+# configs equal. Per section: dataset / model keys, and per method the optimizer's.
+NEUTRAL = {
+    "dataset": {"fingerprint": None},
+    "model": {"target": None, "kwargs": {}, "fingerprint": None},
+}
+_INFLATION_OFF = {"multiplicative": None, "multiplicative_form": "factor", "additive": None,
+                  "additive_covariance": "prior", "additive_keep_mean": False}
+NEUTRAL_OPTIMIZER = {
+    "enkf": {"inflation": _INFLATION_OFF},
+    "eki": {"inflation": _INFLATION_OFF, "scheduler": "kovachki_stuart", "update_form": "auto", "gamma": 1.0,
+            "dt": 1.0, "terminate_at": 1.0, "on_terminate": "stop", "misfit_clock": "run"},
+}
+
+
+def _drop_neutral(node: dict, neutral: Mapping) -> dict:
+    return {k: v for k, v in node.items() if not (k in neutral and v == neutral[k])}
 
 
 def to_plain(cfg: DictConfig) -> dict:
@@ -38,6 +57,12 @@ def semantic_config(cfg: DictConfig | Mapping) -> dict:
     for key, drop in NON_SEMANTIC_NESTED.items():
         if isinstance(out.get(key), dict):
             out[key] = {k: v for k, v in out[key].items() if k not in drop}
+    for key, neutral in NEUTRAL.items():
+        if isinstance(out.get(key), dict):
+            out[key] = _drop_neutral(out[key], neutral)
+    opt = out.get("optimizer")
+    if isinstance(opt, dict) and opt.get("name") in NEUTRAL_OPTIMIZER:
+        out["optimizer"] = _drop_neutral(opt, NEUTRAL_OPTIMIZER[opt["name"]])
     return out
 
 

@@ -27,6 +27,7 @@ class DatasetName(str, Enum):
     mnist = "mnist"
     fashion_mnist = "fashion_mnist"
     notmnist = "notmnist"
+    tensors = "tensors"  # tensors given to enkf_repro.train(...) in the same call (not from files)
 
 
 class DataFormat(str, Enum):
@@ -42,6 +43,7 @@ class ModelName(str, Enum):
     dnn2 = "dnn2"
     dnn3 = "dnn3"
     dnn4 = "dnn4"
+    custom = "custom"  # any nn.Module: model.target=pkg.module:Factory, or a module given to enkf_repro.train
 
 
 class InitScheme(str, Enum):
@@ -96,6 +98,9 @@ class DatasetConfig:
     test_size: Optional[int] = None
     download: bool = True  # mnist / fashion_mnist through torchvision when files are missing
     format: DataFormat = DataFormat.auto
+    # dataset=tensors: the identity of the tensors given to enkf_repro.train (a hash of their
+    # shapes, dtypes and values, set by train), so other data make another run
+    fingerprint: Optional[str] = None
 
 
 @dataclass
@@ -106,6 +111,15 @@ class ModelConfig:
     # parameters); the paper's text pools both conv layers (flatten 20*4*4 = 320).
     pool_conv2: bool = False
     hidden: List[int] = field(default_factory=list)  # dense models: hidden layer widths
+    # model=custom: an importable class or factory returning the nn.Module, "pkg.module:Name" (or
+    # "pkg.module.Name", Hydra's _target_ style), called with ``kwargs``; its parameters are the
+    # trained ones (the layout, the init prior over them and the evaluation come from the module)
+    target: Optional[str] = None
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    # model=custom given as an nn.Module to enkf_repro.train: its class and a hash of its
+    # structure (repr, parameter names and shapes, buffers), set by train, so another network
+    # makes another run
+    fingerprint: Optional[str] = None
 
 
 @dataclass

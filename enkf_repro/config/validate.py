@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from .schema import OPTIMIZER_SCHEMAS
 
 # Optimizer keys that must be positive wherever a method has them.
-POSITIVE = ("gamma", "lr", "h0", "eps", "alpha", "sigma", "random_gamma0", "random_tau")
+POSITIVE = ("gamma", "lr", "h0", "eps", "alpha", "sigma", "random_gamma0", "random_tau", "dt", "terminate_at")
 
 
 def check(ok: bool, key: str, value: object, allowed: str) -> None:

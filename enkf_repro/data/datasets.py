@@ -159,6 +159,8 @@ def dataset_sizes(dcfg) -> tuple[int, int] | None:
     """(train, test) sizes that ``load_data`` will produce, read from file headers only; checks
     that the needed files exist first (same one-line errors). None for image-folder layouts."""
     name = str(getattr(dcfg.name, "value", dcfg.name))
+    if name == "tensors":
+        raise DataError(TENSORS_ONLY)
     info = DATASETS[name]
     folder = resolve_root(str(dcfg.root)) / info.folder
     fmt = str(getattr(dcfg.format, "value", dcfg.format))
@@ -177,14 +179,39 @@ def dataset_sizes(dcfg) -> tuple[int, int] | None:
     return n_train, n_test
 
 
+TENSORS_ONLY = ("dataset=tensors holds tensors given to enkf_repro.train(...) in the same call; it cannot be "
+                "loaded from files (use dataset=mnist, fashion_mnist or notmnist)")
+
+
+def subset_test(data: Data, dcfg) -> Data:
+    """``dataset.test_size``: a fixed, seeded subset of the test set (``dataset.split_seed`` + 1)."""
+    if dcfg.test_size is not None and dcfg.test_size < data.test_x.shape[0]:
+        g = torch.Generator().manual_seed(int(dcfg.split_seed) + 1)
+        keep = torch.randperm(data.test_x.shape[0], generator=g)[: dcfg.test_size].to(data.test_x.device)
+        data = Data(data.name, data.train_x, data.train_y, data.test_x[keep], data.test_y[keep], data.num_classes)
+    return data
+
+
 def load_data(dcfg, device: torch.device | str = "cpu") -> Data:
     """Load ``cfg.dataset`` onto ``device``; ``test_size`` keeps a fixed, seeded test subset."""
     name = str(getattr(dcfg.name, "value", dcfg.name))
+    if name == "tensors":
+        raise DataError(TENSORS_ONLY)
     fmt = str(getattr(dcfg.format, "value", dcfg.format))
     data = _load_cpu(name, str(dcfg.root), bool(dcfg.test_only), int(dcfg.test_only_train_size),
                      int(dcfg.split_seed), bool(dcfg.download), fmt)
-    if dcfg.test_size is not None and dcfg.test_size < data.test_x.shape[0]:
-        g = torch.Generator().manual_seed(int(dcfg.split_seed) + 1)
-        keep = torch.randperm(data.test_x.shape[0], generator=g)[: dcfg.test_size]
-        data = Data(data.name, data.train_x, data.train_y, data.test_x[keep], data.test_y[keep], data.num_classes)
-    return data.to(device)
+    return subset_test(data, dcfg).to(device)
+
+
+def fingerprint_tensors(*tensors: torch.Tensor) -> str:
+    """12 hex digits identifying tensors by their shapes, dtypes and values (SHA-1 of the bytes,
+    on the CPU): the ``dataset.fingerprint`` of in-memory data, so other data make another run."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for t in tensors:
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{tuple(t.shape)}|{t.dtype}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()[:12]

@@ -10,6 +10,7 @@ from typing import Callable
 from ..config.schema import name_of
 from ..errors import ConfigError
 from .base import ModelSpec
+from .custom import build_custom
 from .dense import DenseSpec
 from .paper_cnn import PaperCNNSpec
 
@@ -32,3 +33,5 @@ register_model("paper_cnn", lambda m: PaperCNNSpec(m.activation, m.pool_conv2))
 # the 2019 thesis's MLP (784-128-10) and the dense DNN 1-4 standing in for Kovachki & Stuart's
 for _name in ("mlp", "dnn1", "dnn2", "dnn3", "dnn4"):
     register_model(_name, lambda m, _n=_name: DenseSpec(_n, m.hidden, m.activation))
+# any nn.Module: model.target=pkg.module:Factory with model.kwargs (models/custom.py)
+register_model("custom", build_custom)

@@ -21,7 +21,14 @@ A method object is driven by the one training loop (``runs/loop.py``):
   generator, the data position and Algorithm 1's state);
 * ``repetitions`` presentations of each mini-batch (the EnKF's r; 1 otherwise), and
   ``shuffle_default`` whether mini-batches are reshuffled each epoch unless ``train.shuffle``
-  says otherwise.
+  says otherwise;
+* ``finished`` (False by default): True when the method takes no further step (the data-misfit
+  controller at its terminal time with ``on_terminate=stop``); the loop then evaluates and ends
+  the run cleanly, before its iteration budget, with ``finish_reason`` in ``done.json``.
+
+Ensemble methods (:class:`EnsembleMethod`) make every update through ``apply_update``: the shared
+non-finite member policy (failure.py), then the shared covariance inflation
+(``optimizer.inflation``, inflation.py) with the step ``dt`` of that update.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from ..errors import ConfigError
 from ..models.base import ModelSpec
 from ..models.ensemble import precision_scope
 from .failure import FailureHandler
+from .inflation import Inflation
 
 METHODS: dict[str, type] = {}
 
@@ -56,6 +64,16 @@ class Method:
 
     repetitions: int = 1
     shuffle_default: ClassVar[bool] = False
+
+    @property
+    def finished(self) -> bool:
+        """True when the method takes no further step (the loop then ends the run)."""
+        return False
+
+    @property
+    def finish_reason(self) -> str:
+        """Why ``finished`` became True (for the run's done.json and the log)."""
+        return ""
 
     def attach(self, batches) -> None:
         """Called once by the loop before training (or resuming) with the run's batch stream."""
@@ -97,6 +115,19 @@ class EnsembleMethod(Method):
         self.failures = FailureHandler(name_of(opt.get("nonfinite", "redraw")), generator)
         self.update_precision = name_of((cfg.get("ensemble") or {}).get("update_precision", "fp32"))
         self.device = torch.device(device)
+        self.dt = 1.0   # the step of the last update (Gamma -> Gamma / dt); the EnKF's is 1
+        self.inflation = Inflation(opt.get("inflation"), generator,
+                                   lambda: model.prior_std(cfg.init, device, ensemble=True) ** 2)
+
+    def apply_update(self, U: torch.Tensor, G: torch.Tensor, update) -> tuple[Any, int]:
+        """The one way an ensemble method updates its ensemble: ``update(U_rows, G_rows)`` (in
+        place, setting ``self.dt``) on the members with finite outputs, the non-finite policy for
+        the others (``optimizer.nonfinite``), then inflation (``optimizer.inflation``, off by
+        default). Returns (what ``update`` returned, number of non-finite members)."""
+        out, nbad = self.failures.apply(U, G, update)
+        if self.inflation.enabled:
+            self.inflation.apply_(U, self.dt)
+        return out, nbad
 
     def update_scope(self):
         """The precision of the update's large GEMMs (``ensemble.update_precision``: IEEE fp32, or

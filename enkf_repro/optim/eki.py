@@ -40,12 +40,43 @@ the ensemble, biases included: ``init.bias_sigma``), two schedules (``random_sch
   would make the noise about J^(1/4) times larger. The EKI step itself stays (1) with K&S's 1/J.
   That code's prior is Glorot-normal for weights and biases alike (a bias takes its layer's
   weight std), which is ``init.scheme=glorot`` with ``init.bias_sigma=null``.
+
+Step schedulers (``optimizer.scheduler``, schedulers.py, after EnsembleKalmanProcesses.jl):
+
+* ``kovachki_stuart`` (default): h_n = h0 / (||D||_F + eps) in (1), exactly as above.
+* ``fixed``: h_n = ``dt``.
+* ``data_misfit``: Iglesias & Yang's data-misfit controller, dt_n = min(q_n, T - t_n) with
+  q_n = max(M / (2 mean Phi), sqrt(M / (2 var Phi))) from the members' data misfits
+  Phi_j = |y - G_j|^2 / (2 gamma) on the current mini-batch (M = B C; G the outputs the loss
+  sees: the logits for ``mse``, where Phi = Psi / gamma, the softmax outputs for
+  ``cross_entropy``, a Gaussian stand-in for the cross-entropy). For a fixed batch and a linear
+  model, steps in Kalman form with Gamma / dt_n compose to one update with Gamma / t_n, so at
+  t = T = 1 the ensemble has the posterior of its initial Gaussian (tempering). With mini-batches
+  each step sees another batch: t_n = 1 then means the batch likelihoods have been applied with
+  exponents summing to one, i.e. about the information of ONE mini-batch, not of the data set
+  (that would be t = the number of batches, each batch at dt = 1). Hence the choices:
+  ``misfit_clock=run`` (EnsembleKalmanProcesses: one time over the run) with
+  ``on_terminate=stop`` (its default: the run ends cleanly when t reaches ``terminate_at``, the
+  loop evaluates once more and writes why in done.json), ``continue`` (uncapped q_n after T) or
+  ``continue_fixed`` (the last, capped step repeated); or ``misfit_clock=batch``: each mini-batch
+  is its own inverse problem, the time starts over at every batch, so every step is
+  min(q_n, T) and the run never stops early (each batch assimilated at most once, T = 1: the
+  sequential-Bayes reading of one pass).
+
+``optimizer.update_form`` picks the form of the step: ``euler`` is (1) with h_n (any loss; explicit,
+so a step much above 2 / ||C_GG|| diverges), ``kalman`` is the discrete EKI of
+EnsembleKalmanProcesses (Kovachki & Stuart's iteration before the continuum limit) without
+observation noise, u_j <- u_j + C_uG (C_GG + Gamma / h_n)^-1 (y - G_j) with Gamma = gamma I on
+the same outputs (stable for any h; equal to the EnKF's ``update_mode=batch`` with gamma / h, and
+to (1) to first order in h). ``auto`` (default) is euler with ``kovachki_stuart`` and kalman with
+``fixed`` and ``data_misfit``, whose steps are algorithm times in EnsembleKalmanProcesses' sense.
+The ``public`` (R) noise keeps its own h_t (above) whatever the scheduler.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
 
@@ -56,8 +87,11 @@ from ..config.validate import check
 from ..errors import DivergenceError
 from ..models.base import ModelSpec
 from .base import EnsembleMethod, register_method
+from .enkf import kalman_factors
 from .failure import NonfinitePolicy
+from .inflation import InflationConfig, check_inflation
 from .linalg import apply_low_rank_
+from .schedulers import MisfitClock, OnTerminate, SchedulerName, data_misfits, scheduler_from_config
 
 
 # -- pure functions ----------------------------------------------------------------------------
@@ -97,12 +131,10 @@ def eki_frobenius(A: torch.Tensor, Z: torch.Tensor) -> float:
     return math.sqrt(float(sq)) / J
 
 
-def eki_step_(U: torch.Tensor, G: torch.Tensor, Y: torch.Tensor, h0: float = 2.0, eps: float = 0.5,
-              loss: str = "mse", delta: float = 0.005) -> tuple[torch.Tensor, dict[str, Any]]:
-    """In place: one EKI step (1) on U (J, P); returns (U, info) with info = {"h": h_n,
-    "d_norm": ||D||_F, "loss": Psi per member (J,)}. The factors are computed in float64."""
-    if G.shape[0] != U.shape[0]:
-        raise ValueError(f"outputs has {G.shape[0]} members, ensemble {U.shape[0]}")
+def eki_factors(G: torch.Tensor, Y: torch.Tensor, loss: str = "mse",
+                delta: float = 0.005) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """(Psi (J,), A = grad_z Psi (J, d), Z = centred G (J, d), ||D||_F), all float64: the pieces
+    of (1). Raises DivergenceError when ||D||_F is not finite."""
     if Y.shape != G.shape[1:]:
         raise ValueError(f"targets {tuple(Y.shape)} must match outputs' (B, C) {tuple(G.shape[1:])}")
     J = G.shape[0]
@@ -113,9 +145,31 @@ def eki_step_(U: torch.Tensor, G: torch.Tensor, Y: torch.Tensor, h0: float = 2.0
     d_norm = eki_frobenius(A, Z)
     if not math.isfinite(d_norm):
         raise DivergenceError("EKI step: D(u) is not finite (diverged ensemble)")
+    return psi, A, Z, d_norm
+
+
+def eki_step_(U: torch.Tensor, G: torch.Tensor, Y: torch.Tensor, h0: float = 2.0, eps: float = 0.5,
+              loss: str = "mse", delta: float = 0.005) -> tuple[torch.Tensor, dict[str, Any]]:
+    """In place: one EKI step (1) on U (J, P); returns (U, info) with info = {"h": h_n,
+    "d_norm": ||D||_F, "loss": Psi per member (J,)}. The factors are computed in float64."""
+    if G.shape[0] != U.shape[0]:
+        raise ValueError(f"outputs has {G.shape[0]} members, ensemble {U.shape[0]}")
+    J = G.shape[0]
+    psi, A, Z, d_norm = eki_factors(G, Y, loss, delta)
     h = h0 / (d_norm + eps)
     apply_low_rank_(U, A * (-h / J), Z)            # U <- U - h D U  (D 1 = 0: centring is free)
     return U, {"h": h, "d_norm": d_norm, "loss": psi}
+
+
+def eki_kalman_step_(U: torch.Tensor, G: torch.Tensor, Y: torch.Tensor, gamma: float, h: float) -> torch.Tensor:
+    """In place: the discrete EKI step in Kalman form with step h (EnsembleKalmanProcesses'
+    ``Inversion`` without observation noise, Kovachki & Stuart's EKI before the continuum limit):
+    u_j <- u_j + C_uG (C_GG + Gamma / h)^{-1} (y - G(u_j)), Gamma = gamma I, covariances 1/J.
+    Equal to the EnKF's joint update (``update_mode=batch``) with gamma / h; h = 0 leaves U."""
+    if h > 0:
+        W, Z = kalman_factors(G, Y, gamma / h, "batch")
+        apply_low_rank_(U, W, Z)
+    return U
 
 
 def eki_step(U: torch.Tensor, G: torch.Tensor, Y: torch.Tensor, h0: float = 2.0, eps: float = 0.5,
@@ -215,6 +269,20 @@ class Momentum(str, Enum):
     nesterov = "nesterov"            # MEKI: v_n = u_n + lambda_n (u_n - u_{n-1})
 
 
+class EKIUpdate(str, Enum):
+    auto = "auto"      # euler with the kovachki_stuart scheduler, kalman with fixed / data_misfit
+    euler = "euler"    # (1): u <- u - h D(u) u, any loss (Kovachki & Stuart's discretisation)
+    kalman = "kalman"  # u_j <- u_j + C_uG (C_GG + Gamma / h)^-1 (y - G_j) (EnsembleKalmanProcesses' EKI)
+
+
+def resolve_update(update, scheduler) -> str:
+    """``optimizer.update_form`` with ``auto`` resolved: euler for kovachki_stuart, else kalman."""
+    update, scheduler = name_of(update), name_of(scheduler)
+    if update != "auto":
+        return update
+    return "euler" if scheduler == "kovachki_stuart" else "kalman"
+
+
 @dataclass
 class EKIConfig:
     """``optimizer=eki``: U <- U - h_n D(U) U, h_n = h0 / (||D||_F + eps) (configs/optimizer/eki.yaml)."""
@@ -233,6 +301,17 @@ class EKIConfig:
     random_tau: float = 100.0
     best_of: int = 512               # training samples (most recent batches) ranking the best member
     nonfinite: NonfinitePolicy = NonfinitePolicy.redraw
+    # The step h_n (module docstring, "Step schedulers"): kovachki_stuart h0 / (||D||_F + eps) (the
+    # default: Kovachki & Stuart), fixed (dt), data_misfit (Iglesias & Yang's controller to T =
+    # terminate_at, then on_terminate; misfit_clock run: one time over the run, batch: per batch)
+    scheduler: SchedulerName = SchedulerName.kovachki_stuart
+    update_form: EKIUpdate = EKIUpdate.auto
+    gamma: float = 1.0               # Gamma = gamma I of update=kalman and of the data misfit
+    dt: float = 1.0                  # scheduler=fixed
+    terminate_at: float = 1.0        # scheduler=data_misfit: T (.inf: never)
+    on_terminate: OnTerminate = OnTerminate.stop
+    misfit_clock: MisfitClock = MisfitClock.run
+    inflation: InflationConfig = field(default_factory=InflationConfig)
 
     @staticmethod
     def check(opt, cfg) -> None:
@@ -240,6 +319,7 @@ class EKIConfig:
         if opt.momentum_coef is not None:
             check(0 <= opt.momentum_coef < 1, "optimizer.momentum_coef", opt.momentum_coef,
                   "a number in [0, 1), or null for Nesterov's n / (n + 3)")
+        check_inflation(opt.inflation)
 
 
 class EKI(EnsembleMethod):
@@ -266,6 +346,39 @@ class EKI(EnsembleMethod):
         self.n = 0
         self.recent = RecentBatches(int(opt.best_of))
         self.last: dict[str, float] = {}
+        self.scheduler = scheduler_from_config(opt)   # missing keys (configs of older runs): the defaults
+        self.form = resolve_update(opt.get("update_form", "auto"), self.scheduler.name)
+        self.gamma = float(opt.get("gamma", 1.0))
+        self.batch_clock = name_of(opt.get("misfit_clock", "run")) == "batch"
+
+    @property
+    def finished(self) -> bool:
+        """The data-misfit controller reached T with on_terminate=stop (never with the per-batch clock)."""
+        return self.scheduler.finished and not self.batch_clock
+
+    @property
+    def finish_reason(self) -> str:
+        if not self.finished:
+            return ""
+        return (f"the data-misfit controller reached its terminal time T = {self.scheduler.terminate_at:g} "
+                f"after {self.scheduler.iteration} steps (optimizer.on_terminate=stop)")
+
+    def _update(self, U: torch.Tensor, G: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """One step on the rows U with outputs G: the scheduler's step h, then (1) (euler) or the
+        Kalman form (kalman), in place; sets ``self.dt = h``."""
+        psi, A, Z, d_norm = eki_factors(G, y, self.loss, self.delta)
+        misfits = None
+        if self.scheduler.name == "data_misfit":
+            if self.batch_clock:
+                self.scheduler.restart_clock()
+            misfits = data_misfits(G, y, self.gamma)
+        h = self.scheduler.step(misfits=misfits, output_dim=A.shape[1], d_norm=d_norm)
+        self.dt = h
+        if self.form == "euler":
+            apply_low_rank_(U, A * (-h / U.shape[0]), Z)   # U <- U - h D U  (D 1 = 0: centring is free)
+        else:
+            eki_kalman_step_(U, G, y, self.gamma, h)
+        return {"h": h, "d_norm": d_norm, "loss": psi}
 
     def outputs(self, V: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         G = self.forward(V, x)
@@ -291,10 +404,11 @@ class EKI(EnsembleMethod):
             V = self.U
         G = self.outputs(V, x)
         with self.update_scope():
-            info, nbad = self.failures.apply(
-                V, G, lambda Vg, Gg: eki_step_(Vg, Gg, y, self.h0, self.eps, self.loss, self.delta)[1])
+            info, nbad = self.apply_update(V, G, lambda Vg, Gg: self._update(Vg, Gg, y))
         self.U = V
         self.last = {"step_size": info["h"], "d_norm": info["d_norm"]}
+        if self.scheduler.name == "data_misfit":
+            self.last["algorithm_time"] = self.scheduler.time
         if self.public:
             scale = public_noise_scale(self.h0, self.eps, info["d_norm"], self.U.shape[0])
             self.U.addcmul_(self._prior_noise(), self.prior_std, value=scale)   # u_j += h_t^(1/4) xi_j
@@ -331,7 +445,7 @@ class EKI(EnsembleMethod):
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "prev": self.prev, "n": self.n, "recent": self.recent.state_dict(),
-                "last": self.last}
+                "last": self.last, "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -340,6 +454,8 @@ class EKI(EnsembleMethod):
         self.n = int(state["n"])
         self.recent.load_state_dict(state["recent"], dev)
         self.last = dict(state["last"])
+        if "scheduler" in state:   # checkpoints written before the schedulers were wired in have none
+            self.scheduler.load_state_dict(state["scheduler"])
 
 
 register_method("eki", EKIConfig, EKI)

@@ -35,6 +35,7 @@ from ..config.schema import name_of
 from .adaptive import AdaptiveConfig, check_adaptive, resize_ensemble
 from .base import EnsembleMethod, register_method
 from .failure import NonfinitePolicy
+from .inflation import InflationConfig, check_inflation
 from .linalg import apply_low_rank_, cholesky_jittered
 
 
@@ -145,11 +146,14 @@ class EnKFConfig:
     # also evaluate the LAST member's network (metric test_error_last): what the published plotting
     # code drew for Figure 1 (the ensemble mean, metric test_error, is always evaluated)
     eval_last_member: bool = False
+    # covariance inflation after every update (off: the paper's EnKF); dt = 1 for the EnKF
+    inflation: InflationConfig = field(default_factory=InflationConfig)
 
     @staticmethod
     def check(opt, cfg) -> None:
         if opt.adaptive.enabled:
             check_adaptive(opt.adaptive, cfg)
+        check_inflation(opt.inflation)
 
 
 class EnKF(EnsembleMethod):
@@ -178,7 +182,7 @@ class EnKF(EnsembleMethod):
             return 0.5 * float(((G - y) ** 2).sum((1, 2)).mean()) / x.shape[0]
 
         with self.update_scope():
-            misfit, nbad = self.failures.apply(self.U, G, update)
+            misfit, nbad = self.apply_update(self.U, G, update)
         return {"train_misfit": misfit, **({"nonfinite_step": nbad} if nbad else {})}
 
     def resize(self, ensemble_size: int, shrink: str = "keep_mean") -> None:

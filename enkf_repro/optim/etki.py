@@ -40,17 +40,41 @@ Differences from EKP, each a choice:
 The (J, P) work is the J x J transform (1) applied to U in column blocks
 (:func:`enkf_repro.enkf.apply_low_rank_`): U <- U + W (U - mean U) with W = (1) - I, no J x P
 temporary beyond a block. The small factors are computed in float64.
+
+The method (``optimizer=etki``, :class:`ETKI`): a persistent ensemble drawn from the init prior
+(``EnsembleMethod``: non-finite policy, inflation, update precision as for the EnKF and EKI),
+one step (1) per mini-batch with the data y = the one-hot labels (B x C, flattened) and
+Gamma = gamma * I on the network outputs, ``outputs=logits`` (default: the paper EnKF's
+observation, logits against one-hot labels, gamma = 0.01 as its default) or ``outputs=softmax``
+(the class probabilities against the one-hot labels: bounded outputs, a Gaussian stand-in for a
+categorical likelihood; gamma then sets how closely the probabilities are fitted). The step dt
+comes from ``optimizer.scheduler``: ``fixed`` (default, dt = 1: EnsembleKalmanProcesses'
+default; the mean step is then the EnKF's ``update_mode=batch`` mean), ``data_misfit``
+(Iglesias & Yang's controller on the batch's misfits Phi_j = |y - G_j|^2 / (2 gamma), M = B C,
+with ``terminate_at``, ``on_terminate`` and ``misfit_clock`` as for EKI: enkf_repro/optim/eki.py
+says what T = 1 means with mini-batches) or ``kovachki_stuart`` (h0 / (||D||_F + eps), D of the
+Gaussian misfit's gradient Gamma^-1 (G - y)). Evaluated: the ensemble mean.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
 
 import torch
 
+from ..config.schema import name_of
+from ..config.validate import check
 from ..errors import DivergenceError
 from ._noise import noise_variance
+from .base import EnsembleMethod, register_method
+from .eki import eki_frobenius
+from .failure import NonfinitePolicy
+from .inflation import InflationConfig, check_inflation
 from .linalg import apply_low_rank_
+from .schedulers import MisfitClock, OnTerminate, SchedulerName, data_misfits, scheduler_from_config
 
 
 def _sqrt_minus_one(s: torch.Tensor) -> torch.Tensor:
@@ -133,3 +157,106 @@ def etki_update(U: torch.Tensor, G: torch.Tensor, y: torch.Tensor, gamma: float 
                 dt: float = 1.0, ddof: int = 0) -> torch.Tensor:
     """One ETKI step (1); returns the new ensemble (J, P) and leaves ``U`` untouched."""
     return etki_update_(U.clone(), G, y, gamma, dt, ddof)
+
+
+# -- the method ----------------------------------------------------------------------------------
+class ETKIOutputs(str, Enum):
+    logits = "logits"    # G = the network's logits (the paper's EnKF observation)
+    softmax = "softmax"  # G = softmax(logits), the class probabilities
+
+
+@dataclass
+class ETKIConfig:
+    """``optimizer=etki``: ensemble transform Kalman inversion (configs/optimizer/etki.yaml)."""
+
+    name: str = "etki"
+    ensemble_size: int = 1000        # J
+    gamma: float = 0.01              # Gamma = gamma * I on the outputs
+    outputs: ETKIOutputs = ETKIOutputs.logits
+    scheduler: SchedulerName = SchedulerName.fixed
+    dt: float = 1.0                  # scheduler=fixed
+    h0: float = 2.0                  # scheduler=kovachki_stuart: h0 / (||D||_F + eps)
+    eps: float = 0.5
+    terminate_at: float = 1.0        # scheduler=data_misfit: T (.inf: never)
+    on_terminate: OnTerminate = OnTerminate.stop
+    misfit_clock: MisfitClock = MisfitClock.run
+    ddof: int = 0                    # covariances 1/(J - ddof): 0 as the rest of the package, 1 as EKP
+    nonfinite: NonfinitePolicy = NonfinitePolicy.redraw
+    inflation: InflationConfig = field(default_factory=InflationConfig)
+
+    @staticmethod
+    def check(opt, cfg) -> None:
+        check(opt.ddof in (0, 1), "optimizer.ddof", opt.ddof, "0 (1/J) or 1 (1/(J-1), EnsembleKalmanProcesses)")
+        check_inflation(opt.inflation)
+
+
+class ETKI(EnsembleMethod):
+    """``optimizer=etki`` (module docstring): one ETKI step per mini-batch with the scheduler's dt."""
+
+    def __init__(self, cfg, model, forward, generator: torch.Generator, device: torch.device):
+        super().__init__(cfg, model, forward, generator, device)
+        opt = cfg.optimizer
+        self.gamma = float(opt.gamma)
+        self.softmax = name_of(opt.outputs) == "softmax"
+        self.ddof = int(opt.ddof)
+        self.scheduler = scheduler_from_config(opt)
+        self.batch_clock = name_of(opt.misfit_clock) == "batch"
+        self.last: dict[str, float] = {}
+
+    @property
+    def finished(self) -> bool:
+        """The data-misfit controller reached T with on_terminate=stop (never with the per-batch clock)."""
+        return self.scheduler.finished and not self.batch_clock
+
+    @property
+    def finish_reason(self) -> str:
+        if not self.finished:
+            return ""
+        return (f"the data-misfit controller reached its terminal time T = {self.scheduler.terminate_at:g} "
+                f"after {self.scheduler.iteration} steps (optimizer.on_terminate=stop)")
+
+    def _update(self, U: torch.Tensor, G: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        J = G.shape[0]
+        misfits = data_misfits(G, y, self.gamma)                    # (J,) float64
+        d_norm = None
+        if self.scheduler.name == "kovachki_stuart":
+            G64 = G.to(torch.float64).reshape(J, -1)
+            A = (G64 - y.to(torch.float64).reshape(1, -1)) / self.gamma
+            d_norm = eki_frobenius(A, G64 - G64.mean(0, keepdim=True))
+            if not math.isfinite(d_norm):
+                raise DivergenceError("ETKI step: D(u) is not finite (diverged ensemble)")
+        elif self.scheduler.name == "data_misfit" and self.batch_clock:
+            self.scheduler.restart_clock()
+        dt = self.scheduler.step(misfits=misfits, output_dim=G[0].numel(), d_norm=d_norm)
+        self.dt = dt
+        etki_update_(U, G, y, self.gamma, dt, self.ddof)
+        out = {"dt": dt, "misfit": float(misfits.mean()) * self.gamma}
+        if d_norm is not None:
+            out["d_norm"] = d_norm
+        return out
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        G = self.forward(self.U, x)
+        if self.softmax:
+            G = torch.softmax(G, -1)
+        with self.update_scope():
+            info, nbad = self.apply_update(self.U, G, lambda Ug, Gg: self._update(Ug, Gg, y))
+        self.last = {"step_size": info["dt"], **({"d_norm": info["d_norm"]} if "d_norm" in info else {})}
+        if self.scheduler.name == "data_misfit":
+            self.last["algorithm_time"] = self.scheduler.time
+        out = {"train_misfit": info["misfit"] / x.shape[0]}   # 1/2 |y - G|^2 per sample, mean over members
+        return {**out, "nonfinite_step": nbad} if nbad else out
+
+    def diagnostics(self) -> dict[str, float]:
+        return {**super().diagnostics(), **self.last}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "scheduler": self.scheduler.state_dict(), "last": self.last}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.last = dict(state["last"])
+
+
+register_method("etki", ETKIConfig, ETKI)

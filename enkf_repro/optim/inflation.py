@@ -12,14 +12,24 @@ m the ensemble mean (kept), C the ensemble covariance, Sigma a given covariance 
 is the prior covariance). Multiplicative inflation keeps every member in the affine span of the
 ensemble; additive inflation with a given Sigma leaves it. U is (J, P) with members as rows;
 both functions work on column blocks, so no J x P temporary beyond a block is made.
+
+Every ensemble method applies them after each update (``optimizer.inflation.*``,
+:class:`InflationConfig`, applied by :class:`Inflation` from ``EnsembleMethod.apply_update``,
+``optim/base.py``), with dt the step of that update: 1 for the EnKF (its Gamma is not scaled),
+h_n for EKI, dt_n for ETKI. Off by default.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable, Optional
 
 import torch
 
+from ..config.validate import check
+from ..errors import ConfigError
 from .linalg import BLOCK_ELEMENTS, apply_low_rank_
 
 
@@ -111,3 +121,107 @@ def additive_inflation_(U: torch.Tensor, generator: torch.Generator, scale: floa
             noise.sub_(noise.mean(0, keepdim=True))
         U[:, s: s + b].addcmul_(noise, std[s: s + b])
     return U
+
+
+# -- the config and its application after each update ------------------------------------------
+class MultiplicativeForm(str, Enum):
+    factor = "factor"   # ``multiplicative`` is the factor f >= 1 on the deviations: u_j <- m + f (u_j - m)
+    ekp = "ekp"         # ``multiplicative`` is EKP's s: f = (1 - s dt)^(-1/2), dt the update's step
+
+
+class AdditiveCovariance(str, Enum):
+    prior = "prior"         # Sigma = the init prior's (diagonal) covariance, EKP's default
+    ensemble = "ensemble"   # Sigma = the ensemble's own covariance (stays in its affine span)
+
+
+@dataclass
+class InflationConfig:
+    """``optimizer.inflation.*``: covariance inflation after every update of an ensemble method
+    (off by default: the paper's runs are unchanged)."""
+
+    multiplicative: Optional[float] = None   # null: off; f (form=factor) or s (form=ekp)
+    multiplicative_form: MultiplicativeForm = MultiplicativeForm.factor
+    additive: Optional[float] = None         # null: off; EKP's s: zeta_j ~ N(0, s dt / (1 - s dt) Sigma)
+    additive_covariance: AdditiveCovariance = AdditiveCovariance.prior
+    additive_keep_mean: bool = False         # centre the additive noise over the members (mean kept)
+
+
+def check_inflation(icfg, key: str = "optimizer.inflation") -> None:
+    """Ranges of ``optimizer.inflation.*``: a ConfigError for the first bad value."""
+    form = str(getattr(icfg.multiplicative_form, "value", icfg.multiplicative_form))
+    m = icfg.multiplicative
+    if m is not None:
+        if form == "factor":
+            check(math.isfinite(m) and m >= 1.0, f"{key}.multiplicative", m,
+                  "a factor >= 1 on the deviations (null: off)")
+        else:
+            check(math.isfinite(m) and 0.0 <= m < 1.0, f"{key}.multiplicative", m,
+                  "EKP's s in [0, 1) with s * dt < 1 (null: off)")
+    a = icfg.additive
+    if a is not None:
+        check(math.isfinite(a) and 0.0 <= a < 1.0, f"{key}.additive", a,
+              "EKP's s in [0, 1) with s * dt < 1 (null: off)")
+
+
+class Inflation:
+    """Applies ``optimizer.inflation`` to an ensemble after an update with step dt.
+
+    ``prior_variance`` is called once, when additive inflation with the prior covariance first
+    needs it (the (P,) variances of the init prior). The noise is drawn from ``generator``; with
+    inflation off nothing is drawn and nothing changes."""
+
+    def __init__(self, icfg, generator: torch.Generator | None,
+                 prior_variance: Callable[[], torch.Tensor] | None = None):
+        def get(key, default=None):
+            if icfg is None:
+                return default
+            return icfg.get(key, default) if hasattr(icfg, "get") else getattr(icfg, key, default)
+
+        def name(v):
+            return str(getattr(v, "value", v))
+
+        self.multiplicative = None if get("multiplicative") is None else float(get("multiplicative"))
+        self.form = name(get("multiplicative_form", "factor"))
+        self.additive = None if get("additive") is None else float(get("additive"))
+        self.covariance = name(get("additive_covariance", "prior"))
+        self.keep_mean = bool(get("additive_keep_mean", False))
+        self.generator = generator
+        self._prior_variance = prior_variance
+        self._variance: torch.Tensor | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.multiplicative is not None or self.additive is not None
+
+    def factor(self, dt: float) -> float:
+        """The multiplicative factor for a step dt (1 when off)."""
+        if self.multiplicative is None:
+            return 1.0
+        if self.form == "factor":
+            return self.multiplicative
+        self._check_sdt("multiplicative", self.multiplicative, dt)
+        return multiplicative_factor(self.multiplicative, dt)
+
+    @staticmethod
+    def _check_sdt(which: str, s: float, dt: float) -> None:
+        if not s * dt < 1.0:
+            raise ConfigError(f"optimizer.inflation.{which}", s, f"s with s * dt < 1, but this update's step was "
+                              f"dt = {dt:.4g} (s * dt = {s * dt:.4g}): use a smaller s")
+
+    def apply_(self, U: torch.Tensor, dt: float = 1.0) -> torch.Tensor:
+        """In place on U (J, P): multiplicative, then additive inflation for the step dt."""
+        if self.multiplicative is not None:
+            f = self.factor(dt)
+            if f != 1.0:
+                multiplicative_inflation_(U, f)
+        if self.additive is not None and self.additive * dt > 0:
+            self._check_sdt("additive", self.additive, dt)
+            variance = None
+            if self.covariance == "prior":
+                if self._variance is None:
+                    if self._prior_variance is None:
+                        raise ValueError("additive inflation with the prior covariance needs the prior variances")
+                    self._variance = self._prior_variance()
+                variance = self._variance
+            additive_inflation_(U, self.generator, self.additive, dt, variance, self.keep_mean)
+        return U

@@ -23,6 +23,7 @@ scheduler built with the run's configuration.
 from __future__ import annotations
 
 import math
+from enum import Enum
 from typing import Any
 
 import torch
@@ -231,6 +232,13 @@ class DataMisfitController(StepScheduler):
             return h
         return self._advance(q)
 
+    def restart_clock(self) -> None:
+        """Start the algorithm time over at 0 (a new inverse problem: the next mini-batch under
+        ``misfit_clock=batch``); the step count goes on."""
+        self.time = 0.0
+        self.reached = False
+        self.last_step = None
+
     def _advance(self, h: float) -> float:
         self.iteration += 1
         self.time += h
@@ -263,3 +271,35 @@ def make_scheduler(name: str, **kwargs) -> StepScheduler:
         raise ValueError(f"unknown step scheduler {name!r}; expected one of "
                          + ", ".join(repr(n) for n in SCHEDULERS)) from None
     return cls(**kwargs)
+
+
+# -- the config keys of the methods that take a scheduler (EKI, ETKI) ----------------------------
+class SchedulerName(str, Enum):
+    kovachki_stuart = "kovachki_stuart"  # h0 / (||D||_F + eps)
+    fixed = "fixed"                      # the constant dt
+    data_misfit = "data_misfit"          # Iglesias & Yang's data-misfit controller to terminate_at
+
+
+# stop: the run ends (EnsembleKalmanProcesses' default); continue: uncapped controller steps after
+# T; continue_fixed: the last (capped) step, repeated. (Functional form: "continue" is a keyword.)
+OnTerminate = Enum("OnTerminate", {o: o for o in ON_TERMINATE}, type=str)
+
+
+class MisfitClock(str, Enum):
+    run = "run"      # one algorithm time over the whole run (EnsembleKalmanProcesses)
+    batch = "batch"  # the time starts over at every mini-batch: each step is min(q_n, T), never finishes
+
+
+def scheduler_from_config(opt) -> StepScheduler:
+    """The step scheduler of an optimizer config with the keys ``scheduler``, ``h0``, ``eps``,
+    ``dt``, ``terminate_at``, ``on_terminate`` (EKI, ETKI); a missing key takes EKI's default."""
+    def get(key, default):
+        value = opt.get(key, default)
+        return str(getattr(value, "value", value)) if isinstance(value, Enum) else value
+
+    name = get("scheduler", "kovachki_stuart")
+    if name == "kovachki_stuart":
+        return KovachkiStuartStep(float(get("h0", 2.0)), float(get("eps", 0.5)))
+    if name == "fixed":
+        return FixedStep(float(get("dt", 1.0)))
+    return DataMisfitController(float(get("terminate_at", 1.0)), str(get("on_terminate", "stop")))

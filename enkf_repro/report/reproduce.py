@@ -321,6 +321,8 @@ def write_report(out: Path, scale: str, figs, plans, plotted, measured, judged, 
         else:
             png = next(x for x in p if x.suffix == ".png")
             lines += [f"![Figure {fig.id}]({png.relative_to(out).as_posix()})", ""]
+            for table in sorted(png.parent.glob("*.md")):   # the figure's tables (Figure.tables), as written
+                lines += [table.read_text().strip(), ""]
         specs = plans[fig.id]
         if specs:
             done = sum((s.dir / "done.json").exists() for s in specs)

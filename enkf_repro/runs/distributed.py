@@ -102,6 +102,10 @@ def validate_distributed(cfg) -> None:
     if "adaptive" in opt and opt.adaptive.enabled:
         raise ConfigError("optimizer.adaptive.enabled", True, "false with distributed=true (Algorithm 1 "
                           "resizes the ensemble, which is not supported across ranks)")
+    infl = opt.get("inflation")
+    if infl is not None and (infl.multiplicative is not None or infl.additive is not None):
+        raise ConfigError("optimizer.inflation", "on", "off (multiplicative=null, additive=null) with "
+                          "distributed=true (inflation is applied by one process)")
     world = launcher_world_size()
     if world is not None and opt.ensemble_size < world:
         raise ConfigError("optimizer.ensemble_size", opt.ensemble_size,

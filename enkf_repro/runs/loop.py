@@ -9,7 +9,14 @@ iterations and at the end an evaluation of each network the method names (the en
 best member, the trained network): test error and loss on the device-resident test set, plus
 the method's diagnostics. The loop owns the data order, the evaluation, the CSV rows, the
 checkpoints (method state, generator, data position, Algorithm 1's state) and resuming; a method
-only steps.
+only steps. A method that says it is ``finished`` (the data-misfit controller at its terminal
+time) ends the run cleanly: the loop evaluates at that iteration and stops before its budget,
+and the summary (done.json) says why. At the end the evaluated networks' flat parameters are
+written to ``params.pt`` (``{"params": {suffix: theta}, "iteration": n}``), the trained networks.
+
+``train_run`` builds the data and the model from the config, or takes them ready-made (``data``,
+``model``): tensors and an ``nn.Module`` given to :func:`enkf_repro.train`, whose identity the
+config carries as fingerprints.
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ import torch
 
 from ..config.schema import name_of
 from ..data.batches import Batches
-from ..data.datasets import load_data
-from ..errors import DivergenceError
+from ..data.datasets import Data, load_data, subset_test
+from ..errors import ConfigError, DivergenceError
+from ..models.base import ModelSpec
 from ..models.ensemble import EnsembleForward, resolve_device
 from ..models.registry import build_model
 from ..optim.adaptive import make_schedule
@@ -55,14 +63,35 @@ def _scalar(v: Any) -> float:
     return float(v.item()) if isinstance(v, torch.Tensor) else float(v)
 
 
-def train_run(cfg, rd: RunDir, label: str = "", comm: Comm | None = None) -> dict[str, Any]:
-    """Train the run ``cfg`` into the run folder ``rd`` (resuming from its checkpoint if any)."""
+def check_outputs(model: ModelSpec, data: Data) -> None:
+    """One line when a (custom) network does not map images to one logit per class."""
+    x = data.train_x[:2]
+    try:
+        with torch.no_grad():
+            out = model.forward(torch.zeros(model.num_params, device=x.device), x)
+    except Exception as e:   # a module that cannot run on these images
+        raise ConfigError.line(f"model {model.name}: its forward fails on images of shape {tuple(x.shape)}: "
+                               f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                               ) from None
+    want = (x.shape[0], data.num_classes)
+    if tuple(out.shape) != want:
+        raise ConfigError.line(f"model {model.name}: outputs of shape {tuple(out.shape)} for {x.shape[0]} images "
+                               f"of shape {tuple(x.shape[1:])}; expected {want}, one logit per class "
+                               f"({data.num_classes} classes)")
+
+
+def train_run(cfg, rd: RunDir, label: str = "", comm: Comm | None = None, *, data: Data | None = None,
+              model: ModelSpec | None = None) -> dict[str, Any]:
+    """Train the run ``cfg`` into the run folder ``rd`` (resuming from its checkpoint if any);
+    ``data`` and ``model`` replace what ``cfg.dataset`` and ``cfg.model`` would load or build."""
     comm = comm if comm is not None else LocalComm()
     device = resolve_device(cfg.device)
     if comm.world > 1 and device.type == "cuda":
         device = comm.device
-    data = load_data(cfg.dataset, device)
-    model = build_model(cfg.model)
+    data = load_data(cfg.dataset, device) if data is None else subset_test(data, cfg.dataset).to(device)
+    model = build_model(cfg.model) if model is None else model
+    if name_of(cfg.model.name) == "custom":
+        check_outputs(model, data)
     generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
     method = build_method(cfg, model, device, generator, comm)
     shuffle_default = bool(getattr(method, "shuffle_default", False))
@@ -112,7 +141,7 @@ def train_run(cfg, rd: RunDir, label: str = "", comm: Comm | None = None) -> dic
     last: dict[str, Any] = {}
     try:
         with rd.signals():
-            while st.iteration < st.budget and st.batch < batches.total:
+            while st.iteration < st.budget and st.batch < batches.total and not method.finished:
                 x, y = batches.get(st.batch)
                 while st.rep < st.r and st.iteration < st.budget:
                     last = method.step(x, y)
@@ -122,7 +151,9 @@ def train_run(cfg, rd: RunDir, label: str = "", comm: Comm | None = None) -> dic
                         method.on_epoch_end()       # this step completed an epoch
                     if last.get("nonfinite_step"):
                         log([{"metric": "nonfinite_step", "value": last["nonfinite_step"]}])
-                    at_end = st.iteration >= st.budget or (st.batch + 1 >= batches.total and st.rep >= st.r)
+                    finished = method.finished
+                    at_end = (finished or st.iteration >= st.budget
+                              or (st.batch + 1 >= batches.total and st.rep >= st.r))
                     if st.iteration % eval_every == 0 or at_end:
                         evaluate(last)
                         bar.total = st.budget
@@ -134,13 +165,19 @@ def train_run(cfg, rd: RunDir, label: str = "", comm: Comm | None = None) -> dic
                         if st.r_next:
                             st.r, st.r_next = st.r_next, 0
                     bar.update(1)
+                    if finished:
+                        break
                     if rd.due(st.iteration):
                         rd.checkpoint(state())
                     rd.stop_if_requested(state)
                     if st.rep == 0:
                         break
+        rd.save_params({k: v.detach().cpu() for k, v in method.eval_params().items()}, st.iteration)
     finally:
         bar.close()
         method.close()
-    return {"iterations": st.iteration, "batches": st.batch, "device": str(device),
-            "method": name_of(cfg.optimizer.name)}
+    summary = {"iterations": st.iteration, "batches": st.batch, "device": str(device),
+               "method": name_of(cfg.optimizer.name)}
+    if method.finished:
+        summary["stopped_early"] = method.finish_reason
+    return summary

@@ -56,7 +56,9 @@ def config_columns(cfg: DictConfig, figure: str, series: str, settings: str = ""
         "figure": figure, "series": series, "seed": int(cfg.seed),
         "run_id": config_hash(cfg), "scale": get(cfg.scale, "name"),
         "dataset": get(cfg.dataset, "name"), "model": get(cfg.model, "name"),
-        "activation": get(cfg.model, "activation"), "optimizer": get(opt, "name"),
+        # a custom model's layers are its own: the built-in models' activation setting does not apply
+        "activation": "" if get(cfg.model, "name") == "custom" else get(cfg.model, "activation"),
+        "optimizer": get(opt, "name"),
         "ensemble_size": get(opt, "ensemble_size"), "gamma": get(opt, "gamma"),
         "repetitions": get(opt, "repetitions"), "update_mode": get(opt, "update_mode"),
         "init_sigma": get(cfg.init, "sigma"), "lr": get(opt, "lr"),

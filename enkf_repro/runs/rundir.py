@@ -9,6 +9,8 @@ Every trainer (EnKF-type or backprop) drives its loop through a :class:`RunDir`:
   run's (the ``elapsed_s`` wall-clock column aside);
 * SIGINT / SIGTERM set ``stop_requested``; the loop checkpoints and raises ``Interrupted`` (with
   several ranks, a signal on any rank stops all of them at the same iteration);
+* ``save_params(params, iteration)`` writes ``params.pt`` atomically: the flat parameter vectors
+  of the networks the method evaluates at the end (the trained networks);
 * ``finish(summary)`` writes ``done.json`` and removes the checkpoint; a finished run is skipped.
 """
 
@@ -31,6 +33,8 @@ from ..errors import EnkfReproError, Interrupted
 from ..optim.distributed_enkf import Comm, LocalComm
 from . import budget
 from .results import CsvLog, write_json_atomic, write_text_atomic
+
+PARAMS_FILE = "params.pt"
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -131,6 +135,11 @@ class RunDir:
     def due(self, step: int) -> bool:
         return step % self.checkpoint_every == 0
 
+    def save_params(self, params: Mapping[str, torch.Tensor], iteration: int) -> None:
+        """``params.pt``: {"params": {suffix: flat theta (P,)}, "iteration": n}, the networks the
+        method evaluates ("" the ensemble mean or the trained network, "best", ...)."""
+        save_atomic({"params": dict(params), "iteration": int(iteration)}, self.path / PARAMS_FILE)
+
     def stop_if_requested(self, state_fn) -> None:
         """Called once per iteration: on SIGINT/SIGTERM (on any rank) checkpoint and raise Interrupted;
         when the time budget is spent (budget.py, rank 0's clock) checkpoint and raise BudgetSpent."""
@@ -204,6 +213,9 @@ class FollowerRunDir(RunDir):
         pass
 
     def checkpoint(self, state) -> None:
+        pass
+
+    def save_params(self, params, iteration) -> None:
         pass
 
     def finish(self, summary) -> None:

@@ -199,6 +199,9 @@ def reuse(source: Path, spec: RunSpec) -> None:
         for row in reader:
             writer.writerow([keep.get(i, v) for i, v in enumerate(row)])
     write_text_atomic(spec.dir / "metrics.csv", out.getvalue())
+    if (source / "params.pt").is_file():
+        shutil.copyfile(source / "params.pt", spec.dir / "params.pt.tmp")
+        os.replace(spec.dir / "params.pt.tmp", spec.dir / "params.pt")
     done = json.loads((source / "done.json").read_text())
     write_json_atomic(spec.dir / "done.json", {**done, "reused_from": str(source)})
 
@@ -234,9 +237,10 @@ def _open_run(spec: RunSpec, restart: bool, comm) -> RunDir | dict:
     return rd if leader else FollowerRunDir(comm, spec.dir, resume, int(spec.cfg.checkpoint_every))
 
 
-def run_one(spec: RunSpec, restart: bool = False) -> dict[str, Any]:
+def run_one(spec: RunSpec, restart: bool = False, *, data=None, model=None) -> dict[str, Any]:
     """Train one run into its folder (every rank of it, with ``distributed=true``); returns its
-    status record: skipped, finished or diverged."""
+    status record: skipped, reused, finished or diverged. ``data`` (a ``Data``) and ``model`` (a
+    ``ModelSpec``) are handed to the loop ready-made (``enkf_repro.train``)."""
     comm = distributed.setup(spec.cfg) if spec.cfg.get("distributed", False) else LocalComm()
     rd = _open_run(spec, restart, comm)
     if isinstance(rd, dict):
@@ -244,14 +248,17 @@ def run_one(spec: RunSpec, restart: bool = False) -> dict[str, Any]:
     try:
         t0 = time.perf_counter()
         try:
-            summary = train_run(spec.cfg, rd, spec.label, comm)
+            summary = train_run(spec.cfg, rd, spec.label, comm, data=data, model=model)
         except DivergenceError as e:
             rd.finish({"status": "diverged", "message": str(e)})
             return {"status": "diverged", "message": str(e), "dir": str(spec.dir)}
         if comm.world > 1:
             summary["ranks"] = comm.world
         rd.finish({"status": "finished", **summary, "overrides": list(spec.overrides)})
-        return {"status": "finished", "seconds": time.perf_counter() - t0, "dir": str(spec.dir)}
+        out = {"status": "finished", "seconds": time.perf_counter() - t0, "dir": str(spec.dir)}
+        if summary.get("stopped_early"):
+            out["stopped_early"] = f"stopped at iteration {summary['iterations']}: {summary['stopped_early']}"
+        return out
     finally:
         rd.close()
 
@@ -299,7 +306,8 @@ def run_figure(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
             diverged.append(spec)
             say(f"{head}: diverged: {status['message']} (CSV kept in {spec.dir})")
         else:
-            say(f"{head}: finished in {status['seconds']:.1f} s -> {spec.dir}")
+            early = f" ({status['stopped_early']})" if status.get("stopped_early") else ""
+            say(f"{head}: finished in {status['seconds']:.1f} s{early} -> {spec.dir}")
     out = figure_dir(cfg.out_dir, name_of(cfg.scale.name), specs[0].config_name if specs else None)
     if diverged:
         raise DivergenceError(f"{len(diverged)} of {len(specs)} runs diverged; their CSVs are kept under {out}")

@@ -1,0 +1,290 @@
+"""``enkf_repro.train`` (any nn.Module, tensors or a Dataset, any method) and ``model=custom`` on
+the command line: learning on Fashion-MNIST, the generic batched forward against a per-member
+loop, the fast paths, the run identity of in-memory data and modules, resuming, one-line errors."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import make_dataset
+from custom_nets import BufferedCNN, TwoLayer
+from enkf_repro import train
+from enkf_repro.errors import ConfigError, DataError, Interrupted
+from enkf_repro.models.custom import ModuleSpec, module_fingerprint, spec_for_module
+from enkf_repro.models.dense import DenseNet, DenseSpec
+from enkf_repro.models.ensemble import EnsembleForward
+from enkf_repro.models.paper_cnn import PaperCNN, PaperCNNSpec
+
+
+@pytest.fixture(scope="module")
+def fashion(request, tmp_path_factory):
+    """Fashion-MNIST as tensors: the real files (the ``data_root`` fixture: $ENKF_REPRO_DATA) when
+    they are there, else the synthetic stand-in; a 2000-image test subset."""
+    from enkf_repro.api import compose
+    from enkf_repro.data import load_data
+
+    try:
+        root, real = str(request.getfixturevalue("data_root")), True
+    except pytest.skip.Exception:
+        root, real = str(make_dataset(tmp_path_factory.mktemp("fashion"), "fashion-mnist", 2000, 400)), False
+    d = load_data(compose(["dataset=fashion_mnist", f"dataset.root={root}", "dataset.test_size=2000"]).dataset)
+    return {"train": (d.train_x, d.train_y), "test": (d.test_x, d.test_y), "real": real}
+
+
+def small(**kw):
+    return {"progress": False, "device": "cpu", **kw}
+
+
+# -- learning through train() -------------------------------------------------------------------------
+@pytest.mark.parametrize("method,options", [
+    ("enkf", {"ensemble_size": 100, "gamma": 0.1, "repetitions": 4, "max_batches": 60, "eval_every": 240}),
+    ("eki", {"ensemble_size": 100, "max_batches": 250, "eval_every": 250, "best_of": 0}),
+])
+def test_custom_two_layer_network_learns_fashion_mnist(fashion, method, options):
+    net = TwoLayer(hidden=16)
+    r = train(net, fashion["train"], fashion["test"], method=method, **small(**options))
+    err = r.history[r.history.metric == "test_error"].sort_values("iteration")
+    assert int(err["iteration"].iloc[-1]) >= 240                      # a few hundred iterations
+    assert err["value"].iloc[0] > 80 and r.test_error < 60, err["value"].tolist()   # chance: 90 %
+    # the returned network is a copy of `net` with the ensemble-mean weights
+    assert isinstance(r.model, TwoLayer) and r.model is not net and not r.model.training
+    x, y = fashion["test"]
+    with torch.no_grad():
+        wrong = float((r.model(x).argmax(1) != y).float().mean()) * 100
+    assert wrong == pytest.approx(r.test_error, abs=0.06)
+    assert list(r.history.columns)[:8] == ["figure", "series", "seed", "iteration", "epoch", "pass", "metric", "value"]
+    assert r.run_dir is None and r.status == "finished"
+    assert set(r.history["dataset"]) == {"tensors"} and set(r.history["model"]) == {"custom"}
+
+
+def test_every_method_runs_and_datasets_arrays_and_uint8_are_accepted():
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(96, 1, 28, 28, generator=g) * 255).to(torch.uint8)
+    y = torch.randint(0, 4, (96,), generator=g)
+    ds = torch.utils.data.TensorDataset(x.float() / 255, y)
+    net = TwoLayer(hidden=4, classes=4)
+    from enkf_repro.api import method_names
+
+    assert {"enkf", "eki", "etki", "haber", "ienk_simple", "sgd", "adam"} <= set(method_names())
+    for method in method_names():
+        opts = {"max_batches": 2, "batch_size": 16, "eval_every": 2}
+        if method in ("enkf", "eki", "etki", "haber", "ienk_simple"):
+            opts["ensemble_size"] = 4
+        data = ds if method == "sgd" else ((x.numpy(), y.numpy()) if method == "adam" else (x, y))
+        r = train(net, data, method=method, **small(**opts))
+        assert r.status == "finished" and r.test_error is not None, method
+        assert r.model is not None and r.networks[""].numel() == sum(p.numel() for p in net.parameters())
+    with pytest.raises(DataError, match="labels"):
+        train(net, (x, y.float() + 0.5), method="enkf")
+    with pytest.raises(DataError, match="inputs but"):
+        train(net, (x, y[:10]), method="enkf")
+
+
+# -- the generic batched path against a loop over members ------------------------------------------
+def loop_outputs(net: nn.Module, U: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    out = []
+    for theta in U:
+        m = copy.deepcopy(net).double().eval()
+        torch.nn.utils.vector_to_parameters(theta, m.parameters())
+        with torch.no_grad():
+            out.append(m(x))
+    return torch.stack(out)
+
+
+def test_generic_path_matches_a_per_member_loop_float64():
+    net = BufferedCNN()
+    spec = spec_for_module(net)
+    assert isinstance(spec, ModuleSpec) and [n for n, _ in spec.reference.named_buffers()][:1] == ["offset"]
+    g = torch.Generator().manual_seed(0)
+    U = torch.randn(7, spec.num_params, generator=g, dtype=torch.float64) * 0.3
+    x = torch.rand(5, 1, 28, 28, generator=g, dtype=torch.float64)
+    G = EnsembleForward(spec, chunk_size=3)(U, x)
+    assert G.dtype == torch.float64 and G.shape == (7, 5, 10)
+    assert torch.allclose(G, loop_outputs(net, U, x), rtol=0, atol=1e-12)
+    G32 = EnsembleForward(spec, chunk_size=4)(U.float(), x.float())
+    assert torch.allclose(G32.double(), G, atol=1e-4)
+
+
+class Branchy(nn.Module):
+    """A forward vmap cannot batch (data-dependent control flow): falls back to a loop."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(28 * 28, 10)
+
+    def forward(self, x):
+        h = self.fc(x.flatten(1))
+        return h if float(h.sum()) > -1e9 else -h
+
+
+def test_a_forward_vmap_cannot_batch_falls_back_to_a_loop_with_one_warning():
+    net = Branchy()
+    spec = spec_for_module(net)
+    U = torch.randn(4, spec.num_params, dtype=torch.float64)
+    x = torch.rand(3, 1, 28, 28, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="one at a time"):
+        G = EnsembleForward(spec, chunk_size=2)(U, x)
+    assert torch.allclose(G, loop_outputs(net, U, x), atol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        EnsembleForward(spec, chunk_size=2)(U, x)                      # warned once
+
+
+def test_the_projects_own_networks_take_their_fast_paths():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(4, 1, 28, 28, generator=g, dtype=torch.float64)
+    for net, cls in ((PaperCNN("relu"), PaperCNNSpec), (PaperCNN("tanh", pool_conv2=True), PaperCNNSpec),
+                     (DenseNet([8, 6], "tanh"), DenseSpec)):
+        spec = spec_for_module(net)
+        assert type(spec) is cls
+        U = torch.randn(3, spec.num_params, generator=g, dtype=torch.float64) * 0.2
+        assert torch.allclose(EnsembleForward(spec, 2)(U, x), loop_outputs(net, U, x), atol=1e-10)
+    changed = PaperCNN()
+    changed.conv1 = nn.Conv2d(1, 10, 5)                                # a bias: not the paper's layout
+    assert isinstance(spec_for_module(changed), ModuleSpec)
+
+
+# -- identity ---------------------------------------------------------------------------------------
+def test_the_run_identity_follows_the_data_and_the_module(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g)
+    opts = small(ensemble_size=4, max_batches=1, eval_every=1, out_dir=tmp_path)
+    a = train(TwoLayer(4), (x, y), method="eki", **opts)
+    same = train(TwoLayer(4), (x, y), method="eki", **opts)           # other weights, same module: same run
+    assert same.run_dir == a.run_dir and same.status == "skipped"
+    assert torch.equal(same.networks[""], a.networks[""])
+    y2 = y.clone()
+    y2[0] = (y2[0] + 1) % 10
+    dirs = {a.run_dir,
+            train(TwoLayer(4), (x, y2), method="eki", **opts).run_dir,
+            train(TwoLayer(5), (x, y), method="eki", **opts).run_dir,
+            train(TwoLayer(4), (x, y), (x[:32], y[:32]), method="eki", **opts).run_dir}
+    assert len(dirs) == 4
+    buffered = BufferedCNN()
+    before = module_fingerprint(buffered)
+    buffered.bn.running_mean.add_(1.0)
+    assert module_fingerprint(buffered) != before and before.startswith("BufferedCNN-")
+    assert (a.run_dir / "config.yaml").read_text().count("fingerprint:") == 2
+
+
+# -- resuming with out_dir --------------------------------------------------------------------------
+def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    from enkf_repro.optim.etki import ETKI
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(256, 1, 28, 28, generator=g), torch.randint(0, 10, (256,), generator=g)
+    opts = small(ensemble_size=8, batch_size=16, eval_every=3, checkpoint_every=4, scheduler="data_misfit",
+                 on_terminate="continue", terminate_at=0.5)
+    reference = train(TwoLayer(4), (x, y), method="etki", out_dir=tmp_path / "ref", **opts)
+
+    step, calls = ETKI.step, {"n": 0}
+
+    def interrupted_step(self, xb, yb):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            os.kill(os.getpid(), signal.SIGINT)                        # the loop checkpoints and stops
+        return step(self, xb, yb)
+
+    monkeypatch.setattr(ETKI, "step", interrupted_step)
+    with pytest.raises(Interrupted, match="rerun"):
+        train(TwoLayer(4), (x, y), method="etki", out_dir=tmp_path / "run", **opts)
+    monkeypatch.setattr(ETKI, "step", step)
+    (run,) = (tmp_path / "run").glob("*/runs/*")
+    assert (run / "checkpoint.pt").is_file() and not (run / "done.json").exists()
+    resumed = train(TwoLayer(4), (x, y), method="etki", out_dir=tmp_path / "run", **opts)
+    assert resumed.status == "finished" and resumed.run_dir == run
+    cols = [c for c in reference.history.columns if c != "elapsed_s"]
+    assert reference.history[cols].equals(resumed.history[cols])
+    assert torch.equal(reference.networks[""], resumed.networks[""])
+    again = train(TwoLayer(4), (x, y), method="etki", out_dir=tmp_path / "run", **opts)
+    assert again.status == "skipped" and torch.equal(again.networks[""], resumed.networks[""])
+
+
+# -- options and errors -----------------------------------------------------------------------------
+def test_options_by_name_and_one_line_errors():
+    g = torch.Generator().manual_seed(0)
+    data = (torch.rand(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g))
+    r = train(TwoLayer(4), data, method="eki", **small(ensemble_size=3, batch_size=16, init_sigma=0.5, h0=1.5,
+                                                       eval_every=1, **{"optimizer.eps": 0.25, "inflation":
+                                                                        {"multiplicative": 1.01}}))
+    opt = r.config.optimizer
+    assert (r.config.init.sigma, opt.h0, opt.eps, opt.inflation.multiplicative) == (0.5, 1.5, 0.25, 1.01)
+    with pytest.raises(ConfigError, match=r"ensmble_size=5 is not allowed: did you mean 'ensemble_size'.*options: "):
+        train(TwoLayer(4), data, method="eki", ensmble_size=5)
+    with pytest.raises(ConfigError, match="lr=.*not an option of train.method='enkf'"):
+        train(TwoLayer(4), data, method="enkf", lr=0.1)
+    with pytest.raises(ConfigError, match="ambiguous.*'init.sigma'.*'optimizer.sigma'"):
+        train(TwoLayer(4), data, method="haber", sigma=0.1)
+    with pytest.raises(ConfigError, match="optimizer='ekf' is not allowed: did you mean 'enkf' or 'eki'"):
+        train(TwoLayer(4), data, method="ekf")
+    with pytest.raises(ConfigError, match=r"outputs of shape \(2, 4\).*expected \(2, 10\)"):
+        train(TwoLayer(4, classes=4), data, method="enkf", batch_size=16)
+    with pytest.raises(ConfigError, match="an nn.Module"):
+        train(lambda x: x, data)
+    with pytest.raises(ConfigError, match="optimizer.ensemble_size=1"):
+        train(TwoLayer(4), data, method="etki", ensemble_size=1)
+    with pytest.raises(ConfigError, match="batch_size=64 is not allowed: at most the number of training samples, 32"):
+        train(TwoLayer(4), data, method="etki")
+    assert len(str(pytest.raises(ConfigError, train, TwoLayer(4), data, method="eki", ensmble_size=5).value)
+               .splitlines()) == 1
+
+
+# -- model=custom on the command line ----------------------------------------------------------------
+def test_cli_trains_a_custom_model_from_its_target(cli, synthetic_root, tmp_path):
+    from enkf_repro import read_runs
+
+    out = tmp_path / "out"
+    for target, extra in (("custom_nets:TwoLayer", "+model.kwargs.hidden=8"),
+                          ("custom_nets.make_two_layer", "+model.kwargs.width=6")):
+        cli("run", "model=custom", f"model.target={target}", extra, "optimizer=eki", "optimizer.ensemble_size=10",
+            "train.max_batches=6", "train.eval_every=3", f"dataset.root={synthetic_root}", "scale=smoke",
+            f"out_dir={out}", "progress=false", check=True)
+    df = read_runs(out, with_config=["model.target", "model.kwargs.hidden"])
+    assert df.finished.all() and set(df["model.target"]) == {"custom_nets:TwoLayer", "custom_nets.make_two_layer"}
+    err = df[(df.metric == "test_error") & (df["model.target"] == "custom_nets:TwoLayer")].sort_values("iteration")
+    assert err["value"].iloc[-1] < err["value"].iloc[0]
+    assert df["activation"].isna().all()                              # not a setting of a custom model
+    sweep = cli("run", "-m", "model=custom", "model.target=custom_nets:TwoLayer", "+model.kwargs.hidden=8",
+                "optimizer=sgd", "optimizer.lr=0.1,0.01", "train.max_batches=3", f"dataset.root={synthetic_root}",
+                "scale=smoke", f"out_dir={out}", "progress=false", check=True)
+    assert sweep.returncode == 0
+    assert len(list((out / "smoke" / "runs").iterdir())) == 4
+
+
+@pytest.mark.parametrize("args,match", [
+    (["model.target=no_such_module:Net"], r"model.target='no_such_module:Net' is not allowed: .*cannot import"),
+    (["model.target=custom_nets:TwoLayr"], r"has no 'TwoLayr'; did you mean 'TwoLayer'"),
+    (["model.target=custom_nets:NOT_A_MODULE"], "not callable"),
+    (["model.target=custom_nets:not_a_module_factory"], "returned a int"),
+    (["model.target=custom_nets:TwoLayer", "+model.kwargs.depth=3"], "calling it with"),
+    ([], "model=custom needs one"),
+    (["model.target=custom_nets:TwoLayer", "model.kwargs={hidden: 3}"], r"add keys with \+model.kwargs.hidden=3"),
+])
+def test_bad_custom_targets_are_one_line_errors(cli, synthetic_root, tmp_path, args, match):
+    import re
+
+    proc = cli("run", "model=custom", *args, "train.max_batches=2", f"dataset.root={synthetic_root}", "scale=smoke",
+               f"out_dir={tmp_path}")
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and re.search(match, lines[0]), proc.stderr
+
+
+def test_tensors_dataset_is_not_for_the_command_line(cli, tmp_path):
+    proc = cli("run", "dataset=tensors", f"out_dir={tmp_path}")
+    assert proc.returncode == 2 and "enkf_repro.train" in proc.stderr
+
+
+def test_numpy_float_labels_that_are_integral_are_accepted():
+    x = np.random.default_rng(0).random((40, 1, 28, 28)).astype(np.float32)
+    y = (np.arange(40) % 3).astype(np.float64)
+    r = train(TwoLayer(3, classes=3), (x, y), method="etki", **small(ensemble_size=4, batch_size=20, eval_every=1))
+    assert r.config.dataset.name.value == "tensors" and r.test_error is not None
