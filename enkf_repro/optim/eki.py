@@ -91,7 +91,7 @@ from .enkf import kalman_factors
 from .failure import NonfinitePolicy
 from .inflation import InflationConfig, check_inflation
 from .linalg import apply_low_rank_
-from .schedulers import MisfitClock, OnTerminate, SchedulerName, data_misfits, scheduler_from_config
+from .schedulers import MisfitClock, OnTerminate, Scheduled, SchedulerName, data_misfits, scheduler_from_config
 
 
 # -- pure functions ----------------------------------------------------------------------------
@@ -322,7 +322,7 @@ class EKIConfig:
         check_inflation(opt.inflation)
 
 
-class EKI(EnsembleMethod):
+class EKI(Scheduled, EnsembleMethod):
     """``optimizer=eki``: (1) with optional Nesterov momentum (MEKI) and randomisation (R).
 
     Evaluated networks: the ensemble mean (metric ``test_error``) and the best member, the one
@@ -350,18 +350,6 @@ class EKI(EnsembleMethod):
         self.form = resolve_update(opt.get("update_form", "auto"), self.scheduler.name)
         self.gamma = float(opt.get("gamma", 1.0))
         self.batch_clock = name_of(opt.get("misfit_clock", "run")) == "batch"
-
-    @property
-    def finished(self) -> bool:
-        """The data-misfit controller reached T with on_terminate=stop (never with the per-batch clock)."""
-        return self.scheduler.finished and not self.batch_clock
-
-    @property
-    def finish_reason(self) -> str:
-        if not self.finished:
-            return ""
-        return (f"the data-misfit controller reached its terminal time T = {self.scheduler.terminate_at:g} "
-                f"after {self.scheduler.iteration} steps (optimizer.on_terminate=stop)")
 
     def _update(self, U: torch.Tensor, G: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         """One step on the rows U with outputs G: the scheduler's step h, then (1) (euler) or the

@@ -74,7 +74,7 @@ from .eki import eki_frobenius
 from .failure import NonfinitePolicy
 from .inflation import InflationConfig, check_inflation
 from .linalg import apply_low_rank_
-from .schedulers import MisfitClock, OnTerminate, SchedulerName, data_misfits, scheduler_from_config
+from .schedulers import MisfitClock, OnTerminate, Scheduled, SchedulerName, data_misfits, scheduler_from_config
 
 
 def _sqrt_minus_one(s: torch.Tensor) -> torch.Tensor:
@@ -190,7 +190,7 @@ class ETKIConfig:
         check_inflation(opt.inflation)
 
 
-class ETKI(EnsembleMethod):
+class ETKI(Scheduled, EnsembleMethod):
     """``optimizer=etki`` (module docstring): one ETKI step per mini-batch with the scheduler's dt."""
 
     def __init__(self, cfg, model, forward, generator: torch.Generator, device: torch.device):
@@ -202,18 +202,6 @@ class ETKI(EnsembleMethod):
         self.scheduler = scheduler_from_config(opt)
         self.batch_clock = name_of(opt.misfit_clock) == "batch"
         self.last: dict[str, float] = {}
-
-    @property
-    def finished(self) -> bool:
-        """The data-misfit controller reached T with on_terminate=stop (never with the per-batch clock)."""
-        return self.scheduler.finished and not self.batch_clock
-
-    @property
-    def finish_reason(self) -> str:
-        if not self.finished:
-            return ""
-        return (f"the data-misfit controller reached its terminal time T = {self.scheduler.terminate_at:g} "
-                f"after {self.scheduler.iteration} steps (optimizer.on_terminate=stop)")
 
     def _update(self, U: torch.Tensor, G: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         J = G.shape[0]

@@ -303,3 +303,21 @@ def scheduler_from_config(opt) -> StepScheduler:
     if name == "fixed":
         return FixedStep(float(get("dt", 1.0)))
     return DataMisfitController(float(get("terminate_at", 1.0)), str(get("on_terminate", "stop")))
+
+
+class Scheduled:
+    """What a method driven by a step scheduler (``self.scheduler``; ``self.batch_clock`` when the
+    data-misfit controller's clock restarts every batch) tells the training loop: whether it is
+    finished, and why."""
+
+    @property
+    def finished(self) -> bool:
+        """The data-misfit controller reached T with on_terminate=stop (never with the per-batch clock)."""
+        return self.scheduler.finished and not self.batch_clock
+
+    @property
+    def finish_reason(self) -> str:
+        if not self.finished:
+            return ""
+        return (f"the data-misfit controller reached its terminal time T = {self.scheduler.terminate_at:g} "
+                f"after {self.scheduler.iteration} steps (optimizer.on_terminate=stop)")
