@@ -109,9 +109,13 @@ def test_settling_claims_hold_and_fail():
     evidence, holds = fig6(moving, None)
     # x(1) = 0.49008, its 181-200 average 0.49 + 8e-5 x 190.5: early 0.0152; later block means
     # 210.5 ... 490.5: 280 x 8e-5 = 0.0224 > max(0.25 x 0.0152, 0.01)
-    assert holds is True and "moved 0.015 by it 200, 0.022 after" in evidence
+    assert holds is True and "moved 0.015 by it 200 of 500, 0.022 after" in evidence
+    # a shorter run (one epoch of a smaller training set) is judged at the same fraction of it:
+    # 300 iterations -> by iteration 60 (200 / 938 of the run, in whole 20-iteration blocks)
     evidence, holds = fig6(one_epoch_frame(drifting, n=300), None)
-    assert holds is None and "needs 400" in evidence
+    assert holds is True and "by it 60 of 300" in evidence
+    evidence, holds = fig6(one_epoch_frame(drifting, n=30), None)
+    assert holds is None and "30 iterations logged, too few to judge settling by iteration 20" in evidence
 
 
 def test_no_learning_claims():

@@ -18,7 +18,8 @@ import pandas as pd
 from .draw import metric
 
 LEARNED = 80.0      # test error (%) below which a run counts as learning (chance is 90 %)
-SETTLE_IT = 200     # "saturation by ~200 iterations" (Figure 3)
+SETTLE_IT = 200     # "saturation by ~200 iterations" (Figure 3) of the paper's 938-iteration epoch
+EPOCH_IT = 938      # iterations of the paper's one-epoch runs (60000 / 64)
 BLOCK = 20          # iterations per block mean when judging whether a statistic still moves
 SETTLE_RATIO = 0.25  # settled: the later drift is at most this fraction of the early change ...
 SETTLE_ABS = 0.01    # ... or at most this much (activations lie in [0, 1])
@@ -234,7 +235,7 @@ def m_final_error(opt: str | None = None, sigma: float | None = None):
         if err.empty:
             return None
         last = err.sort_values("iteration").groupby("run_dir").tail(1)
-        return float(last["value"].mean()), f"epoch {last['epoch'].max():g}"
+        return float(last["value"].mean()), f"epoch {last['pass'].max():g}"
 
     return f
 
@@ -290,11 +291,11 @@ def c_no_learning(opt: str | None = None, sigma: float | None = None, every: boo
             best = err.groupby("run_dir")["value"].min()
             at = err.loc[err.groupby("run_dir")["value"].idxmin(), "pass"]
             text = (f"{series_name(opt, sigma)}: lowest test error {best.min():.1f} % (epoch "
-                    f"{', '.join(f'{e:g}' for e in at)} of {err['epoch'].max():g}); learning means < {LEARNED:g} %")
+                    f"{', '.join(f'{e:g}' for e in at)} of {err['pass'].max():g}); learning means < {LEARNED:g} %")
             return text, bool(best.min() >= LEARNED)
         last = err.sort_values("iteration").groupby("run_dir").tail(1)
         text = (f"{series_name(opt, sigma)}: final test error {last['value'].mean():.1f} % at epoch "
-                f"{last['epoch'].max():g} (mean of {len(last)} run{'s' if len(last) > 1 else ''}); "
+                f"{last['pass'].max():g} (mean of {len(last)} run{'s' if len(last) > 1 else ''}); "
                 f"learning means < {LEARNED:g} %")
         return text, bool(last["value"].mean() >= LEARNED)
 
@@ -347,7 +348,7 @@ def c_learns_sooner(opt: str, fast: float, slow: float):
             return ", ".join("never" if e is None else f"epoch {e:g}" for e in f)
 
         text = (f"first test error < {LEARNED:g} %: {series_name(opt, fast)} {show(fa)}, "
-                f"{series_name(opt, slow)} {show(fb)} of {a['epoch'].max():g}")
+                f"{series_name(opt, slow)} {show(fb)} of {a['pass'].max():g}")
         if any(e is None for e in fa):
             return text, False
         if any(e is None for e in fb):
@@ -375,23 +376,35 @@ def settled(early: float, late: float) -> bool:
     return late <= max(SETTLE_RATIO * early, SETTLE_ABS)
 
 
-SETTLE_RULE = (f"settled = the range of {BLOCK}-iteration means after iteration {SETTLE_IT} is at most "
+SETTLE_RULE = (f"settled = the range of {BLOCK}-iteration means after that iteration is at most "
                f"{SETTLE_RATIO:g} x the change up to it, or at most {SETTLE_ABS:g}")
 
 
+def settle_point(iterations: int) -> int:
+    """The iteration by which a statistic is judged settled: SETTLE_IT, or in a run shorter than
+    2 x SETTLE_IT (a smaller training set, e.g. one 125-iteration epoch of the 8,000-image proxy)
+    the same fraction of it, SETTLE_IT / EPOCH_IT, rounded to whole blocks (at least one)."""
+    if iterations >= 2 * SETTLE_IT:
+        return SETTLE_IT
+    return max(BLOCK, int(round(iterations * SETTLE_IT / EPOCH_IT / BLOCK)) * BLOCK)
+
+
 def c_settle(stats: tuple[tuple[str, int], ...], expect: bool):
-    """The per-iteration statistics (name, layer) all settle by iteration SETTLE_IT (``expect``
-    True) or none of them does (False); see :func:`drift`."""
+    """The per-iteration statistics (name, layer) all settle by iteration SETTLE_IT (the same
+    fraction of a shorter run: :func:`settle_point`) (``expect`` True) or none of them does
+    (False); see :func:`drift`."""
     def check(df, cfg):
         parts, verdicts = [], []
         for name, layer in stats:
-            d = drift(seed_mean(layer_rows(df, name, layer)))
+            series = seed_mean(layer_rows(df, name, layer))
+            n = int(series.index.max()) if not series.empty else 0
+            at = settle_point(n)
+            d = drift(series, at)
             if d is None:
-                n = layer_rows(df, name, layer)["iteration"].max()
-                return (f"layer {layer} {name}: {n if pd.notna(n) else 0:g} iterations logged, needs "
-                        f"{2 * SETTLE_IT} to judge settling by iteration {SETTLE_IT}"), None
+                return (f"layer {layer} {name}: {n} iterations logged, too few to judge settling by iteration "
+                        f"{at}"), None
             verdicts.append(settled(*d))
-            parts.append(f"layer {layer} {name.replace('act_', '')} moved {d[0]:.3f} by it {SETTLE_IT}, "
+            parts.append(f"layer {layer} {name.replace('act_', '')} moved {d[0]:.3f} by it {at} of {n}, "
                          f"{d[1]:.3f} after")
         holds = all(verdicts) if expect else not any(verdicts)
         return "; ".join(parts) + f" ({SETTLE_RULE})", holds
