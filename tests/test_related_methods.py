@@ -278,12 +278,10 @@ def test_layer_blocks_of_the_mlp():
     assert s1 == pytest.approx(math.sqrt(2 / (784 + 128))) and s2 == pytest.approx(math.sqrt(2 / 138))
 
 
-def test_ienk_update_is_a_scaled_gradient_step():
-    """sum_k dW_k c_k = sigma^2 grad_W [-<y, log(p + delta)>] + O(sigma^3) when the K perturbations
-    are sigma times the coordinate directions (K = P): the thesis's step is a derivative-free
-    gradient step (float64, one-hidden-layer net, one sample)."""
+def gradient_step_problem():
+    """dnn2 with 2 hidden units, float64, one sample, and the K = P coordinate perturbations of size
+    sigma = 1e-6: the setting in which an IEnK step is sigma^2 times a gradient step."""
     model = dense("dnn2", [2])
-    blocks = layer_blocks(model)
     g = torch.Generator().manual_seed(0)
     theta = model.init(1, OmegaConf.create({"scheme": "glorot", "sigma": 0.1}), g, dtype=F64)[0]
     theta[model.num_params - 10:] = 0.1 * torch.randn(10, generator=g, dtype=F64)
@@ -291,6 +289,15 @@ def test_ienk_update_is_a_scaled_gradient_step():
     y = torch.nn.functional.one_hot(torch.tensor([3]), 10).to(F64)
     sigma = 1e-6
     noise = sigma * torch.eye(model.num_params, dtype=F64)
+    return model, theta, x, y, sigma, noise
+
+
+def test_ienk_update_is_a_scaled_gradient_step():
+    """sum_k dW_k c_k = sigma^2 grad_W [-<y, log(p + delta)>] + O(sigma^3) when the K perturbations
+    are sigma times the coordinate directions (K = P): the thesis's step is a derivative-free
+    gradient step (float64, one-hidden-layer net, one sample)."""
+    model, theta, x, y, sigma, noise = gradient_step_problem()
+    blocks = layer_blocks(model)
     p = torch.softmax(EnsembleForward(model, chunk_size=4096)(perturbed_members(theta, noise, blocks), x), -1)
     c = ienk_coefficients(p[1:], p[0], y)
     step = ienk_update_(torch.zeros_like(theta), noise, c, blocks, lr=1.0)   # = -sum_k dW_k c_k
@@ -510,14 +517,7 @@ def test_ienk_joint_update_is_a_scaled_gradient_step():
     gradient (as for per_layer, test_ienk_update_is_a_scaled_gradient_step)."""
     from enkf_repro.optim.ienk import ienk_joint_update_, joint_members
 
-    model = dense("dnn2", [2])
-    g = torch.Generator().manual_seed(0)
-    theta = model.init(1, OmegaConf.create({"scheme": "glorot", "sigma": 0.1}), g, dtype=F64)[0]
-    theta[model.num_params - 10:] = 0.1 * torch.randn(10, generator=g, dtype=F64)
-    x = torch.rand(1, 1, 28, 28, generator=g, dtype=F64)
-    y = torch.nn.functional.one_hot(torch.tensor([3]), 10).to(F64)
-    sigma = 1e-6
-    noise = sigma * torch.eye(model.num_params, dtype=F64)
+    model, theta, x, y, sigma, noise = gradient_step_problem()
     p = torch.softmax(EnsembleForward(model, chunk_size=4096)(joint_members(theta, noise), x), -1)
     step = ienk_joint_update_(torch.zeros_like(theta), noise, ienk_coefficients(p[1:], p[0], y), lr=1.0)
     assert_step_is_scaled_gradient(model, theta, x, y, step, sigma)
