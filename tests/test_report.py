@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 
+import torch
 from PIL import Image
 
 from enkf_repro.experiments import get_figure
+from enkf_repro.runs.cost import describe
 
 # Two figures at smoke scale, shrunk further so the test takes seconds: Figure 2 (drawn) and a
 # tiny Figure 8. `++` because Figure 2's config has no per-scale run overrides to override.
@@ -51,6 +53,9 @@ def test_reproduce_two_figures_writes_report_then_reruns_without_training(cli, s
     assert all(c[2] and c[3] in ("yes", "**no**", "not decided") for c in claims)
     activations = next(c for c in claims if c[1].startswith("Logistic and ReLU"))
     assert re.match(r"final test error at J=6: logistic [\d.]+ %, ReLU [\d.]+ %, tanh [\d.]+ %", activations[2])
+    # each figure's runs name the machine that trained them (a report may mix CPU and GPU runs)
+    assert "4 runs (4 finished), " in report
+    assert re.search(r"min of training in total on " + re.escape(describe(torch.device("cpu"))), report)
     for png in ("fig2/fig2.png", "fig8/fig8.png"):
         assert f"]({png})" in report
         with Image.open(tmp_path / "smoke" / png) as im:

@@ -327,17 +327,24 @@ def write_report(out: Path, scale: str, figs, plans, plotted, measured, judged, 
         if specs:
             done = sum((s.dir / "done.json").exists() for s in specs)
             secs = sum(_elapsed(s) for s in specs)
-            lines += [f"{len(specs)} runs ({done} finished), {secs / 60:.1f} min of training in total. "
+            machines = sorted({m for s in specs if (m := _summary(s).get("machine"))})
+            where = f" on {' and '.join(machines)}" if machines else ""
+            lines += [f"{len(specs)} runs ({done} finished), {secs / 60:.1f} min of training in total{where}. "
                       f"Rerun: `enkf-repro run figure={fig.id} scale={scale}` (plus the overrides above).", ""]
     path = out / "REPORT.md"
     path.write_text("\n".join(lines))
     return path
 
 
-def _elapsed(spec) -> float:
+def _summary(spec) -> dict:
+    """The run's done.json ({} while it is unfinished or unreadable)."""
     import json
 
     try:
-        return float(json.loads((spec.dir / "done.json").read_text()).get("elapsed_s", 0.0))
+        return json.loads((spec.dir / "done.json").read_text())
     except (OSError, ValueError):
-        return 0.0
+        return {}
+
+
+def _elapsed(spec) -> float:
+    return float(_summary(spec).get("elapsed_s", 0.0))

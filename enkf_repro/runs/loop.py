@@ -37,6 +37,7 @@ from ..models.registry import build_model
 from ..optim.adaptive import make_schedule
 from ..optim.base import get_method
 from ..optim.distributed_enkf import Comm, DistributedEnKF, LocalComm
+from .cost import describe
 from .progress import progress
 from .rundir import RunDir
 
@@ -177,7 +178,7 @@ def train_run(cfg, rd: RunDir, label: str = "", comm: Comm | None = None, *, dat
         bar.close()
         method.close()
     summary = {"iterations": st.iteration, "batches": st.batch, "device": str(device),
-               "method": name_of(cfg.optimizer.name)}
+               "machine": f"{describe(device)}, torch {torch.__version__}", "method": name_of(cfg.optimizer.name)}
     if method.finished:
         summary["stopped_early"] = method.finish_reason
     return summary
