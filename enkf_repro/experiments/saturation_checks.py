@@ -2,9 +2,14 @@
 of the saturation study, the paper's numbers as measures (``PaperNumber``) and its findings as
 checks (``Claim``). saturation.py draws the figures and registers them with these.
 
-Runs of these figures are shorter at smoke scale (fewer epochs, fewer batches), so a statement
-about "epoch 10 of 50" is read at the same fraction of each run (0.2 of its epochs), and every
-check compares quantities within the run (early against late, one series against another).
+Where the paper says "epoch 10 of 50" of its 60,000-image MNIST, the test-error numbers and checks
+place each evaluation on the paper's 50 epochs (``paper_epoch``): at paper scale by the training
+images seen (iteration x batch / 60,000, so on the 8,000-image proxy one epoch is 0.133 of the
+paper's and a 50-epoch run reaches the paper's epoch 6.7; a point beyond the run is reported as
+such); at smoke scale, where the runs are shortened to a few batches per epoch, at the same
+fraction of the run (0.2 of its epochs). The activation and gradient statistics of Figures 4 and 7
+are read per epoch of the run's own data at the same fraction of the run. Every check compares
+quantities within the run (early against late, one series against another).
 The rows are those of optim/instrument.py (its docstring is the CSV contract).
 """
 
@@ -15,6 +20,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from ..config.schema import name_of
 from .draw import metric
 
 LEARNED = 80.0      # test error (%) below which a run counts as learning (chance is 90 %)
@@ -24,6 +30,8 @@ BLOCK = 20          # iterations per block mean when judging whether a statistic
 SETTLE_RATIO = 0.25  # settled: the later drift is at most this fraction of the early change ...
 SETTLE_ABS = 0.01    # ... or at most this much (activations lie in [0, 1])
 LABELS = {"sgd": "SGD", "adam": "Adam"}
+PAPER_EPOCHS = 50     # length of the paper's Figure 4, 5 and 7 runs
+PAPER_IMAGES = 60000  # training images in one of the paper's epochs (MNIST)
 
 
 # -- rows ------------------------------------------------------------------------------------
@@ -167,25 +175,50 @@ def series_name(opt: str | None, sigma: float | None) -> str:
     return f"{name} sigma={sigma:g}" if sigma is not None else name
 
 
-def error_at(err: pd.DataFrame, fraction: float) -> tuple[float, float, float] | None:
-    """(error, epoch, run epochs) at each run's evaluation nearest ``fraction`` of its epochs,
-    averaged over runs."""
+def by_images(cfg) -> bool:
+    """Place runs on the paper's epochs by training images seen (paper scale) rather than by the
+    fraction of the run (smoke scale, or no config)."""
+    return cfg is not None and name_of(cfg.scale.name) == "paper"
+
+
+def paper_epoch(err: pd.DataFrame, cfg) -> pd.Series:
+    """Each row's position on the paper's 50 epochs (module docstring)."""
+    if by_images(cfg):
+        return pd.to_numeric(err["iteration"]) * int(cfg.train.batch_size) / PAPER_IMAGES
+    passes = pd.to_numeric(err["pass"])
+    return passes / passes.groupby(err["run_dir"]).transform("max") * PAPER_EPOCHS
+
+
+def where_read(p: float, n: float, pe: float, cfg) -> str:
+    """"epoch p of n", with its place among the paper's epochs when that is not the same fraction."""
+    return f"epoch {p:g} of {n:g}" + (f" = {pe:.2g} of the paper's epochs by images seen" if by_images(cfg) else "")
+
+
+def error_at(err: pd.DataFrame, cfg, at: float) -> tuple[float, float, float, float, bool] | None:
+    """At each run's evaluation nearest the paper's epoch ``at``, averaged over runs: (error, epoch,
+    run epochs, paper epoch, reached) where ``reached`` says whether every run got that far (at
+    images-seen placement a run on a smaller dataset may end before it; then its last evaluation)."""
     if err.empty:
         return None
-    vals = []
+    err = err.assign(pe=paper_epoch(err, cfg))
+    vals, reached = [], True
     for _, run in err.groupby("run_dir"):
-        epochs = run["pass"].max()
-        row = run.loc[(run["pass"] - fraction * epochs).abs().idxmin()]
-        vals.append((float(row["value"]), float(row["pass"]), float(epochs)))
-    return tuple(float(np.mean(v)) for v in zip(*vals))
+        row = run.loc[(run["pe"] - at).abs().idxmin()]
+        reached &= bool(run["pe"].max() >= at * 0.95)
+        vals.append((float(row["value"]), float(row["pass"]), float(run["pass"].max()), float(row["pe"])))
+    return (*(float(np.mean(v)) for v in zip(*vals)), reached)
 
 
-def first_learning(err: pd.DataFrame) -> list[tuple[float | None, float]]:
-    """Per run: (epoch of the first evaluation with test error < LEARNED or None, run epochs)."""
+def first_learning(err: pd.DataFrame, cfg=None) -> list[tuple[float | None, float, float | None, float]]:
+    """Per run: (epoch of the first evaluation with test error < LEARNED or None, run epochs, the
+    same as the paper's epoch or None, the paper's epoch the run ends at)."""
+    err = err.assign(pe=paper_epoch(err, cfg))
     out = []
     for _, run in err.groupby("run_dir"):
-        below = run.loc[run["value"] < LEARNED, "pass"]
-        out.append((float(below.min()) if not below.empty else None, float(run["pass"].max())))
+        below = run[run["value"] < LEARNED].sort_values("iteration")
+        first = below.iloc[0] if not below.empty else None
+        out.append((None if first is None else float(first["pass"]), float(run["pass"].max()),
+                    None if first is None else float(first["pe"]), float(run["pe"].max())))
     return out
 
 
@@ -240,31 +273,34 @@ def m_final_error(opt: str | None = None, sigma: float | None = None):
     return f
 
 
-def m_error_at(opt: str | None, sigma: float | None, fraction: float):
+def m_error_at(opt: str | None, sigma: float | None, at: float):
+    """Test error at the paper's epoch ``at`` (error_at)."""
     def f(df, cfg):
-        r = error_at(errors(df, opt, sigma), fraction)
-        return None if r is None else (r[0], f"epoch {r[1]:g} of {r[2]:g}")
+        r = error_at(errors(df, opt, sigma), cfg, at)
+        if r is None:
+            return None
+        return r[0], where_read(*r[1:4], cfg) + ("" if r[4] else f"; the run ends before epoch {at:g}")
 
     return f
 
 
-def m_accuracy_at(opt: str, sigma: float, fraction: float):
+def m_accuracy_at(opt: str, sigma: float, at: float):
     def f(df, cfg):
-        r = error_at(errors(df, opt, sigma), fraction)
-        return None if r is None else (100.0 - r[0], f"epoch {r[1]:g} of {r[2]:g}")
+        r = m_error_at(opt, sigma, at)(df, cfg)
+        return None if r is None else (100.0 - r[0], r[1])
 
     return f
 
 
 def m_learning_epoch(opt: str | None, sigma: float | None):
-    """The first evaluation with test error < LEARNED, as the epoch of a 50-epoch run (the run's
-    fraction x 50), mean over the runs that learn; None if none does."""
+    """The first evaluation with test error < LEARNED as the paper's epoch (paper_epoch), mean
+    over the runs that learn; None if none does."""
     def f(df, cfg):
-        firsts = [(e, n) for e, n in first_learning(errors(df, opt, sigma)) if e is not None]
+        firsts = [r for r in first_learning(errors(df, opt, sigma), cfg) if r[0] is not None]
         if not firsts:
             return None
-        scaled = float(np.mean([e / n * 50 for e, n in firsts]))
-        return scaled, "epoch " + ", ".join(f"{e:g} of {n:g}" for e, n in firsts)
+        return (float(np.mean([pe for _, _, pe, _ in firsts])),
+                "; ".join(where_read(e, n, pe, cfg) for e, n, pe, _ in firsts))
 
     return f
 
@@ -302,35 +338,48 @@ def c_no_learning(opt: str | None = None, sigma: float | None = None, every: boo
     return check
 
 
-def c_accuracy_by(opt: str, sigma: float, fraction: float, accuracy: float):
-    """Learns fast: test accuracy > ``accuracy`` % at ``fraction`` of the run."""
+def c_accuracy_by(opt: str, sigma: float, at: float, accuracy: float):
+    """Learns fast: test accuracy > ``accuracy`` % at the paper's epoch ``at``; a run that ends
+    before it holds when it is already above, and is not decided otherwise."""
     def check(df, cfg):
-        r = error_at(errors(df, opt, sigma), fraction)
+        r = error_at(errors(df, opt, sigma), cfg, at)
         if r is None:
             return f"no test-error rows of {series_name(opt, sigma)}", None
         acc = 100.0 - r[0]
-        return (f"{series_name(opt, sigma)}: test accuracy {acc:.1f} % at epoch {r[1]:g} of {r[2]:g} "
-                f"(the {fraction * 50:g}/50 point); needs > {accuracy:g} %"), bool(acc > accuracy)
+        point = f"the {at:g}/{PAPER_EPOCHS} point"
+        if not r[4]:
+            point += ", which lies beyond this run: its last evaluation"
+        text = f"{series_name(opt, sigma)}: test accuracy {acc:.1f} % at {where_read(*r[1:4], cfg)} ({point}); " \
+               f"needs > {accuracy:g} %"
+        return text, bool(acc > accuracy) if r[4] or acc > accuracy else None
 
     return check
 
 
 def c_learns_late(opt: str, sigma: float, after: float):
-    """Learns only late: test error >= LEARNED at every evaluation up to ``after`` x the run's
-    epochs and < LEARNED at some later one."""
+    """Learns only late: test error >= LEARNED at every evaluation up to the paper's epoch
+    ``after`` and < LEARNED at some later one (not decided when the run ends before ``after``
+    without having learned)."""
     def check(df, cfg):
         err = errors(df, opt, sigma)
-        firsts = first_learning(err)
-        if not firsts:
+        if err.empty:
             return f"no test-error rows of {series_name(opt, sigma)}", None
+        firsts = first_learning(err, cfg)
         name = series_name(opt, sigma)
-        bound = ", ".join(f"{after * n:g} of {n:g}" for _, n in firsts)
-        if any(e is None for e, _ in firsts):
-            text = f"{name}: test error never below {LEARNED:g} % (needs to, after epoch {bound})"
+        if by_images(cfg):
+            bound = f"the paper's epoch {after:g} by images seen"
+        else:
+            bound = "epoch " + ", ".join(f"{after / PAPER_EPOCHS * n:g} of {n:g}" for _, n, _, _ in firsts)
+        if any(e is None for e, *_ in firsts):
+            ends = max(end for *_, end in firsts)
+            text = f"{name}: test error never below {LEARNED:g} % (needs to, after {bound})"
+            if ends < after * 0.95:
+                return text + f"; the run ends at the paper's epoch {ends:.2g}", None
             return text, (False if finished(df) else None)
-        when = ", ".join(f"{e:g} of {n:g} (= {e / n * 50:.1f} of 50)" for e, n in firsts)
-        holds = all(e > after * n + 1e-9 for e, n in firsts)
-        return f"{name}: first test error < {LEARNED:g} % at epoch {when}; needs to be after epoch {bound}", holds
+        paper = "the paper's epoch {:.2g} by images seen" if by_images(cfg) else "{:.1f} of %d" % PAPER_EPOCHS
+        when = ", ".join(f"{e:g} of {n:g} (= {paper.format(pe)})" for e, n, pe, _ in firsts)
+        holds = all(pe > after + 1e-9 for _, _, pe, _ in firsts)
+        return f"{name}: first test error < {LEARNED:g} % at epoch {when}; needs to be after {bound}", holds
 
     return check
 
@@ -341,8 +390,8 @@ def c_learns_sooner(opt: str, fast: float, slow: float):
         a, b = errors(df, opt, fast), errors(df, opt, slow)
         if a.empty or b.empty:
             return f"needs both {series_name(opt, fast)} and {series_name(opt, slow)}", None
-        fa = [e for e, _ in first_learning(a)]
-        fb = [e for e, _ in first_learning(b)]
+        fa = [e for e, *_ in first_learning(a, cfg)]
+        fb = [e for e, *_ in first_learning(b, cfg)]
 
         def show(f):
             return ", ".join("never" if e is None else f"epoch {e:g}" for e in f)
