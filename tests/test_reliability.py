@@ -273,6 +273,22 @@ def _in_process_run(root: Path, out: Path, extra=()):
     return spec
 
 
+def test_nonfinite_rows_and_members():
+    from enkf_repro.optim.failure import nonfinite_members, nonfinite_rows
+
+    U = torch.randn(6, 1000)
+    U[1, 7] = float("nan")
+    U[2, 999] = float("inf")
+    U[3, 0] = -float("inf")
+    U[4, 3], U[4, 5] = float("inf"), -float("inf")     # sum inf - inf = nan
+    assert nonfinite_rows(U).tolist() == [False, True, True, True, True, False]
+    assert nonfinite_rows(U.double()).tolist() == [False, True, True, True, True, False]
+    G = torch.randn(6, 4, 10)
+    G[5, 2, 3] = float("nan")
+    assert nonfinite_members(G).tolist() == [False] * 5 + [True]
+    assert nonfinite_members(G, U).tolist() == [False] + [True] * 5
+
+
 def test_nonfinite_members_are_redrawn_and_counted(synthetic_root, tmp_path, monkeypatch):
     """Outputs of members 0 and 5 become NaN at every 10th forward: the update uses the finite
     members only (their rows equal an update of the finite sub-ensemble) and the bad members are

@@ -51,6 +51,7 @@ import torch.distributed as dist
 
 from ..errors import ConfigError, DivergenceError
 from .enkf import EnKF, kalman_factors
+from .failure import nonfinite_rows
 from .linalg import BLOCK_ELEMENTS
 
 # Methods that can run over several processes.
@@ -279,7 +280,7 @@ class DistributedEnKF(EnKF):
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         comm, rank = self.comm, self.comm.rank
         G_k = self.forward(self.U, x)                                  # my members' outputs (J_k, B, C)
-        bad_u = ~torch.isfinite(self.U).all(1)
+        bad_u = nonfinite_rows(self.U)
         if bool(bad_u.any()):
             G_k[bad_u] = float("nan")                                  # so every rank sees them as bad
         G = comm.all_gather_rows(G_k, self.counts)                     # (J, B, C) on every rank
