@@ -377,3 +377,18 @@ def test_custom_models_run_in_figures(cli, synthetic_root, tmp_path):
     runs = sorted((out / "smoke" / "fig8").iterdir())
     assert len(runs) >= 2 and all((r / "done.json").is_file() for r in runs)
     assert math.isfinite(float(json.loads((runs[0] / "done.json").read_text())["iterations"]))
+
+
+def test_params_pt_holds_each_network_alone(cli, synthetic_root, tmp_path):
+    """EKI's best member is a row of the ensemble: params.pt stores it as a P-vector, not the view
+    that would drag the whole J x P ensemble into the file."""
+    out = tmp_path / "out"
+    cli("run", "optimizer=eki", "model=dnn2", "optimizer.ensemble_size=40", "train.max_batches=2",
+        f"dataset.root={synthetic_root}", "scale=smoke", f"out_dir={out}", "progress=false", check=True)
+    (run,) = (out / "smoke" / "runs").iterdir()
+    saved = torch.load(run / "params.pt", weights_only=False)
+    assert set(saved["params"]) == {"", "best"}
+    for theta in saved["params"].values():
+        assert theta.dim() == 1
+        assert theta.untyped_storage().nbytes() == theta.numel() * theta.element_size()
+    assert (run / "params.pt").stat().st_size < 3 * 2 * saved["params"][""].numel() * 4

@@ -122,9 +122,12 @@ def train_run(cfg, rd: RunDir, label: str = "", comm: Comm | None = None, *, dat
                 "pass": batches.pass_of(progress_at()), "elapsed_s": round(rd.elapsed(), 3)}
         rd.log({**head, **row} for row in rows)
 
+    evaluated: dict[str, Any] = {}   # the networks of the last evaluation and its iteration
+
     def evaluate(last_step: dict[str, Any]) -> None:
         rows = []
-        for suffix, theta in method.eval_params().items():
+        evaluated.update(iteration=st.iteration, params=method.eval_params())
+        for suffix, theta in evaluated["params"].items():
             err, loss = model.evaluate(theta, data.test_x, data.test_y, eval_bs)
             if not math.isfinite(err):
                 raise DivergenceError("test error is not finite")
@@ -173,7 +176,9 @@ def train_run(cfg, rd: RunDir, label: str = "", comm: Comm | None = None, *, dat
                     rd.stop_if_requested(state)
                     if st.rep == 0:
                         break
-        rd.save_params({k: v.detach().cpu() for k, v in method.eval_params().items()}, st.iteration)
+        # the networks just evaluated (EKI's best member costs a forward of the ensemble to find)
+        params = evaluated["params"] if evaluated.get("iteration") == st.iteration else method.eval_params()
+        rd.save_params(params, st.iteration)
     finally:
         bar.close()
         method.close()

@@ -137,8 +137,11 @@ class RunDir:
 
     def save_params(self, params: Mapping[str, torch.Tensor], iteration: int) -> None:
         """``params.pt``: {"params": {suffix: flat theta (P,)}, "iteration": n}, the networks the
-        method evaluates ("" the ensemble mean or the trained network, "best", ...)."""
-        save_atomic({"params": dict(params), "iteration": int(iteration)}, self.path / PARAMS_FILE)
+        method evaluates ("" the ensemble mean or the trained network, "best", ...). Each is saved
+        as its own compact CPU copy: a member's row is a view of the ensemble, and saving the view
+        would write the whole J x P storage."""
+        compact = {k: v.detach().to("cpu").clone() for k, v in params.items()}
+        save_atomic({"params": compact, "iteration": int(iteration)}, self.path / PARAMS_FILE)
 
     def stop_if_requested(self, state_fn) -> None:
         """Called once per iteration: on SIGINT/SIGTERM (on any rank) checkpoint and raise Interrupted;
