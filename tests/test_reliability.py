@@ -371,6 +371,17 @@ def test_diverged_run_exits_3_with_message(cli, synthetic_root, tmp_path):
     assert proc.returncode == 3, proc.stderr
     assert "diverged" in proc.stderr and "Traceback" not in proc.stderr
     assert _csv(tmp_path).exists()
+    # the same command again reports the divergence (exit 3) without training or calling it finished
+    stamp = _csv(tmp_path).stat().st_mtime_ns
+    again = cli("run", *RUN, "model.activation=relu", "init.sigma=1e20", f"out_dir={tmp_path}",
+                env=_env(synthetic_root))
+    assert again.returncode == 3 and "diverged" in again.stderr and "already finished" not in again.stderr
+    assert _csv(tmp_path).stat().st_mtime_ns == stamp
+    from enkf_repro import read_runs
+    from enkf_repro.runs.results import run_state
+
+    assert not read_runs(tmp_path)["finished"].any()
+    assert run_state(_csv(tmp_path).parent) == "diverged" and run_state(tmp_path) == "unfinished"
 
 
 def test_divergence_error_is_an_enkf_repro_error():

@@ -34,7 +34,8 @@ from ..experiments.draw import differences_from_paper
 from ..runs import budget
 from ..runs.cost import describe, estimate_flops, estimate_seconds, measured_rate
 from ..runs.progress import duration
-from ..runs.results import figure_dir, read_metrics
+from ..runs.results import figure_dir, read_metrics, run_state, write_text_atomic
+from ..runs.rundir import RunBusy
 from ..runs.runner import check_runs, plan, run_one
 from .render import plot_figure
 
@@ -128,6 +129,9 @@ def reproduce_main(args: list[str]) -> int:
             if budget.expired():
                 raise budget.BudgetSpent("time budget spent")
             status = run_one(spec)
+        except RunBusy as e:   # another process is training this run: leave it to that one
+            _say(f"[{i}/{len(pending)}] fig {spec.figure} {spec.label} seed={spec.seed}: skipped, {e}")
+            continue
         except budget.BudgetSpent as e:
             left = sum(not (s.dir / "done.json").exists() for s in pending[i - 1:])
             _say(f"{e}; {left} run{'s' if left != 1 else ''} left: rerun the same command to continue "
@@ -150,6 +154,7 @@ def reproduce_main(args: list[str]) -> int:
         except Exception as e:  # a figure without runs must not hide the others
             plotted[fig.id] = e
         rows = _rows(plans[fig.id])
+        rows = rows[rows["finished"]] if not rows.empty else rows   # a run cut short says nothing yet
         measured[fig.id] = _measure(fig, cfg, plans[fig.id], rows)
         judged[fig.id] = _judge(fig, cfg, rows)
     out = Path(compose(overrides).out_dir) / scale
@@ -192,7 +197,7 @@ def _rows(specs):
         if csv.exists():
             df = read_metrics(csv)
             df["run_dir"] = str(s.dir)
-            df["finished"] = (s.dir / "done.json").exists()
+            df["finished"] = run_state(s.dir) == "finished"
             frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -277,7 +282,9 @@ def write_report(out: Path, scale: str, figs, plans, plotted, measured, judged, 
         lines += ["**Smoke scale**: the paper's protocol with smaller ensembles, fewer batches, a test subset "
                   "and fewer seeds, so every figure runs in minutes on a CPU. The numbers show the effects, "
                   "not the paper's values: expect larger errors than the paper reports.", ""]
-    datasets = sorted({name_of(s.cfg.dataset.name) + (" (t10k split 8000/2000)" if s.cfg.dataset.test_only else "")
+    datasets = sorted({name_of(s.cfg.dataset.name) + (f" (t10k split {s.cfg.dataset.test_only_train_size}/"
+                                                      f"{10000 - s.cfg.dataset.test_only_train_size})"
+                                                      if s.cfg.dataset.test_only else "")
                        for specs in plans.values() for s in specs})
     if datasets:
         lines += [f"Datasets used: {', '.join(datasets)}.", ""]
@@ -325,14 +332,17 @@ def write_report(out: Path, scale: str, figs, plans, plotted, measured, judged, 
                 lines += [table.read_text().strip(), ""]
         specs = plans[fig.id]
         if specs:
-            done = sum((s.dir / "done.json").exists() for s in specs)
+            states = [run_state(s.dir) for s in specs]
+            done, diverged = states.count("finished"), states.count("diverged")
             secs = sum(_elapsed(s) for s in specs)
             machines = sorted({m for s in specs if (m := _summary(s).get("machine"))})
             where = f" on {' and '.join(machines)}" if machines else ""
-            lines += [f"{len(specs)} runs ({done} finished), {secs / 60:.1f} min of training in total{where}. "
+            counts = f"{done} finished" + (f", {diverged} diverged" if diverged else "")
+            partial = " The claims and numbers above use the finished runs only." if done < len(specs) else ""
+            lines += [f"{len(specs)} runs ({counts}), {secs / 60:.1f} min of training in total{where}.{partial} "
                       f"Rerun: `enkf-repro run figure={fig.id} scale={scale}` (plus the overrides above).", ""]
     path = out / "REPORT.md"
-    path.write_text("\n".join(lines))
+    write_text_atomic(path, "\n".join(lines))
     return path
 
 

@@ -202,6 +202,18 @@ def config_key(key: str, flats: Iterable[Mapping[str, Any]]) -> str:
     raise AssertionError("unreachable")
 
 
+def run_state(run_dir: Path) -> str:
+    """``"finished"``, ``"diverged"`` (its done.json records a divergence: rerunning the same config
+    diverges again, so it is not retrained, and it counts as not finished) or ``"unfinished"``."""
+    try:
+        done = json.loads((Path(run_dir) / "done.json").read_text())
+    except FileNotFoundError:
+        return "unfinished"
+    except (OSError, ValueError):
+        return "finished"   # written atomically: unreadable only if edited by hand
+    return "diverged" if done.get("status") == "diverged" else "finished"
+
+
 def read_runs(folder: str | Path, with_config: Iterable[str] | str | bool | None = None) -> pd.DataFrame:
     """Every row of every run under ``folder``, as one tidy DataFrame.
 
@@ -239,7 +251,7 @@ def read_runs(folder: str | Path, with_config: Iterable[str] | str | bool | None
         df = read_metrics(csv)
         if df.empty:
             continue
-        df["finished"] = (csv.parent / "done.json").exists()
+        df["finished"] = run_state(csv.parent) == "finished"
         df["mtime"] = csv.stat().st_mtime
         df["run_dir"] = str(csv.parent)
         frames.append(df)

@@ -12,6 +12,7 @@ from its checkpoint.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import sys
 import time
@@ -30,7 +31,7 @@ from ..experiments.base import get_figure
 from ..optim.distributed_enkf import LocalComm
 from . import budget, distributed
 from .loop import train_run
-from .results import config_columns, figure_dir, slug, write_json_atomic, write_text_atomic
+from .results import config_columns, figure_dir, run_state, slug, write_json_atomic, write_text_atomic
 from .rundir import FollowerRunDir, RunBusy, RunDir
 
 # Overrides that select runs rather than configure them.
@@ -172,7 +173,7 @@ def check_runs(specs: Iterable[RunSpec]) -> None:
 def finished_elsewhere(spec: RunSpec) -> Path | None:
     """A finished run folder with this run's identity (hash) elsewhere under ``out_dir``."""
     for done in sorted(Path(spec.cfg.out_dir).glob(f"**/*-{spec.run_id}/done.json")):
-        if done.parent.resolve() != spec.dir.resolve():
+        if done.parent.resolve() != spec.dir.resolve() and run_state(done.parent) == "finished":
             return done.parent
     return None
 
@@ -182,7 +183,6 @@ def reuse(source: Path, spec: RunSpec) -> None:
     this run's figure / series / settings columns, and its done.json, each written atomically."""
     import csv
     import io
-    import json
     import shutil
 
     spec.dir.mkdir(parents=True, exist_ok=True)
@@ -211,7 +211,11 @@ def _open_run(spec: RunSpec, restart: bool, comm) -> RunDir | dict:
     other ranks get the decision, any error, and the resume state (all collective)."""
     leader = comm.rank == 0
     status = None
-    if leader and (spec.dir / "done.json").exists() and not restart:
+    state = run_state(spec.dir) if leader and not restart else None
+    if state == "diverged":   # the same config diverges again: report it, do not retrain
+        message = json.loads((spec.dir / "done.json").read_text()).get("message", "")
+        status = {"status": "diverged", "message": message, "dir": str(spec.dir)}
+    elif state == "finished":
         status = {"status": "skipped", "dir": str(spec.dir)}
     elif leader and not restart and (source := finished_elsewhere(spec)) is not None:
         reuse(source, spec)
