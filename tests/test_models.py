@@ -56,6 +56,22 @@ def test_single_network_forward_equals_module():
     assert (spec.forward(theta, x) - member_loop(spec, theta[None], x)[0]).abs().max() < 1e-10
 
 
+@pytest.mark.parametrize("activation", ["logistic", "relu", "tanh"])
+@pytest.mark.parametrize("pool_conv2", [False, True])
+def test_gradient_through_the_flat_forward_equals_the_modules(activation, pool_conv2):
+    """A method that differentiates spec.forward(theta, x) gets the nn.Module's gradient (the fast
+    path's in-place activations are only used without autograd)."""
+    spec = PaperCNNSpec(activation, pool_conv2)
+    g = torch.Generator().manual_seed(3)
+    theta = (torch.randn(spec.num_params, generator=g, dtype=torch.float64) * 0.3).requires_grad_()
+    x = torch.rand(4, 1, 28, 28, generator=g, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(spec.forward(theta, x).square().sum(), theta)
+    net = spec.module().double()
+    torch.nn.utils.vector_to_parameters(theta.detach(), net.parameters())
+    want = torch.nn.utils.parameters_to_vector(torch.autograd.grad(net(x).square().sum(), list(net.parameters())))
+    assert torch.allclose(grad, want, rtol=1e-10, atol=1e-12)
+
+
 def test_generic_vmap_path_equals_member_loop():
     """The default ModelSpec.forward_chunk (vmap over functional_call) used by other models."""
     spec = PaperCNNSpec("logistic")

@@ -101,7 +101,9 @@ class PaperCNNSpec(ModelSpec):
         w1t = W[:, : self.n1].reshape(Jc * 10, 25).t()
         w2 = W[:, self.n1: self.n1 + self.n2].reshape(Jc * 20, 10, 5, 5)
         w3 = W[:, self.n1 + self.n2:].reshape(Jc, 10, self.flat)
-        if torch.is_autocast_enabled() or torch.is_grad_enabled():   # no out= buffers here
+        grad = torch.is_grad_enabled()
+        act = self.act if grad else self.act_   # autograd keeps amax's and conv2d's outputs: no in-place
+        if torch.is_autocast_enabled() or grad:   # no out= buffers here
             h = torch.stack([q @ w1t for q in quads]).amax(0)
         else:
             # conv1 + 2x2 max-pool: conv1 at each pooling position is one GEMM shared by all
@@ -111,9 +113,9 @@ class PaperCNNSpec(ModelSpec):
             for q in quads[1:]:
                 torch.mm(q, w1t, out=tmp)
                 torch.maximum(h, tmp, out=h)
-        h = self.act_(h).view(B, 12, 12, Jc * 10).permute(0, 3, 1, 2)  # NCHW view, channels-last strides
+        h = act(h).view(B, 12, 12, Jc * 10).permute(0, 3, 1, 2)       # NCHW view, channels-last strides
         o = F.conv2d(h, w2, groups=Jc)                                  # (B, Jc*20, 8, 8)
         if self.pool_conv2:
             o = F.max_pool2d(o, 2)
-        o = self.act_(o).contiguous().view(B, Jc, self.flat)            # per member in (c, h, w) order
+        o = act(o).contiguous().view(B, Jc, self.flat)                # per member in (c, h, w) order
         return torch.bmm(o.transpose(0, 1), w3.transpose(1, 2))        # (Jc, B, 10)
