@@ -66,6 +66,10 @@ def test_validation_refuses_what_cannot_be_distributed(monkeypatch):
     adaptive.optimizer.adaptive.enabled = True
     with pytest.raises(ConfigError, match="adaptive"):
         validate_distributed(adaptive)
+    last = OmegaConf.create(base)
+    last.optimizer.eval_last_member = True
+    with pytest.raises(ConfigError, match="eval_last_member"):
+        validate_distributed(last)
     monkeypatch.setenv("WORLD_SIZE", "8")
     with pytest.raises(ConfigError, match="ensemble_size=4"):
         validate_distributed(OmegaConf.create(base))

@@ -131,7 +131,8 @@ class EnsembleMethod(Method):
 
     def update_scope(self):
         """The precision of the update's large GEMMs (``ensemble.update_precision``: IEEE fp32, or
-        TensorFloat-32 tensor cores on CUDA); the small factors are computed in float64 anyway."""
+        TensorFloat-32 tensor cores on CUDA). The factors W, Z (J x d) are computed in float64;
+        their J x J product (when J <= d) is formed in the ensemble's dtype like the large GEMMs."""
         return precision_scope(self.update_precision, self.device)
 
     @property

@@ -289,7 +289,8 @@ class DistributedEnKF(EnKF):
         if nbad == 0:
             misfit = 0.5 * float(((G - y) ** 2).sum((1, 2)).mean()) / x.shape[0]
             W, Z = kalman_factors(G, y, self.gamma, self.mode)         # the single process's W, Z
-            apply_low_rank_rows_(self.U, W, Z, self.counts, rank, comm)
+            with self.update_scope():
+                apply_low_rank_rows_(self.U, W, Z, self.counts, rank, comm)
             return {"train_misfit": misfit}
         if self.failures.policy == "fail":
             raise DivergenceError(f"{nbad} of {self.J} members have non-finite outputs "
@@ -304,7 +305,8 @@ class DistributedEnKF(EnKF):
         bad_k = bad[lo:hi]
         W, Z = kalman_factors(G[good], y, self.gamma, self.mode)
         Ug = self.U[~bad_k]
-        apply_low_rank_rows_(Ug, W, Z, good_counts, rank, comm)
+        with self.update_scope():
+            apply_low_rank_rows_(Ug, W, Z, good_counts, rank, comm)
         self.U[~bad_k] = Ug
         if self.failures.policy == "redraw":
             redraw_rows_(self.U, bad_k, good_counts, bad_counts, rank, self.generator, comm)

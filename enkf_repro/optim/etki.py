@@ -38,7 +38,7 @@ Differences from EKP, each a choice:
   not keep 1 as an eigenvector and would move the mean.
 
 The (J, P) work is the J x J transform (1) applied to U in column blocks
-(:func:`enkf_repro.enkf.apply_low_rank_`): U <- U + W (U - mean U) with W = (1) - I, no J x P
+(:func:`enkf_repro.optim.linalg.apply_low_rank_`): U <- U + W (U - mean U) with W = (1) - I, no J x P
 temporary beyond a block. The small factors are computed in float64.
 
 The method (``optimizer=etki``, :class:`ETKI`): a persistent ensemble drawn from the init prior

@@ -115,10 +115,10 @@ class FixedStep(StepScheduler):
 class KovachkiStuartStep(StepScheduler):
     """h_n = h0 / (||D(u_n)||_F + eps): the adaptive step of Kovachki & Stuart (2019), "Ensemble
     Kalman inversion: a derivative-free technique for machine learning tasks", exactly as
-    :func:`enkf_repro.eki.eki_step_` computes it (defaults h0 = 2, eps = 0.5 as there).
+    :func:`enkf_repro.optim.eki.eki_step_` computes it (defaults h0 = 2, eps = 0.5 as there).
     EnsembleKalmanProcesses.jl's ``EKSStableScheduler`` is the same rule (numerator /
     (norm(D) + nugget), D with Gamma^{-1}). Needs ``d_norm`` = ||D||_F (the Frobenius norm of the
-    J x J matrix D_jk = (1/J) <G_k - mean G, grad_j>, :func:`enkf_repro.eki.eki_frobenius`)."""
+    J x J matrix D_jk = (1/J) <G_k - mean G, grad_j>, :func:`enkf_repro.optim.eki.eki_frobenius`)."""
 
     name = "kovachki_stuart"
     requires = ("d_norm",)

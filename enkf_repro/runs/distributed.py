@@ -106,6 +106,9 @@ def validate_distributed(cfg) -> None:
     if infl is not None and (infl.multiplicative is not None or infl.additive is not None):
         raise ConfigError("optimizer.inflation", "on", "off (multiplicative=null, additive=null) with "
                           "distributed=true (inflation is applied by one process)")
+    if opt.get("eval_last_member", False):
+        raise ConfigError("optimizer.eval_last_member", True, "false with distributed=true (the last member "
+                          "lives on the last rank; evaluate the ensemble mean)")
     world = launcher_world_size()
     if world is not None and opt.ensemble_size < world:
         raise ConfigError("optimizer.ensemble_size", opt.ensemble_size,
