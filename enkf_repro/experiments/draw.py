@@ -3,6 +3,7 @@ seeds, a provenance caption, PNG + PDF output."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib
@@ -93,9 +94,15 @@ def caption(fig, cfg: DictConfig, df: pd.DataFrame, extra: str = "") -> None:
 
 
 def save(fig, stem: Path) -> list[Path]:
+    """``stem``.png and .pdf, each written to a temporary name and moved into place (an
+    interrupted save leaves the previous file, never a truncated one)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    for p in paths:
-        fig.savefig(p)
-    plt.close(fig)
+    try:
+        for p in paths:
+            tmp = p.with_name(p.name + ".tmp")
+            fig.savefig(tmp, format=p.suffix[1:])
+            os.replace(tmp, p)
+    finally:
+        plt.close(fig)
     return paths
