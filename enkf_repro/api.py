@@ -275,9 +275,9 @@ def train(model: torch.nn.Module, train_data: Any, test_data: Any = None, method
             if not (k.startswith("instrument.") and method not in ("sgd", "adam"))]
     chosen = [(resolve_option(k, keys, method, v), v) for k, v in _flatten_options(options)]
     seen: dict[str, str] = {}
-    for (key, _), (name, _) in zip(chosen, _flatten_options(options)):
+    for (key, _), (name, value) in zip(chosen, _flatten_options(options)):
         if key in seen:
-            raise ConfigError(name, options.get(name), f"one name per setting: {seen[key]!r} already sets {key}")
+            raise ConfigError(name, value, f"one name per setting: {seen[key]!r} already sets {key}")
         seen[key] = name
     user = [f"{k}={format_value(v)}" for k, v in chosen] + list(overrides)
     cfg = compose(fixed + user)
