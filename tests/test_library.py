@@ -27,14 +27,15 @@ from enkf_repro.models.paper_cnn import PaperCNN, PaperCNNSpec
 @pytest.fixture(scope="module")
 def fashion(request, tmp_path_factory):
     """Fashion-MNIST as tensors: the real files (the ``data_root`` fixture: $ENKF_REPRO_DATA) when
-    they are there, else the synthetic stand-in; a 2000-image test subset."""
+    they are there, else the synthetic stand-in (16,000 training images: enough batches for the few
+hundred iterations the tests run); a 2000-image test subset."""
     from enkf_repro.api import compose
     from enkf_repro.data import load_data
 
     try:
         root, real = str(request.getfixturevalue("data_root")), True
     except pytest.skip.Exception:
-        root, real = str(make_dataset(tmp_path_factory.mktemp("fashion"), "fashion-mnist", 2000, 400)), False
+        root, real = str(make_dataset(tmp_path_factory.mktemp("fashion"), "fashion-mnist", 16000, 2000)), False
     d = load_data(compose(["dataset=fashion_mnist", f"dataset.root={root}", "dataset.test_size=2000"]).dataset)
     return {"train": (d.train_x, d.train_y), "test": (d.test_x, d.test_y), "real": real}
 
