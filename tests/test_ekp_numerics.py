@@ -361,3 +361,15 @@ def test_additive_inflation_with_the_ensembles_own_covariance():
     W0 = W.clone()
     additive_inflation_(W, g, 0.5, 1.0)
     assert span_residual(W, W0) < 1e-12 and not torch.allclose(W, W0)
+
+
+def test_an_ensemble_space_transform_is_applied_without_forming_w_times_identity():
+    """apply_low_rank_(U, T, None) applies the J x J matrix T itself: U + T (U - mean U), the same
+    as passing the identity as Z, in every column block."""
+    g = torch.Generator().manual_seed(5)
+    U = torch.randn(9, 700, generator=g, dtype=torch.float64)
+    T = torch.randn(9, 9, generator=g, dtype=torch.float64)
+    want = U + T @ (U - U.mean(0))
+    assert torch.allclose(apply_low_rank_(U.clone(), T, None, block=256), want, atol=1e-12)
+    assert torch.allclose(apply_low_rank_(U.clone(), T, torch.eye(9, dtype=torch.float64), block=256), want,
+                          atol=1e-12)

@@ -149,8 +149,7 @@ def etki_update_(U: torch.Tensor, G: torch.Tensor, y: torch.Tensor, gamma: float
     if G.shape[0] != U.shape[0]:
         raise ValueError(f"outputs have {G.shape[0]} members, the ensemble {U.shape[0]}")
     W = etki_correction(G, y, gamma, dt, ddof).to(U.device)
-    eye = torch.eye(U.shape[0], dtype=W.dtype, device=W.device)
-    return apply_low_rank_(U, W, eye, block)
+    return apply_low_rank_(U, W, None, block)
 
 
 def etki_update(U: torch.Tensor, G: torch.Tensor, y: torch.Tensor, gamma: float | torch.Tensor,

@@ -101,8 +101,7 @@ def additive_inflation_(U: torch.Tensor, generator: torch.Generator, scale: floa
         if keep_mean:
             Zm.sub_(Zm.mean(0, keepdim=True))          # zeta sums to zero over members
         Zm.mul_(math.sqrt(a / J))
-        eye = torch.eye(J, dtype=Zm.dtype, device=Zm.device)
-        return apply_low_rank_(U, Zm, eye, block)      # U += Zm (U - m), blocked
+        return apply_low_rank_(U, Zm, None, block)     # U += Zm (U - m), blocked
     if isinstance(variance, torch.Tensor):
         v = variance.detach().to(device=U.device, dtype=U.dtype).reshape(-1)
         if v.numel() == 1:

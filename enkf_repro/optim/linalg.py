@@ -38,8 +38,10 @@ def cholesky_jittered(K: torch.Tensor) -> torch.Tensor:
 BLOCK_ELEMENTS = 1 << 24  # elements of U centred at a time (64 MiB in fp32)
 
 
-def apply_low_rank_(U: torch.Tensor, W: torch.Tensor, Z: torch.Tensor, block: int | None = None) -> torch.Tensor:
-    """In place: U <- U + W Z^T (U - mean(U)), blocked over parameter columns.
+def apply_low_rank_(U: torch.Tensor, W: torch.Tensor, Z: torch.Tensor | None,
+                    block: int | None = None) -> torch.Tensor:
+    """In place: U <- U + W Z^T (U - mean(U)), blocked over parameter columns; ``Z=None``: W is
+    already the J x J matrix (ensemble-space transforms: U <- U + W (U - mean(U))).
 
     Z^T 1 = 0 in exact arithmetic, so centring U changes nothing but the rounding error (it
     keeps fp32 accurate when the ensemble has collapsed far from the origin). When J is small
@@ -51,8 +53,11 @@ def apply_low_rank_(U: torch.Tensor, W: torch.Tensor, Z: torch.Tensor, block: in
     if block is None:
         block = max(256, BLOCK_ELEMENTS // max(J, 1))
     W = W.to(U.dtype)
-    Z = Z.to(U.dtype)
-    T = W @ Z.T if J <= d else None
+    if Z is None:
+        T = W
+    else:
+        Z = Z.to(U.dtype)
+        T = W @ Z.T if J <= d else None
     for s in range(0, P, block):
         Ub = U[:, s: s + block]
         Uc = Ub - Ub.mean(0, keepdim=True)
