@@ -198,6 +198,9 @@ def test_at_paper_scale_epochs_are_placed_by_images_seen():
     assert number(got, "Adam sigma=3 first epoch")[0] == pytest.approx(3 * 125 * 64 / 60000)
     acc, where = number(got, "Adam sigma=1 test accuracy (%) at epoch 10 of 50")
     assert acc == 92.0 and where.endswith("; the run ends before epoch 10")
+    sgd = errors_frame({("sgd", 1.0): [90] * 51}, per_epoch=125)
+    evidence, holds = claims["SGD at sigma = 1 does not learn"](sgd, cfg)
+    assert holds is True and evidence.endswith("the run covers the paper's first 6.7 epochs by images seen")
     slow = errors_frame({("adam", 1.0): [90] * 51, ("adam", 3.0): [90] * 51}, per_epoch=125)
     assert claims["Adam at sigma = 1 learns"](slow, cfg)[1] is None         # 10 % by 6.7: not decided
     evidence, holds = claims["Adam at sigma = 3 learns only late"](slow, cfg)
