@@ -17,9 +17,9 @@ from enkf_repro.models import PaperCNN
 from enkf_repro.optim.backprop import make_optimizer
 from enkf_repro.optim.instrument import Instrument, grad_hist_edges, histogram_counts, moments, pool_moments
 from enkf_repro.report.render import plot_figure
+from enkf_repro.runs.folder import RunFolder
 from enkf_repro.runs.loop import train_run
 from enkf_repro.runs.results import COLUMNS, config_columns
-from enkf_repro.runs.rundir import RunDir
 from enkf_repro.runs.runner import RunSpec, plan, run_figure, run_one
 
 
@@ -53,6 +53,27 @@ def test_histogram_edges_and_counts_by_hand():
     assert count_in(10 ** -9.75) == 1                    # 2e-10 in [1.78e-10, 3.16e-10)
     assert count_in(-(10 ** -2.5)) == 1                  # -3e-3 in [-3.16e-3, -1.78e-3)
     assert count_in(10 ** -0.5) == 1                     # 0.5 in [0.316, 0.562)
+
+
+def test_output_means_histogram_of_a_hand_computed_gradient():
+    """The published histograms' statistic, grad.mean(0), on a gradient known by hand: for
+    L = sum(W x), dL/dW[i, j] = x_j in every row i, so the mean over the output units is x."""
+    from enkf_repro.optim.instrument import output_means
+
+    x = torch.tensor([0.5, -0.03, 2e-5, 0.0])
+    W = torch.randn(3, 4, requires_grad=True)
+    (W @ x).sum().backward()
+    assert torch.equal(W.grad, x.expand(3, 4))
+    m = output_means(W.grad)
+    assert m.tolist() == pytest.approx(x.tolist())
+    c = histogram_counts(m, grad_hist_edges())
+    lower = [-math.inf] + grad_hist_edges().tolist()
+    got = {round(lower[k], 12): int(v) for k, v in enumerate(c.tolist()) if v}
+    # 0.5 in [0.316, 0.562), -0.03 in [-0.0316, -0.0178), 2e-5 in [1.78e-5, 3.16e-5), 0 in the zero bin
+    assert got == {round(10 ** -0.5, 12): 1, round(-(10 ** -1.5), 12): 1, round(10 ** -4.75, 12): 1, -1e-10: 1}
+    # a conv kernel (out, in, k, k) gives in * k * k values: the 25 / 250 of the paper CNN
+    assert output_means(torch.ones(10, 1, 5, 5)).shape == (25,)
+    assert output_means(torch.ones(20, 10, 5, 5)).shape == (250,)
 
 
 # -- the recorder on a network with hand-set weights -----------------------------------------
@@ -104,14 +125,15 @@ def test_instrument_per_iteration_rows_by_hand():
                   (3, round(-(10 ** -0.5), 12)): 1280,              # -0.2 in [-0.316, -0.178)
                   (3, -0.1): 2560,                                  # -0.075 in [-0.1, -0.0562)
                   (3, round(10 ** -1.5, 12)): 8960}                 # 0.05 in [0.0316, 0.0562)
-    # per-unit means over the window {1}: conv units all 0; fc row k is constant, its mean is
-    # the entry itself: one unit at -0.2, two at -0.075, seven at 0.05
-    units = pd.DataFrame([r for r in rows if r["metric"] == "grad_unit_mean_hist"])
-    assert len(units) == 3 * 91 and set(units.iteration) == {1}
-    assert units.groupby("layer")["value"].sum().to_dict() == {1: 10, 2: 20, 3: 10}
-    nz = {(r.layer, round(r.bin, 12)): r.value for r in units.itertuples() if r.value}
-    assert nz == {(1, -1e-10): 10, (2, -1e-10): 20, (3, round(-(10 ** -0.5), 12)): 1, (3, -0.1): 2,
-                  (3, round(10 ** -1.5, 12)): 7}
+    # grad.mean(0) at the snapshot (iteration 1): conv gradients are 0 (25 and 250 zeros); the fc
+    # gradient's columns sum to 0 over the 10 rows (-0.2 - 2 x 0.075 + 7 x 0.05 = 0): 1280
+    # values that are 0 up to float32 rounding
+    outm = pd.DataFrame([r for r in rows if r["metric"] == "grad_outmean_hist"])
+    assert len(outm) == 3 * 91 and set(outm.iteration) == {1}
+    assert outm.groupby("layer")["value"].sum().to_dict() == {1: 25, 2: 250, 3: 1280}
+    nz = {(r.layer, round(r.bin, 12)): r.value for r in outm.itertuples() if r.value}
+    assert nz[(1, -1e-10)] == 25 and nz[(2, -1e-10)] == 250
+    assert all(abs(b) < 1e-6 for (layer, b) in nz if layer == 3)
     # step 2: no histogram, stats held until the flush (every 100 iterations or at the end)
     assert one_step(inst, net, x, y, 2) == [] and len(inst.pending) == 1
     # forward passes outside capture() (evaluation) are not recorded
@@ -143,11 +165,10 @@ def test_instrument_per_epoch_pools_and_percentiles_by_hand():
     assert get[("act_mean_pct", 100)] == pytest.approx(0.625)
     assert len(stats) == 3 * (4 + 7)
     assert set(df[df.metric == "grad_hist"].iteration) == {2}  # end of epoch 1
-    # no iteration epochs: per-unit histograms with the gradient histograms, over the iterations
-    # since the previous one (iteration 1 had its own): {2}
-    units = df[df.metric == "grad_unit_mean_hist"]
-    assert set(units.iteration) == {2} and units.groupby("layer")["value"].sum().to_dict() == {1: 10, 2: 20, 3: 10}
-    assert inst.pending == [] and inst.pending_units == []
+    # no iteration epochs: grad.mean(0) histograms as snapshots with the gradient histograms
+    outm = df[df.metric == "grad_outmean_hist"]
+    assert set(outm.iteration) == {2} and outm.groupby("layer")["value"].sum().to_dict() == {1: 25, 2: 250, 3: 1280}
+    assert inst.pending == [] and inst.pending_outmeans == []
     assert not df.metric.str.endswith("_iter").any()
 
 
@@ -163,7 +184,7 @@ def test_instrument_iteration_epochs_by_hand():
     for step, fill in zip(range(1, 7), (1, 1, 1, 0, 1, 1)):
         rows += one_step(inst, net, torch.full((4, 1, 28, 28), float(fill)), y, step)
         if step == 3:  # inside epoch 1: nothing written yet, the iteration's statistics pending
-            assert len(inst.pending) == 1 and len(inst.pending_units) == 1
+            assert len(inst.pending) == 1 and len(inst.pending_outmeans) == 1
     df = pd.DataFrame(rows)
     it = df[df.metric.str.endswith("_iter")]
     assert sorted(it.metric.unique()) == ["act_mean_iter", "act_std_iter", "grad_mean_iter", "grad_std_iter"]
@@ -174,9 +195,9 @@ def test_instrument_iteration_epochs_by_hand():
     pooled = df[df.metric == "act_mean"]
     assert sorted(pooled.epoch.unique()) == [1.0, 2.0, 3.0]     # every epoch keeps its pooled row
     assert pooled[(pooled.layer == 1) & (pooled.epoch == 2.0)]["value"].item() == pytest.approx(0.5625)
-    units = df[df.metric == "grad_unit_mean_hist"]
-    assert set(units.iteration) == {4}                           # the end of epoch 1 only
-    assert units.groupby("layer")["value"].sum().to_dict() == {1: 20, 2: 40, 3: 20}
+    outm = df[df.metric == "grad_outmean_hist"]
+    assert set(outm.iteration) == {4}                            # the end of epoch 1 only, over its 2 iterations
+    assert outm.groupby("layer")["value"].sum().to_dict() == {1: 50, 2: 500, 3: 2560}
     assert sorted(df[df.metric == "grad_hist"].iteration.unique()) == [1, 2, 4, 6]  # unchanged
     # per-iteration statistics ignore the setting
     it_cfg = OmegaConf.create({"stats_per": "iteration", "hist_every": 200, "iteration_epochs": [1]})
@@ -207,7 +228,7 @@ def _tiny(root, out, *extra):
 
 
 def _read(spec) -> pd.DataFrame:
-    return pd.read_csv(spec.dir / "metrics.csv").drop(columns=["elapsed_s"])
+    return RunFolder(spec.dir).rows().drop(columns=["elapsed_s"])
 
 
 def test_every_run_starts_from_fresh_model_and_optimizer(synthetic_root, tmp_path):
@@ -248,7 +269,7 @@ def test_interrupted_run_resumes_bit_identically(synthetic_root, tmp_path, mode)
     whole = spec("whole")
     assert run_one(whole)["status"] == "finished"
     cut = spec("cut")
-    rd = RunDir(cut.dir, cut.cfg, config_columns(cut.cfg, "none", "t"), checkpoint_every=3)
+    rd = RunFolder(cut.dir).open(cut.cfg, config_columns(cut.cfg, "none", "t"), checkpoint_every=3)
     calls = {"n": 0}
     original = rd.stop_if_requested
 
@@ -266,11 +287,11 @@ def test_interrupted_run_resumes_bit_identically(synthetic_root, tmp_path, mode)
     pd.testing.assert_frame_equal(a, b)
     assert (a.metric == "act_mean").sum() == (3 * 8 if mode == "iteration" else 3 * 2)
     assert (a.metric == "act_mean_iter").sum() == (3 * 4 if mode == "iteration_epochs" else 0)
-    units = a[a.metric == "grad_unit_mean_hist"]
-    # windows: iteration_epochs: epoch 1 (4 steps); otherwise since the previous grad_hist (1, 3, 6, 8)
+    outm = a[a.metric == "grad_outmean_hist"]
+    # iteration_epochs: every iteration of epoch 1 (4 steps); otherwise snapshots at each grad_hist
     windows = {"iteration": [1, 3, 6, 8], "epoch": [1, 3, 6, 8], "iteration_epochs": [8]}[mode]
-    assert sorted(units.iteration.unique()) == windows
-    assert units.value.sum() == 8 * 40 if mode != "iteration_epochs" else units.value.sum() == 4 * 40
+    assert sorted(outm.iteration.unique()) == windows
+    assert outm.value.sum() == 4 * (25 + 250 + 1280)   # four snapshots, or the four iterations of epoch 1
 
 
 def test_figure3_end_to_end(synthetic_root, tmp_path):
@@ -300,7 +321,7 @@ def _run_and_plot(args, root, out):
     fig_dir = run_figure(cfg)
     paths = plot_figure(cfg, [o for o in ov if not o.startswith("figure=")])
     assert paths[0].suffix == ".png" and paths[0].stat().st_size > 10000
-    from enkf_repro.runs.results import read_runs
+    from enkf_repro.runs.folder import read_runs
 
     return read_runs(fig_dir), cfg
 
@@ -360,9 +381,9 @@ def test_figure4_end_to_end(synthetic_root, tmp_path):
     # the smoke preset's iteration epochs 0, 2, 4, 6, 8: epochs 0 and 2 of these 3, at every iteration
     it = df[df.metric == "grad_std_iter"]
     assert sorted(it.iteration.unique()) == [1, 2, 5, 6] and set(it.layer) == {1, 2, 3}
-    units = df[df.metric == "grad_unit_mean_hist"]
-    assert sorted(units.iteration.unique()) == [2, 6]  # the ends of epochs 0 and 2
-    assert units.groupby(["iteration", "layer"])["value"].sum().unstack().values.tolist() == [[20, 40, 20]] * 2
+    outm = df[df.metric == "grad_outmean_hist"]
+    assert sorted(outm.iteration.unique()) == [2, 6]  # the ends of epochs 0 and 2, over their 2 iterations
+    assert outm.groupby(["iteration", "layer"])["value"].sum().unstack().values.tolist() == [[50, 500, 2560]] * 2
     first, where = get_figure("4").paper_numbers[0].measure(df, cfg)
     assert 0 < first < 1 and where == "epoch ending at 1 of 3"
     for claim in get_figure("4").claims:

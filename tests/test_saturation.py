@@ -240,7 +240,7 @@ def many_epochs_frame(epochs=10, per_epoch=4, iteration_epochs=(0, 2, 4, 6, 8), 
                 full = [0] * len(LOWER)
                 full[k_03 if k == 0 else k_002] = 10 * per_epoch
                 out += [{**r, "bin": LOWER[b]} for b, r in
-                        enumerate(rows("r", "adam", 3.0, "grad_unit_mean_hist", layer, [(*head, c) for c in full]))]
+                        enumerate(rows("r", "adam", 3.0, "grad_outmean_hist", layer, [(*head, c) for c in full]))]
     errs = errs or [90.0] * 7 + [70.0, 50.0, 20.0, 16.0]
     out += rows("r", "adam", 3.0, "test_error", np.nan, [(e * per_epoch, float(e), v) for e, v in enumerate(errs)])
     return pd.DataFrame(out)

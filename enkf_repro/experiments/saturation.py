@@ -165,10 +165,10 @@ def gradient_iteration_panel(ax, df: pd.DataFrame, layer: int) -> bool:
 
 
 def unit_hist_panel(ax, df: pd.DataFrame, layer: int, most: int = 6) -> bool:
-    """Histograms of the layer's per-unit mean gradient (``grad_unit_mean_hist``), one step line
+    """Histograms of the layer's per-unit mean gradient (``grad_outmean_hist``), one step line
     per snapshot (at most ``most``, evenly spaced), as the fraction of the unit means per bin;
     the x axis spans the non-empty bins."""
-    d = layer_rows(df, "grad_unit_mean_hist", layer)
+    d = layer_rows(df, "grad_outmean_hist", layer)
     if d.empty:
         ax.set_visible(False)
         return False

@@ -136,13 +136,13 @@ def start_value(df: pd.DataFrame, name: str, layer: int) -> float | None:
 
 def unit_mean_extent(df: pd.DataFrame, layer: int, lo: float, hi: float) -> tuple[float, str] | None:
     """The largest |per-unit mean gradient| of ``layer`` in the iteration epochs whose start lies
-    in [lo, hi) x the run's epochs, read off the ``grad_unit_mean_hist`` rows as the outer edge of
+    in [lo, hi) x the run's epochs, read off the ``grad_outmean_hist`` rows as the outer edge of
     the outermost non-empty bin (so within a factor 10^(1/4) of the value); max over runs."""
-    d = layer_rows(df, "grad_unit_mean_hist", layer)
+    d = layer_rows(df, "grad_outmean_hist", layer)
     d = d[d["value"] > 0]
     if d.empty:
         return None
-    edges = sorted(pd.to_numeric(layer_rows(df, "grad_unit_mean_hist", layer)["bin"]).unique())
+    edges = sorted(pd.to_numeric(layer_rows(df, "grad_outmean_hist", layer)["bin"]).unique())
     upper = {e: (edges[i + 1] if i + 1 < len(edges) else math.inf) for i, e in enumerate(edges)}
     d = d.assign(ep=epoch_index(d), bin=pd.to_numeric(d["bin"]))
     total = df.groupby("run_dir")["pass"].max()

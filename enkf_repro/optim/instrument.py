@@ -31,14 +31,17 @@ column holding the paper's layer number (docs/paper.md):
   per-iteration statistics, one epoch with per-epoch statistics), at the first and at the last
   iteration. Every bin is written, zero counts included, so the counts of a layer sum to its
   number of weights.
-* ``grad_unit_mean_hist``: the histogram the paper draws in Figures 4 and 7: for each layer, the
-  mean of each output unit's weight-gradient entries (conv: an output channel's in x k x k
-  taps; dense: a neuron's incoming weights; see :func:`unit_means`), one value per unit and
-  iteration, counted over the fixed edges of :func:`grad_hist_edges` (``bin`` as for
-  ``grad_hist``) over a window of iterations: each epoch of ``instrument.iteration_epochs`` in
-  a per-epoch run that lists some (written at the epoch's last iteration), otherwise the
-  iterations since the previous ``grad_hist`` (written with it). Every bin is written; the
-  counts of a layer sum to its number of units times the window's iterations.
+* ``grad_outmean_hist``: the gradient histogram the published plotting code draws (the right
+  panels of Figures 3 and 6, and Figures 4 and 7): for each layer the weight gradient averaged
+  over the layer's output units, ``grad.mean(0)`` (see :func:`output_means`: conv1 25 values, one
+  per input tap, conv2 10 x 5 x 5 = 250, fc 1280), counted over the fixed edges of
+  :func:`grad_hist_edges` (``bin`` as for ``grad_hist``). With ``instrument.iteration_epochs``
+  in a per-epoch run: over every iteration of each listed epoch (written at the epoch's last
+  iteration); otherwise a snapshot of the iteration of each ``grad_hist``. Every bin is written;
+  the counts of a layer sum to its number of values times the iterations counted. For the
+  softmax output layer this statistic is zero up to rounding (the logits' gradients of a
+  sample sum to zero over the classes, so do the fc gradient's columns): the published layer-3
+  panel shows rounding noise.
 
 Statistics stay on the device and are written every :data:`FLUSH_EVERY` iterations or, with
 per-epoch statistics, once per epoch (one host sync per flush), so the cost per iteration is a
@@ -91,10 +94,11 @@ def pool_moments(m: torch.Tensor) -> torch.Tensor:
     return torch.stack([mean, (second - mean ** 2).clamp_min(0).sqrt()], -1)
 
 
-def unit_means(grad: torch.Tensor) -> torch.Tensor:
-    """The mean of each output unit's entries of a weight gradient (out, ...) -> (out,), float32:
-    per output channel of a conv kernel (out, in, k, k), per neuron of a dense layer (out, in)."""
-    return grad.detach().float().flatten(1).mean(1)
+def output_means(grad: torch.Tensor) -> torch.Tensor:
+    """A weight gradient (out, ...) averaged over its output units, ``grad.mean(0)`` flattened,
+    float32: conv (out, in, k, k) -> in * k * k values, dense (out, in) -> in values (the
+    statistic of the published plotting code's gradient histograms)."""
+    return grad.detach().float().mean(0).flatten()
 
 
 def grad_hist_edges(lo: int = HIST_EXP_MIN, hi: int = HIST_EXP_MAX, per_decade: int = HIST_PER_DECADE) -> torch.Tensor:
@@ -162,9 +166,9 @@ class Instrument:
         self.lower = bin_lower_edges(self.edges)
         self.pending: list[torch.Tensor] = []   # (layers, 4) per iteration, not yet written
         self.pending_steps: list[int] = []
-        self.units = [int(p.shape[0]) for p in self.weights]
-        self.pending_units: list[torch.Tensor] = []  # (sum of units,) per iteration of the open window
-        self._unit_hist: torch.Tensor | None = None
+        self.outmean_sizes = [p[0].numel() for p in self.weights]   # values of grad.mean(0) per layer
+        self.pending_outmeans: list[torch.Tensor] = []  # (sum of outmean_sizes,) per iteration of the open window
+        self._outmean_hist: torch.Tensor | None = None
         self._acts: list[torch.Tensor] = []
         self._capturing = False
         self._hist: torch.Tensor | None = None
@@ -200,13 +204,15 @@ class Instrument:
     def in_iteration_epoch(self, step: int) -> bool:
         return self.epoch_index(step) in self.iteration_epochs
 
-    def unit_window(self, step: int) -> tuple[bool, bool]:
-        """(record, close): whether iteration ``step`` belongs to a ``grad_unit_mean_hist`` window
-        and whether the window's histogram is written after it (module docstring)."""
+    def outmean_window(self, step: int) -> tuple[bool, bool]:
+        """(record, close): whether iteration ``step`` belongs to a ``grad_outmean_hist`` window
+        and whether the window's histogram is written after it (module docstring): the listed
+        iteration epochs, or the iteration of each ``grad_hist`` alone."""
         if self.iteration_epochs:
             inside = self.in_iteration_epoch(step)
             return inside, inside and self.epoch_end(step)
-        return True, self.hist_due(step)
+        due = self.hist_due(step)
+        return due, due
 
     @torch.no_grad()
     def record(self, step: int, logits: torch.Tensor) -> None:
@@ -217,13 +223,13 @@ class Instrument:
         self.pending_steps.append(step)
         if self.hist_due(step):
             self._hist = torch.stack([histogram_counts(p.grad, self.edges) for p in self.weights])
-        inside, close = self.unit_window(step)
+        inside, close = self.outmean_window(step)
         if inside:
-            self.pending_units.append(torch.cat([unit_means(p.grad) for p in self.weights]))
-        if close and self.pending_units:
-            per_layer = torch.stack(self.pending_units).split(self.units, dim=1)  # (n, units_l) each
-            self._unit_hist = torch.stack([histogram_counts(u, self.edges) for u in per_layer])
-            self.pending_units = []
+            self.pending_outmeans.append(torch.cat([output_means(p.grad) for p in self.weights]))
+        if close and self.pending_outmeans:
+            per_layer = torch.stack(self.pending_outmeans).split(self.outmean_sizes, dim=1)  # (n, layer values)
+            self._outmean_hist = torch.stack([histogram_counts(u, self.edges) for u in per_layer])
+            self.pending_outmeans = []
 
     def rows(self, step: int) -> list[dict]:
         """The rows due after iteration ``step``: histograms, flushed or per-epoch statistics."""
@@ -235,10 +241,10 @@ class Instrument:
                 out += self._epoch_rows(step)
         elif step % FLUSH_EVERY == 0 or step == self.total or self._hist is not None:
             out += self._iteration_rows(STATS)
-        for name, counts in (("grad_hist", self._hist), ("grad_unit_mean_hist", self._unit_hist)):
+        for name, counts in (("grad_hist", self._hist), ("grad_outmean_hist", self._outmean_hist)):
             if counts is not None:
                 out += self._hist_rows(step, name, counts)
-        self._hist = self._unit_hist = None
+        self._hist = self._outmean_hist = None
         return out
 
     def _hist_rows(self, step: int, name: str, counts: torch.Tensor) -> list[dict]:
@@ -275,15 +281,15 @@ class Instrument:
 
     def state_dict(self) -> dict[str, Any]:
         pending = torch.stack(self.pending).cpu() if self.pending else torch.zeros(0, self.layers, 4)
-        units = (torch.stack(self.pending_units).cpu() if self.pending_units
-                 else torch.zeros(0, sum(self.units)))
-        return {"pending": pending, "pending_steps": list(self.pending_steps), "pending_units": units}
+        units = (torch.stack(self.pending_outmeans).cpu() if self.pending_outmeans
+                 else torch.zeros(0, sum(self.outmean_sizes)))
+        return {"pending": pending, "pending_steps": list(self.pending_steps), "pending_outmeans": units}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         device = self.edges.device
         self.pending = [t.to(device) for t in state["pending"]]
         self.pending_steps = [int(s) for s in state["pending_steps"]]
-        self.pending_units = [t.to(device) for t in state.get("pending_units", ())]
+        self.pending_outmeans = [t.to(device) for t in state.get("pending_outmeans", ())]
 
     def close(self) -> None:
         for h in self._handles:
