@@ -29,8 +29,8 @@ from .draw import COLORS, PASS_LABEL, band, caption
 
 METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ienk": ("IEnK", ("optimizer=ienk_simple",)),
-    "sgd": ("SGD", ("optimizer=sgd", "optimizer.lr=0.001", "optimizer.momentum=0.0")),
-    "nag": ("NAG", ("optimizer=sgd", "optimizer.lr=0.001", "optimizer.momentum=0.9", "optimizer.nesterov=true")),
+    "sgd": ("SGD", ("optimizer=sgd", "optimizer.lr=0.01", "optimizer.momentum=0.0")),
+    "nag": ("NAG", ("optimizer=sgd", "optimizer.lr=0.01", "optimizer.momentum=0.9", "optimizer.nesterov=true")),
     "adam": ("Adam", ("optimizer=adam", "optimizer.lr=0.001")),
 }
 REPORTED = {"ienk": 0.886, "sgd": 0.8922, "nag": 0.936, "adam": 0.9699}
