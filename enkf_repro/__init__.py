@@ -26,7 +26,7 @@ _EXPORTS = {
     "compose": ("enkf_repro.api", "compose"),
     "run_figure": ("enkf_repro.runs.runner", "run_figure"),
     "enkf_update": ("enkf_repro.optim.enkf", "enkf_update"),
-    "read_runs": ("enkf_repro.runs.results", "read_runs"),
+    "read_runs": ("enkf_repro.runs.folder", "read_runs"),
     "compare": ("enkf_repro.report.compare", "compare"),
 }
 

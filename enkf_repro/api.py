@@ -54,7 +54,7 @@ class TrainResult:
     ``out_dir`` (None without ``out_dir``: the run used a temporary folder). ``status``:
     ``finished`` (trained now, possibly resuming a checkpoint), ``skipped`` (found finished in
     ``out_dir``) or ``reused`` (the same run finished elsewhere under ``out_dir``; copied).
-    ``summary``: the run's done.json (iterations, ``stopped_early`` when the method ended it)."""
+    ``summary``: the run's summary (iterations, ``stopped_early`` when the method ended it)."""
 
     model: torch.nn.Module | None = field(repr=False)
     history: Any = field(repr=False)
@@ -241,7 +241,7 @@ def train(model: torch.nn.Module, train_data: Any, test_data: Any = None, method
             ``momentum="nesterov"``, ``scheduler="data_misfit"``, ...), ``etki``, ``haber``,
             ``ienk_simple``, ``sgd``, ``adam``.
         out_dir: write the run folder ``<out_dir>/<scale>/runs/<label>-s<seed>-<hash>/``
-            (config.yaml, metrics.csv, checkpoint.pt while running, params.pt, done.json), so a
+            (its config, metric rows, a checkpoint while running, the trained networks, a summary), so a
             rerun resumes an interrupted run or returns the finished one; None: a temporary folder,
             deleted afterwards.
         num_classes: the number of classes (default: the largest label + 1).
@@ -260,8 +260,7 @@ def train(model: torch.nn.Module, train_data: Any, test_data: Any = None, method
     """
     from .data.datasets import subset_test
     from .models.custom import module_fingerprint, spec_for_module
-    from .runs.results import COLUMNS, read_metrics
-    from .runs.rundir import PARAMS_FILE
+    from .runs.results import COLUMNS
     from .runs.runner import RunSpec, run_one, settings_text
 
     if not isinstance(model, torch.nn.Module):
@@ -304,15 +303,10 @@ def train(model: torch.nn.Module, train_data: Any, test_data: Any = None, method
         if status["status"] == "diverged":
             where = f"; its rows are kept in {spec.dir}" if tmp is None else ""
             raise DivergenceError(f"the run diverged: {status['message']}{where}")
-        history = read_metrics(spec.dir / "metrics.csv").reindex(columns=COLUMNS)
-        networks: dict[str, torch.Tensor] = {}
-        if (spec.dir / PARAMS_FILE).is_file():
-            networks = dict(torch.load(spec.dir / PARAMS_FILE, map_location="cpu", weights_only=True)["params"])
-        summary = {}
-        if (spec.dir / "done.json").is_file():
-            import json
-
-            summary = json.loads((spec.dir / "done.json").read_text())
+        folder = spec.folder
+        history = folder.rows().reindex(columns=COLUMNS)
+        networks = dict(folder.params()["params"]) if folder.has_params() else {}
+        summary = folder.summary()
         trained = _load_into(model, networks[""]) if "" in networks else None
         return TrainResult(trained, history, networks, cfg, None if tmp else spec.dir, status["status"], summary)
     finally:

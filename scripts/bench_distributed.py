@@ -36,7 +36,7 @@ def run(ranks: int, args, out: Path) -> float:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"bench_distributed: {ranks} ranks failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    csv = next(out.glob("*/runs/*/metrics.csv"))
+    csv = next(out.glob("*/runs/*/metrics.csv.gz"))
     df = pd.read_csv(csv)
     ev = df[df.metric == "test_error"].sort_values("iteration")
     first, last = ev.iloc[1], ev.iloc[-1]   # row 0 is the untrained network at iteration 0

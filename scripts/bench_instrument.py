@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from enkf_repro.api import compose  # noqa: E402
-from enkf_repro.runs.results import read_metrics  # noqa: E402
+from enkf_repro.runs.folder import RunFolder
 from enkf_repro.runs.runner import RunSpec, run_one  # noqa: E402
 
 MODES = {
@@ -43,7 +43,7 @@ def time_run(overrides: list[str], out: Path) -> tuple[float, float, int]:
     status = run_one(spec, restart=True)
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     assert status["status"] == "finished", status
-    rows = len(read_metrics(spec.dir / "metrics.csv"))
+    rows = len(RunFolder(spec.dir).rows())
     return wall, cpu, rows
 
 

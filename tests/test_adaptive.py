@@ -23,8 +23,8 @@ from enkf_repro.optim.adaptive import (
     resize_ensemble,
     shrink_ensemble,
 )
+from enkf_repro.runs.folder import RunFolder, RunWriter
 from enkf_repro.runs.loop import LoopState
-from enkf_repro.runs.rundir import RunDir
 from enkf_repro.runs.runner import RunSpec, run_one
 
 PAPER = dict(epsilon=10.0, kappa=1.0, v=1000, b_l=1000, b_u=10000)
@@ -264,7 +264,7 @@ def test_loop_applies_decisions(synthetic_root, tmp_path, scripted_errors):
     scripted_errors(SCRIPT)
     spec = tiny_spec(synthetic_root, tmp_path)
     assert run_one(spec)["status"] == "finished"
-    df = pd.read_csv(spec.dir / "metrics.csv")
+    df = RunFolder(spec.dir).rows()
     wide = df.pivot_table(index="iteration", columns="metric", values="value")
     # 3: first point; 6: 7.5 vs 8 shrink J 12->8, r 3->2; 9: 7.2 vs 7.5 shrink J->4, r->1;
     # 12: 3.0 vs 7.2 grow J->8, r->2; 15: worse, hold; 18: 3.05 < 3.1 shrink J->4, r->1 ...
@@ -291,7 +291,7 @@ def test_loop_resume_after_interrupt_equals_uninterrupted(synthetic_root, tmp_pa
     # interrupted after iteration 10 (after two shrinks, r_next pending), then resumed
     scripted_errors(SCRIPT)
     spec = tiny_spec(synthetic_root, tmp_path / "b")
-    original = RunDir.stop_if_requested
+    original = RunWriter.stop_if_requested
     state = {"n": 0}
 
     def stop_at_10(self, fn):
@@ -300,22 +300,22 @@ def test_loop_resume_after_interrupt_equals_uninterrupted(synthetic_root, tmp_pa
             self.stop_requested = True
         return original(self, fn)
 
-    monkeypatch.setattr(RunDir, "stop_if_requested", stop_at_10)
+    monkeypatch.setattr(RunWriter, "stop_if_requested", stop_at_10)
     from enkf_repro.errors import Interrupted
 
     with pytest.raises(Interrupted):
         run_one(spec)
-    monkeypatch.setattr(RunDir, "stop_if_requested", original)
+    monkeypatch.setattr(RunWriter, "stop_if_requested", original)
     ckpt = torch.load(spec.dir / "checkpoint.pt", weights_only=False)["state"]
     assert ckpt["method"]["U"].shape[0] == 4                     # the shrunk ensemble is saved
     assert ckpt["loop"]["iteration"] == 10 and ckpt["loop"]["r"] == 1
     assert ckpt["schedule"] == {"prev": 7.2}                      # t_{n-1}
-    done = pd.read_csv(spec.dir / "metrics.csv")
+    done = RunFolder(spec.dir).rows()
     n_evals = int((done["metric"] == "adaptive_decision").sum())   # evaluations before the stop
     scripted_errors(SCRIPT[n_evals:])
     assert run_one(spec)["status"] == "finished"
-    a = pd.read_csv(ref.dir / "metrics.csv").drop(columns="elapsed_s")
-    b = pd.read_csv(spec.dir / "metrics.csv").drop(columns="elapsed_s")
+    a = RunFolder(ref.dir).rows().drop(columns="elapsed_s")
+    b = RunFolder(spec.dir).rows().drop(columns="elapsed_s")
     pd.testing.assert_frame_equal(a, b)
 
 
@@ -362,7 +362,7 @@ def test_as_run_rule_ends_the_run_before_the_fixed_one(synthetic_root, tmp_path,
     spec = tiny_spec(synthetic_root, tmp_path, ["optimizer.adaptive.rule=as_run",
                                                 "optimizer.adaptive.use_initial_error=null"])
     assert run_one(spec)["status"] == "finished"
-    df = pd.read_csv(spec.dir / "metrics.csv")
+    df = RunFolder(spec.dir).rows()
     wide = df.pivot_table(index="iteration", columns="metric", values="value")
     assert wide.index.tolist() == [0, 3, 6, 8]
     assert wide["adaptive_repetitions"].tolist() == [3, 2, 1, 1]      # 90 -> 8: r down, J kept

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import TINY_FIG8
+from enkf_repro.runs.folder import RunFolder
 from enkf_repro.runs.results import COLUMNS
 
 
@@ -43,15 +44,16 @@ def test_end_to_end_run_and_plot_tiny_figure8(cli, synthetic_root, tmp_path):
     out = tmp_path / "res"
     proc = cli("run", *TINY_FIG8, f"out_dir={out}", env=env)
     assert proc.returncode == 0, proc.stderr
-    runs = sorted((out / "smoke" / "fig8").glob("*/metrics.csv"))
+    runs = sorted((out / "smoke" / "fig8").glob("*/config.yaml"))
     assert len(runs) == 4  # logistic/relu/tanh at J=6 and logistic at J=4
-    for csv in runs:
-        df = pd.read_csv(csv)
+    for config in runs:
+        run = RunFolder(config.parent)
+        df = run.rows()
         assert list(df.columns) == COLUMNS
         err = df[df.metric == "test_error"]
         assert err["value"].between(0, 100).all() and err["iteration"].iloc[0] == 0
         assert err["iteration"].max() == 3 * 8  # 3 batches x r = 8
-        assert (csv.parent / "config.yaml").is_file() and (csv.parent / "done.json").is_file()
+        assert run.finished
         assert pd.to_numeric(df["value"]).notna().all()
     proc = cli("plot", "figure=8", "scale=smoke", f"out_dir={out}", env=env)
     assert proc.returncode == 0, proc.stderr

@@ -4,6 +4,7 @@ a run still going, and the one-line errors."""
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from pathlib import Path
 
@@ -46,8 +47,8 @@ def by_hand(root: Path, metric: str = "test_error") -> pd.DataFrame:
     """Each run's last value of ``metric`` and its config's ensemble size and seed, straight from
     the files (complete lines only)."""
     rows = []
-    for csv in sorted(root.rglob("metrics.csv")):
-        text = csv.read_text()
+    for csv in sorted(root.rglob("metrics.csv*")):   # the plain CSV while a run goes, gzip once finished
+        text = (gzip.decompress(csv.read_bytes()) if csv.suffix == ".gz" else csv.read_bytes()).decode()
         lines = text[: text.rfind("\n") + 1]
         df = pd.read_csv(pd.io.common.StringIO(lines))
         df = df[df.metric == metric].sort_values("iteration")
@@ -137,7 +138,8 @@ def test_a_run_still_going_is_included(cli, sweep, tmp_path):
     (going,) = (out / "smoke" / "runs").glob("*-J4-*s1-*")
     (going / "done.json").unlink()
     csv = going / "metrics.csv"
-    lines = csv.read_text().splitlines(keepends=True)
+    lines = gzip.decompress((going / "metrics.csv.gz").read_bytes()).decode().splitlines(keepends=True)
+    (going / "metrics.csv.gz").unlink()   # back to a run still writing its plain CSV
     cut = next(i for i, ln in enumerate(lines) if ",2,0." in ln)    # first row of iteration 2
     csv.write_text("".join(lines[:cut]) + lines[cut][:25])           # and half of it
     hand = by_hand(out)

@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from enkf_repro.errors import ConfigError
-from enkf_repro.optim.distributed_enkf import LocalComm, apply_low_rank_rows_, partition, redraw_rows_, row_range
+from enkf_repro.optim.distributed_enkf import apply_low_rank_rows_, partition, redraw_rows_, row_range
 from enkf_repro.optim.failure import redraw_members
 from enkf_repro.optim.linalg import apply_low_rank_
+from enkf_repro.runs.comm import LocalComm
 from enkf_repro.runs.distributed import validate_distributed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,7 +120,8 @@ def _train(method, batches, nan_at, owner_rows):
 def _rank_main(rank, world, store, out):
     import torch.distributed as dist
 
-    from enkf_repro.optim.distributed_enkf import Comm, DistributedEnKF
+    from enkf_repro.optim.distributed_enkf import DistributedEnKF
+    from enkf_repro.runs.comm import Comm
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
@@ -205,12 +207,15 @@ def _torchrun(nproc: int, args: list[str], env: dict) -> subprocess.CompletedPro
 
 
 def _csv(out: Path) -> Path:
-    (csv,) = (out / "smoke" / "runs").glob("*/metrics.csv")
-    return csv
+    """The config file of the single run under ``out`` (its parent is the run's folder)."""
+    (config,) = (out / "smoke" / "runs").glob("*/config.yaml")
+    return config
 
 
 def _compare(a: Path, b: Path) -> None:
-    da, db = pd.read_csv(a), pd.read_csv(b)
+    from enkf_repro.runs.folder import RunFolder
+
+    da, db = RunFolder(a.parent).rows(), RunFolder(b.parent).rows()
     assert list(da[["iteration", "metric"]].itertuples(index=False)) == \
         list(db[["iteration", "metric"]].itertuples(index=False))
     pd.testing.assert_series_equal(da["value"], db["value"], rtol=1e-4, atol=1e-6)

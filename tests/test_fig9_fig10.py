@@ -12,7 +12,7 @@ from test_letters import make_letter_folders
 
 from enkf_repro.experiments import get_figure
 from enkf_repro.optim.adaptive import decide, decide_as_run
-from enkf_repro.runs.results import read_runs
+from enkf_repro.runs.folder import read_runs
 
 
 def _paper_numbers(fig_id, fig_dir):
@@ -31,7 +31,7 @@ def test_figure9_on_letter_folders(cli, tmp_path):
     assert proc.returncode == 0, proc.stderr
     # one warning line for the corrupt file (the data is loaded once for both runs)
     assert (proc.stdout + proc.stderr).count("skipped 1 unreadable image file (e.g. C/broken0.png)") == 1
-    runs = sorted((out / "smoke" / "fig9").glob("*/metrics.csv"))
+    runs = sorted((out / "smoke" / "fig9").glob("*/metrics.csv.gz"))
     assert [p.parent.name.split("-")[0] for p in runs] == ["J4", "J8"]
     for csv in runs:
         err = pd.read_csv(csv).query("metric == 'test_error'")
@@ -56,8 +56,8 @@ def test_figure10_fixed_and_adaptive(cli, synthetic_root, tmp_path, rule):
     proc = cli("run", *args, env={"ENKF_REPRO_DATA": str(synthetic_root)})
     assert proc.returncode == 0, proc.stderr
     fig_dir = out / "smoke" / "fig10"
-    (fixed,) = fig_dir.glob("fixed-J40-*/metrics.csv")
-    (adaptive,) = fig_dir.glob("adaptive-J40-*/metrics.csv")
+    (fixed,) = fig_dir.glob("fixed-J40-*/metrics.csv.gz")
+    (adaptive,) = fig_dir.glob("adaptive-J40-*/metrics.csv.gz")
     f, a = pd.read_csv(fixed), pd.read_csv(adaptive)
     assert not f["metric"].str.startswith("adaptive_").any()
     assert f.query("metric == 'test_error'")["iteration"].max() == 4 * 8

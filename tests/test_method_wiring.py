@@ -42,6 +42,7 @@ from enkf_repro.optim.eki import eki_frobenius, eki_kalman_step_, eki_loss_grad
 from enkf_repro.optim.enkf import enkf_update
 from enkf_repro.optim.inflation import multiplicative_factor, multiplicative_inflation_
 from enkf_repro.optim.linalg import apply_low_rank_
+from enkf_repro.runs.folder import RunFolder
 
 N, NIN, C, J = 60, 4, 3, 40
 GAMMA = 0.5
@@ -233,7 +234,7 @@ def test_run_stops_when_the_controller_reaches_T(cli, synthetic_root, tmp_path):
     (run,) = (out / "smoke" / "runs").iterdir()
     done = json.loads((run / "done.json").read_text())
     assert done["status"] == "finished" and done["iterations"] < 10 and "T = 1" in done["stopped_early"]
-    rows = (run / "metrics.csv").read_text().splitlines()
+    rows = RunFolder(run).rows_bytes().decode().splitlines()
     assert any(",algorithm_time,1.0," in r for r in rows)
     assert (run / "params.pt").is_file() and not (run / "checkpoint.pt").exists()
 

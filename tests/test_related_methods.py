@@ -21,6 +21,7 @@ from enkf_repro.optim.eki import (
 )
 from enkf_repro.optim.haber import Haber, haber_step
 from enkf_repro.optim.ienk import IEnKSimple, ienk_coefficients, ienk_update_, layer_blocks, perturbed_members
+from enkf_repro.runs.folder import RunFolder
 
 F64 = torch.float64
 
@@ -614,7 +615,6 @@ def test_default_randomised_eki_run_matches_the_schedule_before_the_epoch_hook(s
     after every step, recomputed here from the pure functions."""
     from enkf_repro.data.batches import Batches
     from enkf_repro.data.datasets import load_data
-    from enkf_repro.runs.results import read_metrics
 
     spec = loop_run(synthetic_root, tmp_path, "optimizer=eki", "model=dnn2", "optimizer.ensemble_size=5",
                     "optimizer.randomize=true", "init.scheme=glorot", "init.bias_sigma=0", "train.epochs=2",
@@ -639,7 +639,7 @@ def test_default_randomised_eki_run_matches_the_schedule_before_the_epoch_hook(s
         randomize_(U, torch.randn(U.shape, generator=gen), spread(k + 1) * prior)
         if (k + 1) % 2 == 0 or k + 1 == batches.total:
             want[k + 1] = evaluate()
-    df = read_metrics(spec.dir / "metrics.csv")
+    df = RunFolder(spec.dir).rows()
     got = {int(i): (e, float(df[(df.iteration == i) & (df.metric == "test_loss")]["value"].iloc[0]))
            for i, e in df[df.metric == "test_error"][["iteration", "value"]].itertuples(index=False)}
     assert sorted(got) == [0, 2, 4, 6] and got == {k: (e, loss) for k, (e, loss) in want.items()}

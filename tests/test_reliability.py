@@ -19,7 +19,7 @@ import torch
 
 from conftest import FILES, REPO, make_dataset, write_idx
 from enkf_repro.errors import DivergenceError
-from enkf_repro.runs.results import read_metrics
+from enkf_repro.runs.folder import RunFolder
 
 # A single EnKF run on the synthetic data: 10 batches x r = 8 = 80 iterations.
 RUN = ["optimizer.ensemble_size=24", "train.max_batches=10", "train.eval_every=8", "scale=smoke",
@@ -31,13 +31,14 @@ def _env(root: Path) -> dict:
 
 
 def _csv(out: Path) -> Path:
-    (csv,) = (out / "smoke" / "runs").glob("*/metrics.csv")
-    return csv
+    """The folder of the single run under ``out``."""
+    (config,) = (out / "smoke" / "runs").glob("*/config.yaml")
+    return config.parent
 
 
-def _values(csv: Path) -> pd.DataFrame:
+def _values(run: Path) -> pd.DataFrame:
     """Every column but the wall-clock one."""
-    return pd.read_csv(csv).drop(columns="elapsed_s")
+    return RunFolder(run).rows().drop(columns="elapsed_s")
 
 
 def _popen(args, env, out):
@@ -70,13 +71,13 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_csv(cli, synthetic_root, tmp
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     csv = _csv(out)
-    assert not (csv.parent / "done.json").exists()
-    partial = read_metrics(csv)  # readable mid-run: whole lines only
-    assert len(partial) < len(pd.read_csv(_csv(ref)))
+    assert not (csv / "done.json").exists()
+    partial = RunFolder(csv).rows()  # readable mid-run: whole lines only
+    assert len(partial) < len(RunFolder(_csv(ref)).rows())
     rerun = cli("run", *args, f"out_dir={out}", env=_env(synthetic_root))
     assert rerun.returncode == 0, rerun.stderr
     pd.testing.assert_frame_equal(_values(csv), _values(_csv(ref)))
-    assert not (csv.parent / "checkpoint.pt").exists() and (csv.parent / "done.json").exists()
+    assert not (csv / "checkpoint.pt").exists() and (csv / "done.json").exists()
 
 
 def test_sigterm_checkpoints_and_exits_then_resumes(cli, synthetic_root, tmp_path):
@@ -91,7 +92,7 @@ def test_sigterm_checkpoints_and_exits_then_resumes(cli, synthetic_root, tmp_pat
     it = state["state"]["loop"]["iteration"]
     assert 0 < it < 80
     assert cli("run", *RUN, f"out_dir={out}", env=_env(synthetic_root)).returncode == 0
-    df = pd.read_csv(_csv(out))
+    df = RunFolder(_csv(out)).rows()
     assert df[df.metric == "test_error"]["iteration"].tolist() == [0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80]
 
 
@@ -102,10 +103,9 @@ def test_a_corrupt_checkpoint_is_one_line_naming_it_and_restart_recovers(cli, sy
     from enkf_repro.errors import Interrupted
     from enkf_repro.runs.loop import train_run
     from enkf_repro.runs.results import config_columns
-    from enkf_repro.runs.rundir import RunDir
 
     spec = _in_process_run(synthetic_root, tmp_path)
-    rd = RunDir(spec.dir, spec.cfg, config_columns(spec.cfg, "none", spec.label), checkpoint_every=4)
+    rd = RunFolder(spec.dir).open(spec.cfg, config_columns(spec.cfg, "none", spec.label), checkpoint_every=4)
     rd.stop_requested = True   # as after SIGTERM: checkpoint at the first iteration, then stop
     with pytest.raises(Interrupted):
         train_run(spec.cfg, rd, spec.label)
@@ -125,7 +125,7 @@ def test_same_seed_same_config_gives_identical_csv_values(cli, synthetic_root, t
     a, b = tmp_path / "a", tmp_path / "b"
     for out in (a, b):
         assert cli("run", *RUN, f"out_dir={out}", env=_env(synthetic_root)).returncode == 0
-    da, db = _csv(a).read_text().splitlines(), _csv(b).read_text().splitlines()
+    da, db = (RunFolder(_csv(x)).rows_bytes().decode().splitlines() for x in (a, b))
     k = da[0].split(",").index("elapsed_s")
     strip = [",".join(c for i, c in enumerate(line.split(",")) if i != k) for line in da], \
             [",".join(c for i, c in enumerate(line.split(",")) if i != k) for line in db]
@@ -147,14 +147,14 @@ def test_restart_true_starts_over_and_finished_runs_are_skipped(cli, synthetic_r
 def test_refuses_a_run_folder_holding_a_different_config(cli, synthetic_root, tmp_path):
     env = _env(synthetic_root)
     assert cli("run", *RUN, f"out_dir={tmp_path}", env=env).returncode == 0
-    run_dir = _csv(tmp_path).parent
+    run_dir = _csv(tmp_path)
     (run_dir / "done.json").unlink()
     cfg = (run_dir / "config.yaml").read_text().replace("gamma: 0.01", "gamma: 0.5")
     (run_dir / "config.yaml").write_text(cfg)
-    before = (run_dir / "metrics.csv").read_bytes()
+    before = RunFolder(run_dir).rows_bytes()
     proc = cli("run", *RUN, f"out_dir={tmp_path}", env=env)
     assert proc.returncode == 2 and "different configuration" in proc.stderr
-    assert (run_dir / "metrics.csv").read_bytes() == before
+    assert RunFolder(run_dir).rows_bytes() == before
 
 
 # -- bad input: exit code 2, one line naming the key, the value and what is allowed -------------------------
@@ -324,7 +324,7 @@ def test_nonfinite_members_are_redrawn_and_counted(synthetic_root, tmp_path, mon
     spec = _in_process_run(synthetic_root, tmp_path)
     status = run_one(spec)
     assert status["status"] == "finished" and calls["checked"]
-    df = pd.read_csv(spec.dir / "metrics.csv")
+    df = RunFolder(spec.dir).rows()
     steps = df[df.metric == "nonfinite_step"]
     assert steps["iteration"].tolist() == list(range(10, 81, 10)) and (steps["value"] == 2).all()
     total = df[df.metric == "nonfinite_members"]
@@ -350,7 +350,7 @@ def test_policy_fail_stops_with_divergence_and_keeps_the_csv(synthetic_root, tmp
     spec = _in_process_run(synthetic_root, tmp_path, ["optimizer.nonfinite=fail"])
     status = run_one(spec)
     assert status["status"] == "diverged" and "non-finite" in status["message"]
-    df = pd.read_csv(spec.dir / "metrics.csv")
+    df = RunFolder(spec.dir).rows()
     assert df[df.metric == "test_error"]["iteration"].max() == 16   # the rows before the fault are kept
 
 
@@ -370,18 +370,17 @@ def test_diverged_run_exits_3_with_message(cli, synthetic_root, tmp_path):
                env=_env(synthetic_root))  # float32 overflow: every member non-finite
     assert proc.returncode == 3, proc.stderr
     assert "diverged" in proc.stderr and "Traceback" not in proc.stderr
-    assert _csv(tmp_path).exists()
+    assert RunFolder(_csv(tmp_path)).has_rows
     # the same command again reports the divergence (exit 3) without training or calling it finished
-    stamp = _csv(tmp_path).stat().st_mtime_ns
+    stamp = RunFolder(_csv(tmp_path)).rows_path().stat().st_mtime_ns
     again = cli("run", *RUN, "model.activation=relu", "init.sigma=1e20", f"out_dir={tmp_path}",
                 env=_env(synthetic_root))
     assert again.returncode == 3 and "diverged" in again.stderr and "already finished" not in again.stderr
-    assert _csv(tmp_path).stat().st_mtime_ns == stamp
+    assert RunFolder(_csv(tmp_path)).rows_path().stat().st_mtime_ns == stamp
     from enkf_repro import read_runs
-    from enkf_repro.runs.results import run_state
 
     assert not read_runs(tmp_path)["finished"].any()
-    assert run_state(_csv(tmp_path).parent) == "diverged" and run_state(tmp_path) == "unfinished"
+    assert RunFolder(_csv(tmp_path)).state == "diverged" and RunFolder(tmp_path).state == "unfinished"
 
 
 def test_divergence_error_is_an_enkf_repro_error():

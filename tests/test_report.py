@@ -60,7 +60,7 @@ def test_reproduce_two_figures_writes_report_then_reruns_without_training(cli, s
         assert f"]({png})" in report
         with Image.open(tmp_path / "smoke" / png) as im:
             assert im.size[0] > 400
-    csvs = sorted((tmp_path / "smoke" / "fig8").glob("*/metrics.csv"))
+    csvs = sorted((tmp_path / "smoke" / "fig8").glob("*/metrics.csv.gz"))
     stamps = [c.stat().st_mtime_ns for c in csvs]
     again = cli("reproduce", *TINY, f"out_dir={tmp_path}", env=env)
     assert again.returncode == 0, again.stderr

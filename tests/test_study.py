@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from enkf_repro.runs.rundir import RunDir
+from enkf_repro.runs.folder import RunFolder, RunWriter
 
 TINY = ["optimizer.ensemble_size=4", "progress=false", "optimizer.repetitions=2"]
 
@@ -28,7 +28,7 @@ def test_a_single_run_at_smoke_scale_is_shrunk_and_named_by_its_settings(cli, sy
     assert run.name.startswith("enkf-paper_cnn-J4-r2-gamma0.5-s0-")       # what differs from the defaults
     done = json.loads((run / "done.json").read_text())
     assert done["batches"] == 10 and done["iterations"] == 20               # 640 images / 64 < 16 batches
-    df = pd.read_csv(run / "metrics.csv")
+    df = RunFolder(run).rows()
     settings = set(df["settings"].iloc[0].split(";"))
     assert {"optimizer.gamma=0.5", "optimizer.ensemble_size=4", "train.max_batches=16",
             "dataset.test_size=2000"} <= settings
@@ -43,7 +43,7 @@ def test_a_figure_run_is_labelled_from_its_resolved_config(cli, synthetic_root, 
     assert proc.returncode == 0, proc.stderr
     (run,) = _runs(tmp_path, "fig8")
     assert run.name.startswith("relu-J5-s0-")                # not the series' nominal relu-J200
-    assert "[1/1] relu-J5 seed=0" in proc.stderr
+    assert "[1/1] fig 8 relu-J5 seed=0" in proc.stderr
 
 
 def test_a_run_finished_in_another_folder_is_copied_not_retrained(cli, synthetic_root, tmp_path):
@@ -60,7 +60,7 @@ def test_a_run_finished_in_another_folder_is_copied_not_retrained(cli, synthetic
     assert "copied, not retrained" in proc.stderr
     (copy,) = _runs(tmp_path)
     assert copy.name.split("-")[-1] == source.name.split("-")[-1]
-    a, b = pd.read_csv(source / "metrics.csv"), pd.read_csv(copy / "metrics.csv")
+    a, b = RunFolder(source).rows(), RunFolder(copy).rows()
     assert set(b["figure"].astype(str)) == {"none"} and set(a["figure"].astype(str)) == {"8"}
     cols = ["iteration", "metric", "value", "elapsed_s"]
     pd.testing.assert_frame_equal(a[cols], b[cols])
@@ -72,7 +72,7 @@ def test_one_interrupt_stops_the_whole_sweep_with_130_and_the_rerun_resumes(cli,
     env = {"ENKF_REPRO_DATA": str(synthetic_root)}
     args = ["run", "-m", "seed=0,1", "scale=smoke", "train.max_batches=4", "checkpoint_every=2", *TINY,
             f"out_dir={tmp_path}"]
-    original = RunDir.stop_if_requested
+    original = RunWriter.stop_if_requested
     calls = {"n": 0}
 
     def sigint_at_5(self, state_fn):          # as if SIGINT arrived during the 5th iteration of job 0
@@ -80,13 +80,13 @@ def test_one_interrupt_stops_the_whole_sweep_with_130_and_the_rerun_resumes(cli,
         self.stop_requested = self.stop_requested or calls["n"] == 5
         return original(self, state_fn)
 
-    monkeypatch.setattr(RunDir, "stop_if_requested", sigint_at_5)
+    monkeypatch.setattr(RunWriter, "stop_if_requested", sigint_at_5)
     proc = cli(*args, env=env)
     assert proc.returncode == 130, proc.stderr
     assert "rerun the same command to resume" in proc.stderr and "Error executing job" not in proc.stderr
     (run,) = _runs(tmp_path)                   # job 1 never started
     assert (run / "checkpoint.pt").exists() and not (run / "done.json").exists()
-    monkeypatch.setattr(RunDir, "stop_if_requested", original)
+    monkeypatch.setattr(RunWriter, "stop_if_requested", original)
     proc = cli(*args, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "resumed from iteration 5" in proc.stderr     # the checkpoint the stop wrote
@@ -152,8 +152,8 @@ def test_a_run_stopped_by_its_time_budget_resumes_to_the_uninterrupted_csv(cli, 
     budget.clear()
     for a, b in zip(_runs(tmp_path / "ref"), _runs(out)):
         assert a.name == b.name
-        pd.testing.assert_frame_equal(pd.read_csv(a / "metrics.csv").drop(columns="elapsed_s"),
-                                      pd.read_csv(b / "metrics.csv").drop(columns="elapsed_s"))
+        pd.testing.assert_frame_equal(RunFolder(a).rows().drop(columns="elapsed_s"),
+                                      RunFolder(b).rows().drop(columns="elapsed_s"))
 
 
 def test_time_budget_values():

@@ -24,7 +24,7 @@ def _env(root) -> dict:
 
 
 def _check_two_jobs(out):
-    runs = sorted((out / "smoke" / "fig8").glob("*/metrics.csv"))
+    runs = sorted((out / "smoke" / "fig8").glob("*/metrics.csv.gz"))
     assert [p.parent.name.split("-")[2] for p in runs] == ["s1", "s2"]
     for csv in runs:
         df = pd.read_csv(csv)
@@ -47,7 +47,7 @@ def test_joblib_sweep_runs_two_jobs_and_plot_draws_both(cli, synthetic_root, tmp
     assert (out / "smoke" / "fig8" / "fig8.png").stat().st_size > 1000
     from enkf_repro.experiments import get_figure
     from enkf_repro.report.render import select_runs
-    from enkf_repro.runs.results import read_runs
+    from enkf_repro.runs.folder import read_runs
 
     drawn = select_runs(read_runs(out / "smoke" / "fig8"), get_figure("8"), [])
     assert sorted(drawn.seed.unique()) == [1, 2]   # both jobs' runs, one band over the two seeds

@@ -32,6 +32,8 @@ NEUTRAL = {
 _INFLATION_OFF = {"multiplicative": None, "multiplicative_form": "factor", "additive": None,
                   "additive_covariance": "prior", "additive_keep_mean": False}
 NEUTRAL_OPTIMIZER = {
+    "sgd": {"state_from": None},
+    "adam": {"state_from": None},
     "enkf": {"inflation": _INFLATION_OFF},
     "eki": {"inflation": _INFLATION_OFF, "scheduler": "kovachki_stuart", "update_form": "auto", "gamma": 1.0,
             "dt": 1.0, "terminate_at": 1.0, "on_terminate": "stop", "misfit_clock": "run"},

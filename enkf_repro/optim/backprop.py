@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from ..models.base import ModelSpec
 from .base import Method, register_method
 from .instrument import Instrument
@@ -31,6 +32,10 @@ class SGDConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
+    # the id of a finished run (same optimizer, under out_dir) whose final optimizer state this run
+    # starts from, with freshly initialised weights: the published script built each optimizer
+    # once and reused it across its sigma sweep (null: a fresh optimizer, the default)
+    state_from: Optional[str] = None
 
 
 @dataclass
@@ -42,6 +47,7 @@ class AdamConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 0.0
+    state_from: Optional[str] = None   # as SGDConfig.state_from
 
 
 def make_optimizer(ocfg, params) -> torch.optim.Optimizer:
@@ -107,6 +113,18 @@ class Backprop(Method):
         self.step_count = int(state["step"])
         if self.inst is not None:
             self.inst.load_state_dict(state["instrument"])
+
+    def export_state(self) -> dict[str, Any]:
+        """The optimizer's final state (momentum buffers, Adam's moments and step count)."""
+        return {"optimizer": self.opt.state_dict()}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        """Start from another run's final optimizer state (``optimizer.state_from``); the weights
+        stay this run's own initialisation."""
+        if "optimizer" not in state:
+            raise ConfigError("optimizer.state_from", "set", "the id of a backprop run (that run kept no optimizer "
+                              "state)")
+        self.opt.load_state_dict(state["optimizer"])
 
     def close(self) -> None:
         if self.inst is not None:

@@ -19,12 +19,15 @@ A method object is driven by the one training loop (``runs/loop.py``):
   acts on epochs (EKI's ``public`` (R) schedule);
 * ``state_dict()`` / ``load_state_dict()`` everything a resumed run needs (the loop keeps the
   generator, the data position and Algorithm 1's state);
+* ``export_state()`` what the run keeps of the method's final state beside the trained networks,
+  and ``import_state(state)`` to start another run from it (a backprop run's
+  optimizer state: ``optimizer.state_from``); nothing by default;
 * ``repetitions`` presentations of each mini-batch (the EnKF's r; 1 otherwise), and
   ``shuffle_default`` whether mini-batches are reshuffled each epoch unless ``train.shuffle``
   says otherwise;
 * ``finished`` (False by default): True when the method takes no further step (the data-misfit
   controller at its terminal time with ``on_terminate=stop``); the loop then evaluates and ends
-  the run cleanly, before its iteration budget, with ``finish_reason`` in ``done.json``.
+  the run cleanly, before its iteration budget, with ``finish_reason`` in the run's summary.
 
 Ensemble methods (:class:`EnsembleMethod`) make every update through ``apply_update``: the shared
 non-finite member policy (failure.py), then the shared covariance inflation
@@ -72,7 +75,7 @@ class Method:
 
     @property
     def finish_reason(self) -> str:
-        """Why ``finished`` became True (for the run's done.json and the log)."""
+        """Why ``finished`` became True (for the run's summary and the log)."""
         return ""
 
     def attach(self, batches) -> None:
@@ -95,6 +98,13 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+    def export_state(self) -> dict[str, Any]:
+        return {}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        raise ConfigError("optimizer.state_from", "set", f"null: {type(self).__name__} does not start from "
+                          "another run's state")
 
     def close(self) -> None:
         pass

@@ -27,7 +27,7 @@ What is exchanged per EnKF iteration (d = B * C, m = ceil(J / N), 4-byte floats)
 
 Per rank and iteration that is  ceil(J/N)*B*C + P + min(J, B*C)*P + 1  values handed to the
 collectives (``min(...)`` term: d*P with all_reduce, or N*m*P with reduce_scatter when J <= d);
-``Comm.sent`` counts them. With ring algorithms each rank sends (and receives) about
+``sent`` of the communicator counts them. With ring algorithms each rank sends (and receives) about
 4 * [(N-1) m d + 2 (N-1)/N (P + 1 + d P)] bytes when J > d, or 4 * [(N-1) m d + 2 (N-1)/N (P + 1)
 + (N-1) m P] when J <= d. At the paper's sizes (J = 5000, P = 18,050, B = 64, C = 10, N = 2) that
 is 6.4 MB + 46 MB per iteration, against about 0.5 TFLOP of work per iteration.
@@ -42,12 +42,10 @@ The process group, the run folder of rank 0 and the checkpoints are ``runs/distr
 
 from __future__ import annotations
 
-import math
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import torch
-import torch.distributed as dist
 
 from ..errors import ConfigError, DivergenceError
 from .enkf import EnKF, kalman_factors
@@ -74,122 +72,28 @@ def row_range(counts: Sequence[int], rank: int) -> tuple[int, int]:
     return lo, lo + counts[rank]
 
 
-# -- collectives -------------------------------------------------------------------------------
-class Comm:
-    """The collectives the distributed EnKF uses, over the default torch.distributed group (NCCL
-    for CUDA tensors, gloo for CPU ones). ``sent`` counts, per operation, the elements this rank
-    handed in (its contribution, padding included) - the numbers in the module docstring."""
+# -- collectives ---------------------------------------------------------------------------------
+class Collectives(Protocol):
+    """What the numerics below need from the processes' communicator (``runs/comm.py``: ``Comm``
+    over torch.distributed, ``LocalComm`` for one process). ``sent`` counts, per operation, the
+    elements this rank handed in (the numbers in the module docstring)."""
 
-    def __init__(self, device: torch.device | str = "cpu"):
-        self.rank = dist.get_rank()
-        self.world = dist.get_world_size()
-        self.device = torch.device(device)
-        self.sent: Counter = Counter()
+    rank: int
+    world: int
+    device: torch.device
+    sent: Counter
 
-    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum over ranks, in place; returns ``t``."""
-        self.sent["all_reduce"] += t.numel()
-        dist.all_reduce(t)
-        return t
-
-    def all_gather_rows(self, x: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
-        """Concatenate every rank's rows x (counts[rank], ...) in rank order: (sum(counts), ...)."""
-        m = max(counts)
-        pad = x.new_zeros((m,) + tuple(x.shape[1:]))
-        pad[: x.shape[0]] = x
-        parts = [torch.empty_like(pad) for _ in range(self.world)]
-        self.sent["all_gather"] += pad.numel()
-        dist.all_gather(parts, pad)
-        return torch.cat([p[:c] for p, c in zip(parts, counts)])
-
-    def reduce_scatter_rows(self, x: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
-        """x (sum(counts), n) on every rank; returns this rank's rows of the sum over ranks."""
-        m = max(counts)
-        chunks = []
-        for k in range(self.world):
-            lo, hi = row_range(counts, k)
-            c = x.new_zeros((m,) + tuple(x.shape[1:]))
-            c[: hi - lo] = x[lo:hi]
-            chunks.append(c)
-        out = torch.empty_like(chunks[0])
-        self.sent["reduce_scatter"] += m * self.world * int(math.prod(x.shape[1:]))
-        dist.reduce_scatter(out, chunks)
-        return out[: counts[self.rank]]
-
-    def gather_rows(self, x: torch.Tensor, counts: Sequence[int], dst: int = 0) -> torch.Tensor | None:
-        """Every rank's rows, concatenated on rank ``dst`` (None elsewhere)."""
-        m = max(counts)
-        pad = x.new_zeros((m,) + tuple(x.shape[1:]))
-        pad[: x.shape[0]] = x
-        parts = [torch.empty_like(pad) for _ in range(self.world)] if self.rank == dst else None
-        self.sent["gather"] += pad.numel()
-        dist.gather(pad, parts, dst=dst)
-        if self.rank != dst:
-            return None
-        return torch.cat([p[:c] for p, c in zip(parts, counts)])
-
-    def broadcast_(self, t: torch.Tensor, src: int = 0) -> torch.Tensor:
-        self.sent["broadcast"] += t.numel() if self.rank == src else 0
-        dist.broadcast(t, src)
-        return t
-
-    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
-        box = [obj]
-        dist.broadcast_object_list(box, src)
-        return box[0]
-
-    def any(self, flag: bool) -> bool:
-        """True on every rank when ``flag`` is true on some rank."""
-        return self.max(1.0 if flag else 0.0) > 0
-
-    def max(self, value: float) -> float:
-        """The largest of the ranks' values, on every rank."""
-        t = torch.tensor([float(value)], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        self.sent["all_reduce"] += 1
-        return float(t.item())
-
-    def barrier(self) -> None:
-        dist.barrier()
-
-
-class LocalComm(Comm):
-    """One process, no process group: every collective is the identity (rank 0 of 1)."""
-
-    def __init__(self, device: torch.device | str = "cpu"):
-        self.rank, self.world, self.device, self.sent = 0, 1, torch.device(device), Counter()
-
-    def all_reduce(self, t):
-        return t
-
-    def all_gather_rows(self, x, counts):
-        return x
-
-    def reduce_scatter_rows(self, x, counts):
-        return x
-
-    def gather_rows(self, x, counts, dst=0):
-        return x
-
-    def broadcast_(self, t, src=0):
-        return t
-
-    def broadcast_object(self, obj, src=0):
-        return obj
-
-    def any(self, flag):
-        return bool(flag)
-
-    def max(self, value):
-        return float(value)
-
-    def barrier(self):
-        pass
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor: ...
+    def all_gather_rows(self, x: torch.Tensor, counts: Sequence[int]) -> torch.Tensor: ...
+    def reduce_scatter_rows(self, x: torch.Tensor, counts: Sequence[int]) -> torch.Tensor: ...
+    def gather_rows(self, x: torch.Tensor, counts: Sequence[int], dst: int = 0) -> torch.Tensor | None: ...
+    def broadcast_(self, t: torch.Tensor, src: int = 0) -> torch.Tensor: ...
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any: ...
 
 
 # -- the update on this rank's rows ------------------------------------------------------------
 def apply_low_rank_rows_(U_k: torch.Tensor, W: torch.Tensor, Z: torch.Tensor, counts: Sequence[int],
-                         rank: int, comm: Comm, block: int | None = None) -> torch.Tensor:
+                         rank: int, comm: Collectives, block: int | None = None) -> torch.Tensor:
     """In place on this rank's rows: U <- U + W Z^T (U - mean(U)), as ``enkf.apply_low_rank_``.
 
     Args:
@@ -226,7 +130,7 @@ def apply_low_rank_rows_(U_k: torch.Tensor, W: torch.Tensor, Z: torch.Tensor, co
 
 
 def redraw_rows_(U_k: torch.Tensor, bad_k: torch.Tensor, good_counts: Sequence[int],
-                 bad_counts: Sequence[int], rank: int, generator: torch.Generator, comm: Comm) -> torch.Tensor:
+                 bad_counts: Sequence[int], rank: int, generator: torch.Generator, comm: Collectives) -> torch.Tensor:
     """In place: this rank's rows ``bad_k`` redrawn as ``enkf.redraw_members`` does on the whole
     ensemble, u = mean + sum_k z_k (u_k - mean) / sqrt(J_good - 1) over the good members.
 
@@ -248,7 +152,7 @@ def redraw_rows_(U_k: torch.Tensor, bad_k: torch.Tensor, good_counts: Sequence[i
     return U_k
 
 
-def mean_rows(U_k: torch.Tensor, J: int, comm: Comm) -> torch.Tensor:
+def mean_rows(U_k: torch.Tensor, J: int, comm: Collectives) -> torch.Tensor:
     """Mean over all J members of the ensemble whose rows U_k this rank holds (P,)."""
     return comm.all_reduce(U_k.sum(0)) / J
 
@@ -260,9 +164,9 @@ class DistributedEnKF(EnKF):
     reduction order. ``step``, ``eval_params``, ``diagnostics``, ``state_dict`` and
     ``load_state_dict`` are collective: every rank calls them at the same iteration."""
 
-    def __init__(self, cfg, model, forward, generator, device, comm: Comm | None = None):
+    def __init__(self, cfg, model, forward, generator, device, comm: Collectives):
         super().__init__(cfg, model, forward, generator, device)   # the whole ensemble, as one process draws it
-        self.comm = comm if comm is not None else LocalComm(device)
+        self.comm = comm
         self._keep_rows(self.U)
 
     def _keep_rows(self, U_full: torch.Tensor) -> None:

@@ -57,7 +57,7 @@ Step schedulers (``optimizer.scheduler``, schedulers.py, after EnsembleKalmanPro
   (that would be t = the number of batches, each batch at dt = 1). Hence the choices:
   ``misfit_clock=run`` (EnsembleKalmanProcesses: one time over the run) with
   ``on_terminate=stop`` (its default: the run ends cleanly when t reaches ``terminate_at``, the
-  loop evaluates once more and writes why in done.json), ``continue`` (uncapped q_n after T) or
+  loop evaluates once more and the run's summary says why), ``continue`` (uncapped q_n after T) or
   ``continue_fixed`` (the last, capped step repeated); or ``misfit_clock=batch``: each mini-batch
   is its own inverse problem, the time starts over at every batch, so every step is
   min(q_n, T) and the run never stops early (each batch assimilated at most once, T = 1: the

@@ -24,7 +24,8 @@ from ..config.compose import did_you_mean, format_value, parse_overrides, split_
 from ..config.identity import semantic_config
 from ..errors import ConfigError, EnkfReproError
 from ..experiments.draw import COLORS, band, caption, mean_std, save, use_style
-from ..runs.results import config_key, flat_config, read_runs, run_config, slug, write_text_atomic
+from ..runs.folder import RunFolder, read_runs, slug
+from ..runs.results import config_key, flat_config, write_text_atomic
 from .render import _same
 
 LINESTYLES = ["-", "--", ":", "-."]
@@ -126,7 +127,7 @@ def _root(out_dir: str | Path, scale: str | None, folder: str | None) -> Path:
         if part is None:
             continue
         if not (root / part).is_dir():
-            present = sorted(p.name for p in root.iterdir() if p.is_dir() and next(p.rglob("metrics.csv"), None)
+            present = sorted(p.name for p in root.iterdir() if p.is_dir() and RunFolder.under(p)
                              ) if root.is_dir() else []
             raise ConfigError(name, part, f"a folder of runs under {root}: " + (", ".join(present) or "none there"))
         root = root / part
@@ -188,10 +189,10 @@ def compare(out_dir: str | Path = "results", by: str | Sequence[str] = (), metri
     root = _root(out_dir, scale, folder)
     df = read_runs(root)
     if df.empty:
-        raise EnkfReproError(f"no runs under {root} (a run is a folder with a metrics.csv); start some with "
+        raise EnkfReproError(f"no runs under {root} (a run is a folder with metric rows); start some with "
                              "`enkf-repro run -m ...`")
 
-    configs = {d: run_config(d) for d in df["run_dir"].unique()}
+    configs = {d: RunFolder(d).config() for d in df["run_dir"].unique()}
     flats = {d: flat_config(c) for d, c in configs.items()}
     by_keys = list(dict.fromkeys(_key(k, configs) for k in by))
     filters = [(_key(k, configs), vals) for k, vals in filters]

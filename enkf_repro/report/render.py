@@ -21,7 +21,8 @@ from ..config.schema import name_of
 from ..errors import ConfigError, EnkfReproError
 from ..experiments.base import Figure, get_figure
 from ..experiments.draw import save, use_style
-from ..runs.results import figure_dir, read_runs, write_text_atomic
+from ..runs.folder import RunFolder, figure_dir, read_runs
+from ..runs.results import write_text_atomic
 
 # Overrides that do not describe a run's configuration (never used to filter runs).
 # These are exactly the keys left out of a run's identity (config/identity.py).
@@ -80,8 +81,7 @@ def select_runs(df: pd.DataFrame, fig: Figure, overrides: Iterable[str]) -> pd.D
     if df.empty:
         return df
     filters = _filters(overrides)
-    configs = {d: OmegaConf.to_container(OmegaConf.load(Path(d) / "config.yaml"), resolve=True)
-               for d in df["run_dir"].unique()}
+    configs = {d: RunFolder(d).config() for d in df["run_dir"].unique()}
     keep = []
     for d, c in configs.items():
         cfg = OmegaConf.create(c)

@@ -21,7 +21,6 @@ import datetime
 import math
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,12 +30,11 @@ from ..config.schema import name_of
 from ..errors import ConfigError
 from ..experiments.base import FIGURES, figure_ids, get_figure
 from ..experiments.draw import differences_from_paper
-from ..runs import budget
 from ..runs.cost import describe, estimate_flops, estimate_seconds, measured_rate
+from ..runs.folder import figure_dir, read_runs
 from ..runs.progress import duration
-from ..runs.results import figure_dir, read_metrics, run_state, write_text_atomic
-from ..runs.rundir import RunBusy
-from ..runs.runner import check_runs, plan, run_one
+from ..runs.results import write_text_atomic
+from ..runs.runner import check_runs, execute, plan
 from .render import plot_figure
 
 
@@ -103,7 +101,7 @@ def reproduce_main(args: list[str]) -> int:
         plans[fig.id] = specs
     check_runs(s for specs in plans.values() for s in specs)
     all_specs = [s for fid in ids for s in plans[fid]]
-    pending = [s for s in all_specs if not (s.dir / "done.json").exists()]
+    pending = [s for s in all_specs if not s.folder.done]
     flops = sum(estimate_flops(s.cfg) for s in pending)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -121,29 +119,8 @@ def reproduce_main(args: list[str]) -> int:
         _say(plan_table(figs, plans, pending, cost))
         return 0
 
-    budget.start(compose(overrides).get("time_budget"))
-    t0, done_cost = time.perf_counter(), 0.0
-    left = 0
-    for i, spec in enumerate(pending, 1):
-        try:
-            if budget.expired():
-                raise budget.BudgetSpent("time budget spent")
-            status = run_one(spec)
-        except RunBusy as e:   # another process is training this run: leave it to that one
-            _say(f"[{i}/{len(pending)}] fig {spec.figure} {spec.label} seed={spec.seed}: skipped, {e}")
-            continue
-        except budget.BudgetSpent as e:
-            left = sum(not (s.dir / "done.json").exists() for s in pending[i - 1:])
-            _say(f"{e}; {left} run{'s' if left != 1 else ''} left: rerun the same command to continue "
-                 f"(the report below shows what is finished)")
-            break
-        done_cost += cost[id(spec)]
-        elapsed = time.perf_counter() - t0
-        eta = elapsed / done_cost * (total - done_cost) if done_cost else float("nan")
-        what = status["status"] + (f" in {status['seconds']:.1f} s" if "seconds" in status else "")
-        _say(f"[{i}/{len(pending)}] fig {spec.figure} {spec.label} seed={spec.seed}: {what}; "
-             f"overall {100 * done_cost / max(total, 1e-9):.0f} %, elapsed {duration(elapsed)}, "
-             f"ETA {duration(eta)}")
+    outcome = execute(pending, time_budget=compose(overrides).get("time_budget"), weights=cost)
+    left = outcome.left
 
     plotted, measured, judged = {}, {}, {}
     for fig in figs:
@@ -180,26 +157,15 @@ def _up_to_date_plot(cfg, fig, specs) -> list[Path] | None:
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     if not specs or not all(p.exists() for p in paths):
         return None
-    csvs = [s.dir / "metrics.csv" for s in specs]
-    if not all((s.dir / "done.json").exists() for s in specs):
+    if not all(s.folder.done for s in specs):
         return None
-    newest = max(c.stat().st_mtime for c in csvs)
+    newest = max(s.folder.rows_mtime() for s in specs)
     return paths if min(p.stat().st_mtime for p in paths) >= newest else None
 
 
 def _rows(specs):
-    """The tidy rows of the planned runs (those that have a CSV), with ``run_dir`` and ``finished``."""
-    import pandas as pd
-
-    frames = []
-    for s in specs:
-        csv = s.dir / "metrics.csv"
-        if csv.exists():
-            df = read_metrics(csv)
-            df["run_dir"] = str(s.dir)
-            df["finished"] = run_state(s.dir) == "finished"
-            frames.append(df)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    """The tidy rows of the planned runs (those that have rows), with ``run_dir`` and ``finished``."""
+    return read_runs([s.dir for s in specs])
 
 
 def _judge(fig, cfg, df) -> list[tuple[str, str, bool | None]]:
@@ -332,7 +298,7 @@ def write_report(out: Path, scale: str, figs, plans, plotted, measured, judged, 
                 lines += [table.read_text().strip(), ""]
         specs = plans[fig.id]
         if specs:
-            states = [run_state(s.dir) for s in specs]
+            states = [s.folder.state for s in specs]
             done, diverged = states.count("finished"), states.count("diverged")
             secs = sum(_elapsed(s) for s in specs)
             machines = sorted({m for s in specs if (m := _summary(s).get("machine"))})
@@ -347,13 +313,7 @@ def write_report(out: Path, scale: str, figs, plans, plotted, measured, judged, 
 
 
 def _summary(spec) -> dict:
-    """The run's done.json ({} while it is unfinished or unreadable)."""
-    import json
-
-    try:
-        return json.loads((spec.dir / "done.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    return spec.folder.summary()
 
 
 def _elapsed(spec) -> float:

@@ -29,8 +29,9 @@ import torch.distributed as dist
 
 from ..errors import ConfigError, EnkfReproError
 from ..models.ensemble import resolve_device
-from ..optim.distributed_enkf import DISTRIBUTED_METHODS, Comm
-from .rundir import RunBusy
+from ..optim.distributed_enkf import DISTRIBUTED_METHODS
+from .comm import Comm
+from .folder import RunBusy
 
 _COMM: Comm | None = None
 

@@ -36,10 +36,11 @@ from ..models.ensemble import EnsembleForward, resolve_device
 from ..models.registry import build_model
 from ..optim.adaptive import make_schedule
 from ..optim.base import get_method
-from ..optim.distributed_enkf import Comm, DistributedEnKF, LocalComm
+from ..optim.distributed_enkf import DistributedEnKF
+from .comm import Comm, LocalComm
 from .cost import describe
+from .folder import RunFolder, RunWriter
 from .progress import progress
-from .rundir import RunDir
 
 
 @dataclass
@@ -64,6 +65,16 @@ def _scalar(v: Any) -> float:
     return float(v.item()) if isinstance(v, torch.Tensor) else float(v)
 
 
+def final_state_of(out_dir, run_id: str) -> dict[str, Any]:
+    """What the finished run ``run_id`` under ``out_dir`` exported of its method's final state
+    (``optimizer.state_from``: a backprop run starting from another run's optimizer state)."""
+    folder = RunFolder.finished_with_id(out_dir, run_id)
+    if folder is None or not folder.has_params():
+        raise ConfigError("optimizer.state_from", run_id, f"the id of a finished run under {out_dir} (the run whose "
+                          "final optimizer state this one starts from; run it first)")
+    return dict(folder.params().get("state") or {})
+
+
 def check_outputs(model: ModelSpec, data: Data) -> None:
     """One line when a (custom) network does not map images to one logit per class."""
     x = data.train_x[:2]
@@ -81,7 +92,7 @@ def check_outputs(model: ModelSpec, data: Data) -> None:
                                f"({data.num_classes} classes)")
 
 
-def train_run(cfg, rd: RunDir, label: str = "", comm: Comm | None = None, *, data: Data | None = None,
+def train_run(cfg, rd: RunWriter, label: str = "", comm: Comm | None = None, *, data: Data | None = None,
               model: ModelSpec | None = None) -> dict[str, Any]:
     """Train the run ``cfg`` into the run folder ``rd`` (resuming from its checkpoint if any);
     ``data`` and ``model`` replace what ``cfg.dataset`` and ``cfg.model`` would load or build."""
@@ -109,6 +120,8 @@ def train_run(cfg, rd: RunDir, label: str = "", comm: Comm | None = None, *, dat
         generator.set_state(s["generator"])
         st = LoopState(**s["loop"])
         schedule.load_state_dict(s["schedule"])
+    elif cfg.optimizer.get("state_from"):
+        method.import_state(final_state_of(cfg.out_dir, str(cfg.optimizer.state_from)))
 
     def state() -> dict[str, Any]:
         return {"method": method.state_dict(), "generator": generator.get_state(), "loop": asdict(st),
@@ -178,7 +191,7 @@ def train_run(cfg, rd: RunDir, label: str = "", comm: Comm | None = None, *, dat
                         break
         # the networks just evaluated (EKI's best member costs a forward of the ensemble to find)
         params = evaluated["params"] if evaluated.get("iteration") == st.iteration else method.eval_params()
-        rd.save_params(params, st.iteration)
+        rd.save_params(params, st.iteration, method.export_state())
     finally:
         bar.close()
         method.close()

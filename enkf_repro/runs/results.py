@@ -1,10 +1,6 @@
-"""Tidy results: the CSV schema (in this one place), run folders, and reading them back.
-
-Layout: ``<out_dir>/<scale>/<fig8|...>/<series>-s<seed>-<hash>/`` holds ``config.yaml`` (the resolved
-run config), ``metrics.csv`` (one row per (iteration, metric[, layer, bin])), ``checkpoint.pt``
-while the run is unfinished, and ``done.json`` once it finished. The hash covers every setting
-that changes the numbers (``config/identity.py``), so a finished run is recognised from its
-config alone and a changed config never overwrites it.
+"""Tidy results: the CSV schema (in this one place), its writer and its reader, and the atomic
+writes every output uses. One row per (run, iteration, metric[, layer, bin]); the run's files and
+folders are ``runs/folder.py``'s.
 """
 
 from __future__ import annotations
@@ -13,12 +9,11 @@ import difflib
 import io
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ..config.compose import did_you_mean
 from ..config.identity import config_hash
@@ -30,15 +25,6 @@ COLUMNS = [
     "layer", "bin", "run_id", "scale", "dataset", "model", "activation", "optimizer",
     "ensemble_size", "gamma", "repetitions", "update_mode", "init_sigma", "lr", "batch_size", "settings",
 ]
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", text).strip("_") or "run"
-
-
-def figure_dir(out_dir: str | Path, scale: str, config_name: str | None) -> Path:
-    """``<out_dir>/<scale>/<fig8|eki_table|...>``; single runs without a figure go to ``runs``."""
-    return Path(out_dir) / scale / (config_name or "runs")
 
 
 def config_columns(cfg: DictConfig, figure: str, series: str, settings: str = "") -> dict[str, Any]:
@@ -129,23 +115,14 @@ class CsvLog:
             self._fh = None
 
 
-def read_metrics(path: Path) -> pd.DataFrame:
-    """Read a run's metrics.csv, ignoring an incomplete last line (a run still going or killed)."""
-    raw = Path(path).read_bytes()
+def parse_rows(raw: bytes) -> pd.DataFrame:
+    """The tidy rows of a CSV's bytes, ignoring an incomplete last line (a run still going, or
+    killed mid-write)."""
     end = raw.rfind(b"\n")
     raw = raw[: end + 1] if end >= 0 else b""
     if not raw.strip():
         return pd.DataFrame(columns=COLUMNS)
-    df = pd.read_csv(io.BytesIO(raw), dtype={"figure": str, "series": str, "run_id": str})
-    return df
-
-
-def run_config(run_dir: str | Path) -> dict:
-    """A run's resolved config (its ``config.yaml``) as plain Python; ``{}`` when it has none."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        return {}
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    return pd.read_csv(io.BytesIO(raw), dtype={"figure": str, "series": str, "run_id": str})
 
 
 def flat_config(config: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -200,78 +177,6 @@ def config_key(key: str, flats: Iterable[Mapping[str, Any]]) -> str:
             where = f"{parent or 'the top level'} has no key {part!r}; {hint}its keys: {', '.join(children)}"
         raise ConfigError.line(f"config key {key!r} is in no run's config: {where}")
     raise AssertionError("unreachable")
-
-
-def run_state(run_dir: Path) -> str:
-    """``"finished"``, ``"diverged"`` (its done.json records a divergence: rerunning the same config
-    diverges again, so it is not retrained, and it counts as not finished) or ``"unfinished"``."""
-    try:
-        done = json.loads((Path(run_dir) / "done.json").read_text())
-    except FileNotFoundError:
-        return "unfinished"
-    except (OSError, ValueError):
-        return "finished"   # written atomically: unreadable only if edited by hand
-    return "diverged" if done.get("status") == "diverged" else "finished"
-
-
-def read_runs(folder: str | Path, with_config: Iterable[str] | str | bool | None = None) -> pd.DataFrame:
-    """Every row of every run under ``folder``, as one tidy DataFrame.
-
-    ``folder`` may hold run folders at any depth: ``results``, ``results/smoke``, one figure's
-    ``results/smoke/fig8``, single runs' ``results/smoke/runs``, or one run's own folder. A run is
-    a folder with a ``metrics.csv``; runs still going (or killed) are included with the rows
-    written so far (an incomplete last line is dropped).
-
-    One row per run, iteration and metric (and layer and histogram bin for the per-layer
-    statistics); the columns are :data:`COLUMNS`:
-
-    * ``figure, series, seed, iteration, epoch`` (fraction of the epoch's batches seen),
-      ``metric`` (``test_error`` in %, ``test_loss``, ``train_misfit``, ``ensemble_spread``, ...),
-      ``value``, ``elapsed_s`` (training seconds so far), ``layer``, ``bin`` (empty unless
-      per-layer), ``run_id`` (the hash of the settings that change the numbers);
-    * the run's main settings: ``scale, dataset, model, activation, optimizer, ensemble_size,
-      gamma, repetitions, update_mode, init_sigma, lr, batch_size`` (empty where the method has
-      no such setting);
-
-    then ``finished`` (True once the run wrote ``done.json``), ``mtime`` (when its
-    ``metrics.csv`` was last written, seconds since the epoch) and ``run_dir`` (its folder).
-
-    ``with_config`` adds settings of each run's ``config.yaml`` as columns named by their dotted
-    keys: a list of keys (``["optimizer.gamma", "model.hidden"]``, or one comma-separated string;
-    a section such as ``dataset`` means ``dataset.name``), or ``True`` for every key. A run
-    without the key gets None; a key in no run's config is a ConfigError naming the closest keys.
-    The default (None) adds nothing::
-
-        df = enkf_repro.read_runs("results/smoke/runs", with_config=["optimizer.gamma"])
-        err = df[df.metric == "test_error"]
-        err.groupby(["optimizer.gamma", "iteration"])["value"].agg(["mean", "std"])
-    """
-    frames = []
-    for csv in sorted(Path(folder).rglob("metrics.csv")):
-        df = read_metrics(csv)
-        if df.empty:
-            continue
-        df["finished"] = run_state(csv.parent) == "finished"
-        df["mtime"] = csv.stat().st_mtime
-        df["run_dir"] = str(csv.parent)
-        frames.append(df)
-    keys: list[str] = []
-    if with_config and with_config is not True:
-        parts = [with_config] if isinstance(with_config, str) else list(with_config)
-        keys = [k for p in parts for k in str(p).split(",") if k.strip()]
-    if not frames:
-        return pd.DataFrame(columns=COLUMNS + ["finished", "mtime", "run_dir"] + keys)
-    df = pd.concat(frames, ignore_index=True)
-    if with_config:
-        flats = {d: flat_config(run_config(d)) for d in df["run_dir"].unique()}
-        if with_config is True:
-            keys = sorted(set().union(*flats.values()) - set(df.columns))
-        else:
-            keys = list(dict.fromkeys(config_key(k, flats.values()) for k in keys))
-        for key in keys:
-            values = {d: f.get(key) for d, f in flats.items()}
-            df[key] = [values[d] for d in df["run_dir"]]
-    return df
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -12,11 +12,10 @@ from its checkpoint.
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -28,11 +27,12 @@ from ..config.schema import name_of
 from ..config.validate import validate
 from ..errors import ConfigError, DivergenceError, EnkfReproError
 from ..experiments.base import get_figure
-from ..optim.distributed_enkf import LocalComm
 from . import budget, distributed
+from .comm import LocalComm
+from .folder import FollowerWriter, RunBusy, RunFolder, RunWriter, figure_dir, slug
 from .loop import train_run
-from .results import config_columns, figure_dir, run_state, slug, write_json_atomic, write_text_atomic
-from .rundir import FollowerRunDir, RunBusy, RunDir
+from .progress import duration
+from .results import config_columns
 
 # Overrides that select runs rather than configure them.
 PLAN_ONLY_KEYS = {"seed", "only"}
@@ -57,6 +57,19 @@ class RunSpec:
     def dir(self) -> Path:
         base = figure_dir(self.cfg.out_dir, name_of(self.cfg.scale.name), self.config_name)
         return base / f"{slug(self.label)}-s{self.seed}-{self.run_id}"
+
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.dir)
+
+    @property
+    def columns(self) -> dict[str, Any]:
+        """The constant CSV columns of the run's rows."""
+        return config_columns(self.cfg, self.figure, self.label, self.settings)
+
+    def describe(self) -> str:
+        head = f"fig {self.figure} " if self.figure != "none" else ""
+        return f"{head}{self.label} seed={self.seed}"
 
 
 def settings_of(cfg: DictConfig):
@@ -170,75 +183,39 @@ def check_runs(specs: Iterable[RunSpec]) -> None:
                               f"at most the training set size {sizes[0]} of dataset {name_of(cfg.dataset.name)}")
 
 
-def finished_elsewhere(spec: RunSpec) -> Path | None:
-    """A finished run folder with this run's identity (hash) elsewhere under ``out_dir``."""
-    for done in sorted(Path(spec.cfg.out_dir).glob(f"**/*-{spec.run_id}/done.json")):
-        if done.parent.resolve() != spec.dir.resolve() and run_state(done.parent) == "finished":
-            return done.parent
-    return None
-
-
-def reuse(source: Path, spec: RunSpec) -> None:
-    """Copy the finished run ``source`` (same identity) into ``spec.dir``: its config, its CSV with
-    this run's figure / series / settings columns, and its done.json, each written atomically."""
-    import csv
-    import io
-    import shutil
-
-    spec.dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source / "config.yaml", spec.dir / "config.yaml.tmp")
-    os.replace(spec.dir / "config.yaml.tmp", spec.dir / "config.yaml")
-    columns = config_columns(spec.cfg, spec.figure, spec.label, spec.settings)
-    with open(source / "metrics.csv", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(header)
-        keep = {i: str(columns[h]) for i, h in enumerate(header) if h in ("figure", "series", "settings")}
-        for row in reader:
-            writer.writerow([keep.get(i, v) for i, v in enumerate(row)])
-    write_text_atomic(spec.dir / "metrics.csv", out.getvalue())
-    if (source / "params.pt").is_file():
-        shutil.copyfile(source / "params.pt", spec.dir / "params.pt.tmp")
-        os.replace(spec.dir / "params.pt.tmp", spec.dir / "params.pt")
-    done = json.loads((source / "done.json").read_text())
-    write_json_atomic(spec.dir / "done.json", {**done, "reused_from": str(source)})
-
-
-def _open_run(spec: RunSpec, restart: bool, comm) -> RunDir | dict:
+def _open_run(spec: RunSpec, restart: bool, comm) -> RunWriter | dict:
     """Rank 0 (or the only process) decides skip / reuse / resume and opens the run folder; the
     other ranks get the decision, any error, and the resume state (all collective)."""
     leader = comm.rank == 0
     status = None
-    state = run_state(spec.dir) if leader and not restart else None
+    folder = spec.folder
+    state = folder.state if leader and not restart else None
     if state == "diverged":   # the same config diverges again: report it, do not retrain
-        message = json.loads((spec.dir / "done.json").read_text()).get("message", "")
-        status = {"status": "diverged", "message": message, "dir": str(spec.dir)}
+        status = {"status": "diverged", "message": folder.summary().get("message", ""), "dir": str(spec.dir)}
     elif state == "finished":
         status = {"status": "skipped", "dir": str(spec.dir)}
-    elif leader and not restart and (source := finished_elsewhere(spec)) is not None:
-        reuse(source, spec)
-        status = {"status": "reused", "dir": str(spec.dir), "source": str(source)}
+    elif leader and not restart and (
+            source := RunFolder.finished_with_id(spec.cfg.out_dir, spec.run_id, other_than=spec.dir)) is not None:
+        folder.copy_from(source, spec.columns)
+        status = {"status": "reused", "dir": str(spec.dir), "source": str(source.path)}
     status = comm.broadcast_object(status)
     if status is not None:
         return status
-    rd, err, exc = None, None, None
+    writer, err, exc = None, None, None
     if leader:
         try:
-            rd = RunDir(spec.dir, spec.cfg, config_columns(spec.cfg, spec.figure, spec.label, spec.settings),
-                        restart=restart,
-                        checkpoint_every=int(spec.cfg.checkpoint_every), comm=comm)
+            writer = folder.open(spec.cfg, spec.columns, restart=restart,
+                                 checkpoint_every=int(spec.cfg.checkpoint_every), comm=comm)
         except EnkfReproError as e:
             err, exc = (type(e).__name__, str(e), e.exit_code), e
     err = comm.broadcast_object(err)
     if exc is not None:
         raise exc
     distributed.raise_shared(err)
-    resume = comm.broadcast_object(distributed.without_ensemble(rd.resume_state) if leader else None)
-    if leader and rd.resume_state is not None:
-        say(f"{spec.label} seed={spec.seed}: resumed from iteration {rd.resume_state['loop']['iteration']}")
-    return rd if leader else FollowerRunDir(comm, spec.dir, resume, int(spec.cfg.checkpoint_every))
+    resume = comm.broadcast_object(distributed.without_ensemble(writer.resume_state) if leader else None)
+    if leader and writer.resume_state is not None:
+        say(f"{spec.label} seed={spec.seed}: resumed from iteration {writer.resume_state['loop']['iteration']}")
+    return writer if leader else FollowerWriter(comm, folder, resume, int(spec.cfg.checkpoint_every))
 
 
 def run_one(spec: RunSpec, restart: bool = False, *, data=None, model=None) -> dict[str, Any]:
@@ -246,25 +223,25 @@ def run_one(spec: RunSpec, restart: bool = False, *, data=None, model=None) -> d
     status record: skipped, reused, finished or diverged. ``data`` (a ``Data``) and ``model`` (a
     ``ModelSpec``) are handed to the loop ready-made (``enkf_repro.train``)."""
     comm = distributed.setup(spec.cfg) if spec.cfg.get("distributed", False) else LocalComm()
-    rd = _open_run(spec, restart, comm)
-    if isinstance(rd, dict):
-        return rd
+    writer = _open_run(spec, restart, comm)
+    if isinstance(writer, dict):
+        return writer
     try:
         t0 = time.perf_counter()
         try:
-            summary = train_run(spec.cfg, rd, spec.label, comm, data=data, model=model)
+            summary = train_run(spec.cfg, writer, spec.label, comm, data=data, model=model)
         except DivergenceError as e:
-            rd.finish({"status": "diverged", "message": str(e)})
+            writer.finish({"status": "diverged", "message": str(e)})
             return {"status": "diverged", "message": str(e), "dir": str(spec.dir)}
         if comm.world > 1:
             summary["ranks"] = comm.world
-        rd.finish({"status": "finished", **summary, "overrides": list(spec.overrides)})
+        writer.finish({"status": "finished", **summary, "overrides": list(spec.overrides)})
         out = {"status": "finished", "seconds": time.perf_counter() - t0, "dir": str(spec.dir)}
         if summary.get("stopped_early"):
             out["stopped_early"] = f"stopped at iteration {summary['iterations']}: {summary['stopped_early']}"
         return out
     finally:
-        rd.close()
+        writer.close()
 
 
 def quiet_rank() -> bool:
@@ -277,6 +254,67 @@ def say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+@dataclass
+class Outcome:
+    """What :func:`execute` did: each run's status record (in order), the runs still to do when a
+    time budget stopped it, and the runs that diverged."""
+
+    statuses: list[tuple[RunSpec, dict]]
+    left: int = 0
+    diverged: list[RunSpec] = field(default_factory=list)
+
+
+def _status_text(status: dict, spec: RunSpec) -> str:
+    kind = status["status"]
+    if kind == "skipped":
+        return f"already finished ({spec.dir})"
+    if kind == "reused":
+        return f"the same run finished in {status['source']}; copied, not retrained -> {spec.dir}"
+    if kind == "diverged":
+        return f"diverged: {status['message']} (CSV kept in {spec.dir})"
+    early = f" ({status['stopped_early']})" if status.get("stopped_early") else ""
+    return f"finished in {status['seconds']:.1f} s{early} -> {spec.dir}"
+
+
+def execute(specs: list[RunSpec], *, restart: bool = False, time_budget: str | None = None,
+            weights: dict[int, float] | None = None) -> Outcome:
+    """Run (or resume, or skip) ``specs`` in order: the one execution loop of ``run`` and
+    ``reproduce``. A run another process holds is skipped with a message; when the time budget
+    (``time_budget``, or the SLURM job's end) is spent, the running run checkpoints and no
+    further run starts (``Outcome.left`` says how many are left). ``weights`` (cost per spec, by
+    ``id``) adds an overall progress share and ETA to each line."""
+    budget.start(time_budget)
+    total = sum(weights.values()) if weights else 0.0
+    t0, done_weight = time.perf_counter(), 0.0
+    out = Outcome([])
+    for i, spec in enumerate(specs, 1):
+        head = f"[{i}/{len(specs)}] {spec.describe()}"
+        try:
+            if budget.expired():
+                raise budget.BudgetSpent("time budget spent")
+            status = run_one(spec, restart)
+        except RunBusy as e:   # another process is training this run: leave it to that one
+            say(f"{head}: skipped, {e}")
+            continue
+        except budget.BudgetSpent as e:
+            out.left = sum(not s.folder.done for s in specs[i - 1:])
+            say(f"{head}: {e}; {out.left} run{'s' if out.left != 1 else ''} left: rerun the same command to "
+                f"continue")
+            break
+        out.statuses.append((spec, status))
+        if status["status"] == "diverged":
+            out.diverged.append(spec)
+        line = f"{head}: {_status_text(status, spec)}"
+        if weights:
+            done_weight += weights.get(id(spec), 0.0)
+            elapsed = time.perf_counter() - t0
+            eta = elapsed / done_weight * (total - done_weight) if done_weight else float("nan")
+            line += (f"; overall {100 * done_weight / max(total, 1e-9):.0f} %, elapsed {duration(elapsed)}, "
+                     f"ETA {duration(eta)}")
+        say(line)
+    return out
+
+
 def run_figure(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
     """Run (or resume, or skip) every run of the figure in the composed config ``cfg`` (or its
     single run) into ``out_dir`` (default ``cfg.out_dir``); return the figure folder."""
@@ -286,34 +324,8 @@ def run_figure(cfg: DictConfig, out_dir: str | Path | None = None) -> Path:
         cfg.overrides = [o for o in cfg.overrides if not o.startswith("out_dir=")] + [f"out_dir={out_dir}"]
     specs = plan(cfg)
     check_runs(specs)
-    budget.start(cfg.get("time_budget"))
-    restart = bool(cfg.restart)
-    diverged = []
-    for i, spec in enumerate(specs, 1):
-        head = f"[{i}/{len(specs)}] {spec.label} seed={spec.seed}"
-        try:
-            if budget.expired():
-                raise budget.BudgetSpent("time budget spent")
-            status = run_one(spec, restart)
-        except RunBusy as e:
-            say(f"{head}: skipped, {e}")
-            continue
-        except budget.BudgetSpent as e:
-            left = sum(not (s.dir / "done.json").exists() for s in specs[i - 1:])
-            say(f"{head}: {e}; {left} run{'s' if left != 1 else ''} left: rerun the same command to continue")
-            break
-        if status["status"] == "skipped":
-            say(f"{head}: already finished ({spec.dir})")
-        elif status["status"] == "reused":
-            say(f"{head}: the same run finished in {status['source']}; copied, not retrained -> {spec.dir}")
-        elif status["status"] == "diverged":
-            diverged.append(spec)
-            say(f"{head}: diverged: {status['message']} (CSV kept in {spec.dir})")
-        else:
-            early = f" ({status['stopped_early']})" if status.get("stopped_early") else ""
-            say(f"{head}: finished in {status['seconds']:.1f} s{early} -> {spec.dir}")
+    outcome = execute(specs, restart=bool(cfg.restart), time_budget=cfg.get("time_budget"))
     out = figure_dir(cfg.out_dir, name_of(cfg.scale.name), specs[0].config_name if specs else None)
-    if diverged:
-        raise DivergenceError(f"{len(diverged)} of {len(specs)} runs diverged; their CSVs are kept under {out}")
+    if outcome.diverged:
+        raise DivergenceError(f"{len(outcome.diverged)} of {len(specs)} runs diverged; their CSVs are kept under {out}")
     return out
-
