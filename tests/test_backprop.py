@@ -452,3 +452,32 @@ def test_instrument_finds_the_layers_of_dense_networks(hidden):
     assert layers == set(range(1, len(hidden) + 2))
     relu = [r["value"] for r in rows if r["metric"] == "act_mean" and r["layer"] <= len(hidden)]
     assert all(v >= 0 for v in relu)
+
+
+def test_a_shared_optimizer_run_starts_from_the_source_runs_final_state(synthetic_root, tmp_path, cli):
+    """Figure 5's ``adam-sigma3-shared``: the published script reused one Adam across its sigmas, so
+    its sigma = 3 run starts from the sigma = 1 run's final moments and step count; weights are
+    drawn afresh. Without the source finished, the run stops with one line naming it."""
+    from enkf_repro.runs.folder import RunFolder
+
+    ov = ["figure=fig5", "figure.smoke.optimizers=[adam]", "figure.smoke.overrides.train.max_batches=2",
+          "figure.smoke.overrides.train.epochs=2", "figure.smoke.overrides.dataset.test_size=64",
+          f"dataset.root={synthetic_root}", "progress=false", "scale=smoke"]
+    alone = cli("run", *ov, "only=shared", f"out_dir={tmp_path / 'alone'}")
+    assert alone.returncode == 2 and "optimizer.state_from=" in alone.stderr and "run it first" in alone.stderr
+    assert len(alone.stderr.strip().splitlines()) == 1
+    specs = plan(compose_run(ov + [f"out_dir={tmp_path / 'res'}"]))
+    by = {s.label: s for s in specs}
+    assert list(by) == ["adam-sigma1", "adam-sigma3", "adam-sigma3-shared"]
+    shared, fresh, source = by["adam-sigma3-shared"], by["adam-sigma3"], by["adam-sigma1"]
+    assert shared.cfg.optimizer.state_from == source.run_id and fresh.cfg.optimizer.state_from is None
+    assert f"optimizer.state_from={source.run_id}" in shared.overrides and shared.run_id != fresh.run_id
+    assert cli("run", *ov, f"out_dir={tmp_path / 'res'}").returncode == 0
+    steps = {k: {int(v["step"]) for v in RunFolder(s.dir).params()["state"]["optimizer"]["state"].values()}
+             for k, s in by.items()}
+    assert steps == {"adam-sigma1": {4}, "adam-sigma3": {4}, "adam-sigma3-shared": {8}}   # 2 x 2 steps each
+    rows = {k: RunFolder(s.dir).rows() for k, s in by.items()}
+    first = {k: r[(r.metric == "test_error") & (r.iteration == 0)]["value"].item() for k, r in rows.items()}
+    assert first["adam-sigma3"] == first["adam-sigma3-shared"]      # the same fresh weights at the start ...
+    final = {k: RunFolder(s.dir).params()["params"][""] for k, s in by.items()}
+    assert not torch.equal(final["adam-sigma3"], final["adam-sigma3-shared"])   # ... then another state

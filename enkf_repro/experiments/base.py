@@ -20,6 +20,9 @@ from ..errors import ConfigError
 class Variant:
     series: str                       # short label without spaces, used in run folder names
     overrides: tuple[str, ...] = ()   # Hydra overrides that make this variant
+    # the series whose run (the same seed) this one starts from: its final optimizer state
+    # (``optimizer.state_from``, set by the planner to that run's id); it is planned first
+    state_from: str | None = None
 
 
 @dataclass(frozen=True)

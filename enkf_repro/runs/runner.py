@@ -132,11 +132,18 @@ def plan(cfg: DictConfig) -> list[RunSpec]:
         return []
     fig_settings = settings_of(cfg)
     scale_overrides = flatten_overrides(fig_settings.overrides)
-    variants = [v for v in fig.variants(cfg, fig_settings) if _matches(v.series, cfg.only)]
+    every = fig.variants(cfg, fig_settings)
+    variants = [v for v in every if _matches(v.series, cfg.only)]
     if not variants:
-        labels = ", ".join(dict.fromkeys(v.series for v in fig.variants(cfg, fig_settings)))
+        labels = ", ".join(dict.fromkeys(v.series for v in every))
         raise ConfigError("only", cfg.only, f"a pattern matching one of: {labels}")
+    # a variant starting from another's final state needs that run's id: the source is planned
+    # even when only= leaves it out (then it is not run)
+    wanted = {v.series for v in variants}
+    sources = {v.state_from for v in variants if v.state_from}
+    variants = [v for v in every if v.series in wanted or v.series in sources]
     specs: list[RunSpec] = []
+    by_series: dict[tuple[str, int], RunSpec] = {}
     seen: set[str] = set()
     for v in variants:
         overrides = merge_overrides(scale_overrides + list(v.overrides), user, drop=PLAN_ONLY_KEYS)
@@ -149,14 +156,23 @@ def plan(cfg: DictConfig) -> list[RunSpec]:
                 f"one series with ++figure.<scale>.series_overrides.<series>.<key>=<value>)") from None
         validate(base)
         label = fig.label(base, v.series) if fig.label is not None else v.series
-        settings = settings_text(changed_settings(base, group_defaults(base)))
+        defaults = group_defaults(base)
         for i in range(int(fig_settings.seeds)):
             seed = int(cfg.seed) + i
             run_cfg = base.copy()
             run_cfg.seed = seed
-            spec = RunSpec(fig_id, fig.config, label, seed, run_cfg, tuple(overrides) + (f"seed={seed}",),
-                           settings)
-            if spec.run_id in seen:
+            extra: tuple[str, ...] = ()
+            if v.state_from:
+                source = by_series.get((v.state_from, seed))
+                if source is None:
+                    raise ConfigError.line(f"figure {fig_id}: series {v.series!r} starts from series "
+                                           f"{v.state_from!r}, which the figure does not plan before it")
+                run_cfg.optimizer.state_from = source.run_id
+                extra = (f"optimizer.state_from={source.run_id}",)
+            spec = RunSpec(fig_id, fig.config, label, seed, run_cfg, tuple(overrides) + extra + (f"seed={seed}",),
+                           settings_text(changed_settings(run_cfg, defaults)))
+            by_series[(v.series, seed)] = spec
+            if spec.run_id in seen or v.series not in wanted:
                 continue
             seen.add(spec.run_id)
             specs.append(spec)
