@@ -13,10 +13,10 @@ from typing import Any, Mapping, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import optim  # noqa: F401  (every method registers its config schema)
+from . import experiments, optim  # noqa: F401  (every figure and method registers its config schema)
 from .config.compose import compose as _compose
-from .config.compose import did_you_mean, format_value, normalize_figure_args
 from .config.identity import changed_settings, short_name
+from .config.overrides import did_you_mean, format_value, normalize_figure_args
 from .config.validate import validate
 from .errors import ConfigError, DataError, DivergenceError
 

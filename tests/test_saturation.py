@@ -31,7 +31,7 @@ def test_initial_scale_of_each_figure(scale):
         assert f"sigma = {sigma:g}" in get_figure(fig).title and f"sigma={sigma:g}" in get_figure(fig).description
     specs = plan(compose_run(["figure=5", f"scale={scale}"]))
     assert sorted((s.cfg.optimizer.name, s.cfg.init.sigma) for s in specs) == [
-        ("adam", 1.0), ("adam", 3.0), ("sgd", 1.0), ("sgd", 3.0)]
+        ("adam", 1.0), ("adam", 3.0), ("adam", 3.0), ("sgd", 1.0), ("sgd", 3.0)]
 
 
 @pytest.mark.parametrize("scale,epochs", [("paper", [0, 10, 20, 30, 40]), ("smoke", [0, 2, 4, 6, 8])])

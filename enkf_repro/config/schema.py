@@ -75,11 +75,6 @@ class StatsPer(str, Enum):
     epoch = "epoch"
 
 
-class GradientView(str, Enum):
-    iteration = "iteration"  # per-iteration curves of the iteration epochs, per-unit mean histograms
-    epoch = "epoch"          # pooled per epoch, histograms of all weight-gradient entries
-
-
 class ScaleName(str, Enum):
     paper = "paper"
     smoke = "smoke"
@@ -190,42 +185,27 @@ class ScaleConfig:
 
 @dataclass
 class FigureSettings:
-    """What a figure runs at one scale (``figure.paper`` or ``figure.smoke``).
+    """What a figure runs at one scale (``figure.paper`` or ``figure.smoke``): the settings every
+    figure has. A figure module subclasses it with the values it sweeps and its drawing choices
+    and registers the subclass (``experiments/base.py``); its YAML types ``figure.paper`` and
+    ``figure.smoke`` with it (``defaults: [/figure_settings@figure.paper: <config>, ...]``).
 
     ``overrides`` holds run-level settings (nested like the run config, e.g.
-    ``{train: {max_batches: 40}}``) applied to every run of the figure at this scale; the
-    lists are the values the figure sweeps. Fields a figure does not use keep their defaults.
-    """
+    ``{train: {max_batches: 40}}``) applied to every run of the figure at this scale;
+    ``series_overrides`` run-level settings for single series, keyed by series label, applied
+    after it (``{enkf: {train: {max_batches: 12}}}``)."""
 
     seeds: int = 1
     overrides: Dict[str, Any] = field(default_factory=dict)
-    ensemble_size: Optional[int] = None
-    ensemble_sizes: List[int] = field(default_factory=list)
-    activations: List[Activation] = field(default_factory=list)
-    sigmas: List[float] = field(default_factory=list)
-    optimizers: List[str] = field(default_factory=list)
-    # Run-level overrides for single series, keyed by series label (nested like ``overrides``,
-    # applied after it), e.g. ``{enkf: {train: {max_batches: 12}}}``.
     series_overrides: Dict[str, Any] = field(default_factory=dict)
-    # Figures 4 and 7: how the gradients are drawn. ``iteration``: the paper's panels, gradient
-    # mean +/- std at every iteration of ``instrument.iteration_epochs`` and the histograms of the
-    # per-unit mean gradient (falls back to ``epoch`` when a run has no per-iteration rows);
-    # ``epoch``: mean +/- std pooled per epoch and histograms of all weight-gradient entries.
-    gradient_view: GradientView = GradientView.iteration
-
-
-class EnKFNetwork(str, Enum):
-    mean = "mean"                 # the network with the ensemble-mean weights (Figures 8-10)
-    last_member = "last_member"   # the last member's network (the published Figure 1 plot)
 
 
 @dataclass
 class FigureConfig:
     id: str = "none"
-    # Figure 1: which EnKF network is drawn and compared with the paper (its runs log both)
-    enkf_network: EnKFNetwork = EnKFNetwork.mean
-    paper: FigureSettings = field(default_factory=FigureSettings)
-    smoke: FigureSettings = field(default_factory=FigureSettings)
+    # the figure's own settings dataclass (a FigureSettings), per scale; empty without a figure
+    paper: Any = field(default_factory=dict)
+    smoke: Any = field(default_factory=dict)
 
 
 @dataclass
@@ -266,3 +246,8 @@ def name_of(value: Any) -> str:
 # ``enkf_repro.optim`` registers its own dataclass here when it is imported
 # (``optim.base.register_method``); configs/optimizer/<name>.yaml extends ``<name>_schema``.
 OPTIMIZER_SCHEMAS: Dict[str, type] = {}
+
+# Figure settings by figure config name ("fig8" -> its FigureSettings subclass), registered by each
+# figure module of ``enkf_repro.experiments``; configs/figure/<name>.yaml types its
+# ``figure.paper`` / ``figure.smoke`` blocks with ``/figure_settings@figure.<scale>: <name>``.
+FIGURE_SETTINGS: Dict[str, type] = {}

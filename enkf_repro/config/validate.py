@@ -66,9 +66,6 @@ def validate(cfg: DictConfig) -> None:
     check(cfg.checkpoint_every >= 1, "checkpoint_every", cfg.checkpoint_every, "an integer >= 1")
     if cfg.get("time_budget") not in (None, ""):
         parse_duration(cfg.time_budget)
-    for scale in ("paper", "smoke"):
-        s = cfg.figure[scale].seeds
-        check(s >= 1, f"figure.{scale}.seeds", s, "an integer >= 1")
 
 
 def parse_duration(text, key: str = "time_budget") -> float:

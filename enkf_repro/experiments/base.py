@@ -1,25 +1,28 @@
 """What a figure is: the runs it needs (variants x seeds) and how it draws them.
 
-A figure module defines ``variants(cfg, settings) -> [Variant]`` from the figure's per-scale
-settings (``cfg.figure.paper`` or ``cfg.figure.smoke``), a ``plot(df, cfg) -> matplotlib Figure``
-over the tidy rows of its runs, and registers a :class:`Figure`. Each variant is a list of Hydra
-overrides (group choices such as ``optimizer=sgd`` or values such as ``model.activation=relu``);
-the planner composes one run config per variant and seed, with the user's command-line
-overrides applied last (they win), and merges variants whose configs come out identical.
+A figure module declares its settings (a :class:`~enkf_repro.config.schema.FigureSettings`
+subclass: the values it sweeps, its drawing choices), ``variants(cfg, settings) -> [Variant]``
+from the settings of the config's scale, a ``plot(df, cfg) -> matplotlib Figure`` over the tidy
+rows of its runs, the paper's numbers and claims, and registers a :class:`Figure`. A variant is
+data: the config groups it switches (``{"optimizer": "adam"}``) and the values it sets
+(``{"model.activation": "relu"}``), merged onto the figure's composed config; the user's
+command-line overrides win over both. Variants whose configs come out identical run once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Mapping
 
+from ..config.schema import FIGURE_SETTINGS, FigureSettings, name_of
 from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
 class Variant:
-    series: str                       # short label without spaces, used in run folder names
-    overrides: tuple[str, ...] = ()   # Hydra overrides that make this variant
+    series: str                            # short label without spaces, used in run folder names
+    values: Mapping[str, Any] = field(default_factory=dict)   # dotted config keys -> values
+    groups: Mapping[str, str] = field(default_factory=dict)   # config group -> option
     # the series whose run (the same seed) this one starts from: its final optimizer state
     # (``optimizer.state_from``, set by the planner to that run's id); it is planned first
     state_from: str | None = None
@@ -65,6 +68,34 @@ class Figure:
     # (run cfg, series) -> the run's label from its resolved config (``only=`` matches the series);
     # None: the series itself
     label: Callable | None = None
+    settings: type = FigureSettings   # the figure's settings dataclass (per scale)
+
+    def settings_of(self, cfg) -> Any:
+        """The figure's typed settings at ``cfg``'s scale (an instance of ``self.settings``)."""
+        from omegaconf import OmegaConf
+
+        scale = name_of(cfg.scale.name)
+        out = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(self.settings), cfg.figure[scale]))
+        if out.seeds < 1:
+            raise ConfigError(f"figure.{scale}.seeds", out.seeds, "an integer >= 1")
+        return out
+
+    def applicable(self, overrides: list[str]) -> list[str]:
+        """``overrides`` without the ``figure.<scale>.<name>`` ones whose setting this figure does
+        not have (a command for several figures, ``reproduce figures=2,8 figure.smoke.ensemble_size=6``,
+        sets each figure's settings where it has them)."""
+        import dataclasses
+
+        from ..config.overrides import override_key
+
+        names = {f.name for f in dataclasses.fields(self.settings)}
+        out = []
+        for o in overrides:
+            parts = override_key(o).split(".")
+            if len(parts) >= 3 and parts[0] == "figure" and parts[2] not in names:
+                continue
+            out.append(o)
+        return out
 
 
 FIGURES: dict[str, Figure] = {}
@@ -72,6 +103,7 @@ FIGURES: dict[str, Figure] = {}
 
 def register(fig: Figure) -> Figure:
     FIGURES[fig.id] = fig
+    FIGURE_SETTINGS[fig.config] = fig.settings
     return fig
 
 

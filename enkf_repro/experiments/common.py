@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Iterable, Mapping
+
 import pandas as pd
 
-from ..config.compose import flatten_overrides
+from ..config.schema import name_of
+from ..errors import ConfigError
 
 
 def runs_where(df: pd.DataFrame, **cols) -> pd.DataFrame:
@@ -32,11 +35,14 @@ def value_at(df: pd.DataFrame, metric: str, which: str = "last", skip_zero: bool
     return float(rows["value"].mean())
 
 
-def series_overrides(settings, series: str) -> tuple[str, ...]:
-    """The run-level overrides that ``settings.series_overrides`` holds for one series, as Hydra
-    override strings (appended to the variant's own overrides, so they win over the scale's)."""
-    node = (settings.get("series_overrides") or {}).get(series)
-    return tuple(flatten_overrides(node)) if node else ()
+def known(names: Iterable[str], table: Mapping, cfg, key: str = "optimizers") -> list[str]:
+    """``names`` (a figure setting, ``figure.<scale>.<key>``), each checked against ``table``'s
+    keys: one ConfigError line for the first unknown one."""
+    names = list(names)
+    for n in names:
+        if n not in table:
+            raise ConfigError(f"figure.{name_of(cfg.scale.name)}.{key}", n, "a list of " + ", ".join(table))
+    return names
 
 
 def at_fraction(df: pd.DataFrame, metric: str, fraction: float) -> float | None:

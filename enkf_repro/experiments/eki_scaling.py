@@ -9,28 +9,32 @@ network is unconfirmed). Smoke scale builds both datasets from their t10k files
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import List
+
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from ..config.schema import FigureSettings
 from .base import Figure, Variant, register
+from .common import known
 from .draw import COLORS, band, caption
-from .eki_table import METHODS, final_accuracy, method_overrides
+from .eki_table import METHODS, final_accuracy, method_variant
 
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
+ENSEMBLE_METHODS = {m: v for m, v in METHODS.items() if v[3]}
 
 
-def variants(cfg, s) -> list[Variant]:
-    out = []
-    for d in DATASETS:
-        for meth in s.optimizers:
-            if meth in METHODS and not METHODS[meth][2]:
-                from ..errors import ConfigError
+@dataclass
+class EKIScalingSettings(FigureSettings):
+    ensemble_sizes: List[int] = field(default_factory=list)
+    optimizers: List[str] = field(default_factory=lambda: ["eki", "eki_r"])   # ensemble methods of eki_table
 
-                raise ConfigError(f"figure.{cfg.scale.name.value}.optimizers", meth,
-                                  "ensemble methods only: " + ", ".join(m for m, v in METHODS.items() if v[2]))
-            for J in s.ensemble_sizes:
-                out.append(Variant(f"{d}-{meth}-J{J}", (f"dataset={d}",) + method_overrides(meth, int(J))))
-    return out
+
+def variants(cfg, s: EKIScalingSettings) -> list[Variant]:
+    methods = known(s.optimizers, ENSEMBLE_METHODS, cfg)
+    return [method_variant(f"{d}-{meth}-J{J}", meth, J, dataset=d)
+            for d in DATASETS for meth in methods for J in s.ensemble_sizes]
 
 
 def plot(df: pd.DataFrame, cfg):
@@ -62,7 +66,7 @@ def plot(df: pd.DataFrame, cfg):
 
 register(Figure(
     datasets=("mnist", "fashion_mnist"),
-    id="eki_scaling", config="eki_scaling",
+    id="eki_scaling", config="eki_scaling", settings=EKIScalingSettings,
     title="EKI test accuracy against ensemble size, MNIST and Fashion-MNIST",
     description="EKI and EKI(R) on DNN 2: final test accuracy vs J, MNIST and Fashion-MNIST",
     variants=variants, plot=plot, varies=("dataset", "optimizer"),

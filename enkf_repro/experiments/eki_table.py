@@ -20,23 +20,34 @@ in Kovachki & Stuart's table.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import List, Optional
+
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from ..config.schema import FigureSettings
 from .base import Claim, Figure, PaperNumber, Variant, register
+from .common import known
 from .draw import caption
 
 MODELS = ("dnn1", "dnn2", "dnn3", "dnn4")
-# method label -> (display name, Hydra overrides, ensemble method?)
-METHODS: dict[str, tuple[str, tuple[str, ...], bool]] = {
-    "sgd": ("SGD", ("optimizer=sgd", "optimizer.lr=0.1", "optimizer.momentum=0.0"), False),
-    "msgd": ("momentum SGD", ("optimizer=sgd", "optimizer.lr=0.01", "optimizer.momentum=0.9"), False),
-    "eki": ("EKI", ("optimizer=eki",), True),
-    "meki": ("MEKI", ("optimizer=eki", "optimizer.momentum=nesterov", "optimizer.h0=0.5"), True),
-    "eki_r": ("EKI(R)", ("optimizer=eki", "optimizer.randomize=true"), True),
-    "meki_r": ("MEKI(R)", ("optimizer=eki", "optimizer.momentum=nesterov", "optimizer.h0=0.5",
-                           "optimizer.randomize=true"), True),
+MEKI = {"optimizer.momentum": "nesterov", "optimizer.h0": 0.5}
+# method label -> (display name, optimizer, its values, ensemble method?)
+METHODS: dict[str, tuple[str, str, dict, bool]] = {
+    "sgd": ("SGD", "sgd", {"optimizer.lr": 0.1, "optimizer.momentum": 0.0}, False),
+    "msgd": ("momentum SGD", "sgd", {"optimizer.lr": 0.01, "optimizer.momentum": 0.9}, False),
+    "eki": ("EKI", "eki", {}, True),
+    "meki": ("MEKI", "eki", MEKI, True),
+    "eki_r": ("EKI(R)", "eki", {"optimizer.randomize": True}, True),
+    "meki_r": ("MEKI(R)", "eki", {**MEKI, "optimizer.randomize": True}, True),
 }
+
+
+@dataclass
+class EKITableSettings(FigureSettings):
+    ensemble_size: Optional[int] = None                  # J of the ensemble methods (null: EKI's)
+    optimizers: List[str] = field(default_factory=lambda: list(METHODS))
 # values Kovachki & Stuart report (accuracy), by (method, network) and model
 REPORTED: dict[tuple[str, str], tuple[float, float, float, float]] = {
     ("sgd", "mean"): (0.9199, 0.9735, 0.9798, 0.9818),
@@ -45,19 +56,16 @@ REPORTED: dict[tuple[str, str], tuple[float, float, float, float]] = {
 }
 
 
-def method_overrides(method: str, J: int | None) -> tuple[str, ...]:
-    if method not in METHODS:
-        from ..errors import ConfigError
-
-        raise ConfigError("figure.<scale>.optimizers", method, "a list of " + ", ".join(METHODS))
-    _, ov, ensemble = METHODS[method]
-    return ov + ((f"optimizer.ensemble_size={J}",) if ensemble and J else ())
+def method_variant(series: str, method: str, J: int | None, **groups: str) -> Variant:
+    """The variant of ``method`` (a METHODS label) with J members (ensemble methods), in ``groups``."""
+    _, optimizer, values, ensemble = METHODS[method]
+    size = {"optimizer.ensemble_size": J} if ensemble and J else {}
+    return Variant(series, {**values, **size}, groups={**groups, "optimizer": optimizer})
 
 
-def variants(cfg, s) -> list[Variant]:
-    J = int(s.ensemble_size) if s.ensemble_size else None
-    return [Variant(f"{m}-{meth}", (f"model={m}",) + method_overrides(meth, J))
-            for m in MODELS for meth in s.optimizers]
+def variants(cfg, s: EKITableSettings) -> list[Variant]:
+    return [method_variant(f"{m}-{meth}", meth, s.ensemble_size, model=m)
+            for m in MODELS for meth in known(s.optimizers, METHODS, cfg)]
 
 
 def final_accuracy(df: pd.DataFrame) -> pd.DataFrame:
@@ -88,7 +96,7 @@ def cells(tab: pd.DataFrame) -> tuple[list[str], list[str], list[list[str]]]:
     row_labels, text = [], []
     for (method, network), t in tab.groupby(["method", "network"], sort=False):
         name = METHODS.get(method, (method,))[0]
-        row_labels.append(f"{name} ({network})" if METHODS.get(method, ("", (), True))[2] else name)
+        row_labels.append(f"{name} ({network})" if METHODS.get(method, ("", "", {}, True))[3] else name)
         by = t.set_index("model")
         row = []
         for m in models:
@@ -177,7 +185,7 @@ def above_on_each_dnn(high: str, low: str):
 
 
 register(Figure(
-    id="eki_table", config="eki_table",
+    id="eki_table", config="eki_table", settings=EKITableSettings,
     title="EKI family vs SGD on dense networks DNN 1-4 (Kovachki & Stuart's table)",
     description="DNN 1-4 x {SGD, momentum SGD, EKI, MEKI, EKI(R), MEKI(R)}, J=2000, MNIST: final accuracy table",
     variants=variants, plot=plot, varies=("model", "optimizer"), tables=tables,

@@ -14,12 +14,17 @@ labelled 1000 and 4.3-4.5 % at 7500, which are the checkpoints after 500 and 700
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import List, Optional
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from ..config.schema import FigureSettings
 from .base import Claim, Figure, PaperNumber, Variant, register
-from .common import at_fraction, runs_where, series_overrides, value_at
+from .common import at_fraction, runs_where, value_at
 from .draw import COLORS, band, caption
 
 LABELS = {"sgd": "SGD", "adam": "Adam (extra: not in the published figure)", "enkf": "EnKF"}
@@ -27,10 +32,23 @@ EPOCH_ITERATIONS = 7504   # EnKF iterations of the paper's epoch (60000 / 64 bat
 LEARNED = 80.0            # final test error (%) below which a run counts as learning (chance: 90 %)
 
 
+class EnKFNetwork(str, Enum):
+    mean = "mean"                 # the network with the ensemble-mean weights (Figures 8-10)
+    last_member = "last_member"   # the last member's network (the published Figure 1 plot)
+
+
+@dataclass
+class Fig1Settings(FigureSettings):
+    optimizers: List[str] = field(default_factory=lambda: ["sgd", "adam", "enkf"])
+    ensemble_size: Optional[int] = None    # the EnKF's J (null: the method's default)
+    # which EnKF network is drawn solid and compared with the paper (the runs log both)
+    enkf_network: EnKFNetwork = EnKFNetwork.last_member
+
+
 def network_metric(cfg) -> str:
     """The EnKF metric drawn and compared: the ensemble mean or the last member."""
-    net = str(getattr(cfg.figure.get("enkf_network", "mean"), "value", cfg.figure.get("enkf_network", "mean")))
-    return "test_error_last" if net == "last_member" else "test_error"
+    net = FIGURE.settings_of(cfg).enkf_network
+    return "test_error_last" if net is EnKFNetwork.last_member else "test_error"
 
 
 def errors(df: pd.DataFrame, cfg) -> pd.DataFrame:
@@ -42,14 +60,9 @@ def errors(df: pd.DataFrame, cfg) -> pd.DataFrame:
 ORDER = ["sgd", "adam", "enkf"]
 
 
-def variants(cfg, s) -> list[Variant]:
-    out = []
-    for name in s.optimizers:
-        ov = (f"optimizer={name}",)
-        if name == "enkf" and s.ensemble_size:
-            ov += (f"optimizer.ensemble_size={int(s.ensemble_size)}",)
-        out.append(Variant(str(name), ov + series_overrides(s, str(name))))
-    return out
+def variants(cfg, s: Fig1Settings) -> list[Variant]:
+    return [Variant(name, {"optimizer.ensemble_size": s.ensemble_size} if name == "enkf" and s.ensemble_size else {},
+                    groups={"optimizer": name}) for name in s.optimizers]
 
 
 def samples_seen(df: pd.DataFrame) -> pd.Series:
@@ -144,8 +157,8 @@ def _learns(opt: str, expected: bool):
     return check
 
 
-register(Figure(
-    id="1", config="fig1",
+FIGURE = register(Figure(
+    id="1", config="fig1", settings=Fig1Settings,
     title="SGD and EnKF (Adam as an extra) at sigma = 1: test error over one epoch",
     description="SGD / EnKF (J=5000), Adam extra, sigma=1, 1 epoch, test error mean +/- std of 10 seeds",
     # series_overrides give the families different batch counts and evaluation cadences

@@ -10,9 +10,12 @@ over the iterations, with J and r of each run on two secondary axes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from ..config.schema import FigureSettings
 from .base import Claim, Figure, PaperNumber, Variant, register
 from .common import value_at
 from .draw import COLORS, band, caption, mean_std, metric
@@ -20,10 +23,15 @@ from .draw import COLORS, band, caption, mean_std, metric
 J_METRIC, R_METRIC = "adaptive_ensemble_size", "adaptive_repetitions"
 
 
-def variants(cfg, s) -> list[Variant]:
-    J = int(s.ensemble_size)
-    return [Variant(f"fixed-J{J}", (f"optimizer.ensemble_size={J}", "optimizer.adaptive.enabled=false")),
-            Variant(f"adaptive-J{J}", (f"optimizer.ensemble_size={J}", "optimizer.adaptive.enabled=true"))]
+@dataclass
+class Fig10Settings(FigureSettings):
+    ensemble_size: int = 5000   # J at the start of both runs
+
+
+def variants(cfg, s: Fig10Settings) -> list[Variant]:
+    J = s.ensemble_size
+    return [Variant(f"{kind}-J{J}", {"optimizer.ensemble_size": J, "optimizer.adaptive.enabled": kind == "adaptive"})
+            for kind in ("fixed", "adaptive")]
 
 
 def split_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -129,7 +137,7 @@ def _claim_cheaper(df, cfg):
 
 
 register(Figure(
-    id="10", config="fig10",
+    id="10", config="fig10", settings=Fig10Settings,
     title="Adaptive ensemble size and repetitions (Algorithm 1)",
     description="EnKF, 1 epoch: fixed J=5000, r=8 vs Algorithm 1 (adaptive J, r, budget)",
     variants=variants, plot=plot, varies=("optimizer.adaptive.enabled",),

@@ -8,10 +8,13 @@ J = 100 after a few hundred iterations, 3.8 % (J = 5000) and 3.0 % (J = 10000).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import List
+
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..config.schema import name_of
+from ..config.schema import Activation, FigureSettings, name_of
 from .base import Claim, Figure, PaperNumber, Variant, register
 from .common import curve, runs_where, value_at
 from .draw import COLORS, band, caption, metric
@@ -19,14 +22,16 @@ from .draw import COLORS, band, caption, metric
 ACT_LABEL = {"logistic": "logistic", "relu": "ReLU", "tanh": "tanh"}
 
 
-def variants(cfg, s) -> list[Variant]:
-    J = int(s.ensemble_size)
-    out = [Variant(f"{a.value if hasattr(a, 'value') else a}-J{J}",
-                   (f"model.activation={getattr(a, 'value', a)}", f"optimizer.ensemble_size={J}"))
-           for a in s.activations]
-    out += [Variant(f"logistic-J{j}", ("model.activation=logistic", f"optimizer.ensemble_size={j}"))
-            for j in s.ensemble_sizes]
-    return out
+@dataclass
+class Fig8Settings(FigureSettings):
+    ensemble_size: int = 5000                                   # J of the activations panel
+    activations: List[Activation] = field(default_factory=list)
+    ensemble_sizes: List[int] = field(default_factory=list)     # J of the logistic panel
+
+
+def variants(cfg, s: Fig8Settings) -> list[Variant]:
+    runs = [(a.value, s.ensemble_size) for a in s.activations] + [("logistic", j) for j in s.ensemble_sizes]
+    return [Variant(f"{a}-J{j}", {"model.activation": a, "optimizer.ensemble_size": j}) for a, j in runs]
 
 
 def main_ensemble_size(df: pd.DataFrame) -> int:
@@ -182,7 +187,7 @@ def _claim_early_gain(df, cfg):
 
 
 register(Figure(
-    id="8", config="fig8",
+    id="8", config="fig8", settings=Fig8Settings,
     title="EnKF test error: activations and ensemble sizes",
     description="EnKF, 1 epoch: logistic/ReLU/tanh at J=5000; J=100/5000/10000 (logistic)",
     variants=variants, plot=plot, varies=("model.activation", "optimizer.ensemble_size"),

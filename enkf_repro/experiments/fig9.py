@@ -9,9 +9,13 @@ split 8,000 / 2,000, and the report says so beside every number.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import List
+
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from ..config.schema import FigureSettings
 from .base import Claim, Figure, PaperNumber, Variant, register
 from .common import runs_where, value_at
 from .draw import COLORS, band, caption, metric
@@ -19,8 +23,13 @@ from .draw import COLORS, band, caption, metric
 PAPER = {5000: 16.32, 10000: 15.1}
 
 
-def variants(cfg, s) -> list[Variant]:
-    return [Variant(f"J{int(j)}", (f"optimizer.ensemble_size={int(j)}",)) for j in s.ensemble_sizes]
+@dataclass
+class Fig9Settings(FigureSettings):
+    ensemble_sizes: List[int] = field(default_factory=list)
+
+
+def variants(cfg, s: Fig9Settings) -> list[Variant]:
+    return [Variant(f"J{j}", {"optimizer.ensemble_size": j}) for j in s.ensemble_sizes]
 
 
 def plot(df: pd.DataFrame, cfg):
@@ -65,7 +74,7 @@ def _claim_larger_J_better(df, cfg):
 
 register(Figure(
     datasets=("notmnist",),
-    id="9", config="fig9",
+    id="9", config="fig9", settings=Fig9Settings,
     title="EnKF on letters (notMNIST)",
     description="EnKF, 1 epoch on notMNIST letters A-J: J=5000 and J=10000 (logistic)",
     variants=variants, plot=plot, varies=("optimizer.ensemble_size",),

@@ -24,38 +24,41 @@ go to ``methods.csv`` / ``methods.md`` beside the figure (``tables``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import List, Optional
+
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from ..config.schema import FigureSettings
 from .base import Figure, Variant, register
-from .common import series_overrides
+from .common import known
 from .draw import COLORS, band, caption, metric
 
-DMC = ("optimizer.scheduler=data_misfit", "optimizer.on_terminate=continue")
-# series -> (label, family, overrides)
-SERIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "enkf": ("EnKF", "enkf", ("optimizer=enkf", "optimizer.repetitions=1")),
-    "eki": ("EKI", "eki", ("optimizer=eki",)),
-    "eki_dmc": ("EKI + DMC", "eki", ("optimizer=eki",) + DMC),
-    "eki_r": ("EKI(R)", "eki_r", ("optimizer=eki", "optimizer.randomize=true")),
-    "eki_r_dmc": ("EKI(R) + DMC", "eki_r", ("optimizer=eki", "optimizer.randomize=true") + DMC),
-    "etki": ("ETKI", "etki", ("optimizer=etki",)),
-    "etki_dmc": ("ETKI + DMC", "etki", ("optimizer=etki",) + DMC),
+DMC = {"optimizer.scheduler": "data_misfit", "optimizer.on_terminate": "continue"}
+# series -> (label, family, optimizer, values)
+SERIES: dict[str, tuple[str, str, str, dict]] = {
+    "enkf": ("EnKF", "enkf", "enkf", {"optimizer.repetitions": 1}),
+    "eki": ("EKI", "eki", "eki", {}),
+    "eki_dmc": ("EKI + DMC", "eki", "eki", DMC),
+    "eki_r": ("EKI(R)", "eki_r", "eki", {"optimizer.randomize": True}),
+    "eki_r_dmc": ("EKI(R) + DMC", "eki_r", "eki", {"optimizer.randomize": True, **DMC}),
+    "etki": ("ETKI", "etki", "etki", {}),
+    "etki_dmc": ("ETKI + DMC", "etki", "etki", DMC),
 }
 FAMILY_COLOR = {"enkf": COLORS[0], "eki": COLORS[1], "eki_r": COLORS[2], "etki": COLORS[3]}
 
 
-def variants(cfg, s) -> list[Variant]:
-    names = list(s.optimizers) or list(SERIES)
-    out = []
-    for name in names:
-        if name not in SERIES:
-            from ..errors import ConfigError
+@dataclass
+class MethodsSettings(FigureSettings):
+    ensemble_size: Optional[int] = None                          # J of every series (null: each method's)
+    optimizers: List[str] = field(default_factory=list)          # the series (empty: all)
 
-            raise ConfigError(f"figure.{cfg.scale.name.value}.optimizers", name, "a list of " + ", ".join(SERIES))
-        J = (f"optimizer.ensemble_size={int(s.ensemble_size)}",) if s.ensemble_size else ()
-        out.append(Variant(name, SERIES[name][2] + J + series_overrides(s, name)))
-    return out
+
+def variants(cfg, s: MethodsSettings) -> list[Variant]:
+    J = {"optimizer.ensemble_size": s.ensemble_size} if s.ensemble_size else {}
+    return [Variant(name, {**SERIES[name][3], **J}, groups={"optimizer": SERIES[name][2]})
+            for name in known(s.optimizers or list(SERIES), SERIES, cfg)]
 
 
 def _reached_T(df: pd.DataFrame) -> pd.DataFrame:
@@ -79,7 +82,7 @@ def plot(df: pd.DataFrame, cfg):
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.9), gridspec_kw={"width_ratios": [3, 2]})
     err, step = metric(df, "test_error"), metric(df, "step_size")
     marks = _reached_T(df)
-    for name, (label, family, _) in SERIES.items():
+    for name, (label, family, *_) in SERIES.items():
         color = FAMILY_COLOR[family]
         style = "--" if name.endswith("_dmc") else "-"
         d = err[err["series"].astype(str) == name]
@@ -120,7 +123,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     err = metric(df, "test_error").sort_values("iteration")
     last = err.groupby("run_dir").tail(1)
     rows = []
-    for name, (label, _, _) in SERIES.items():
+    for name, (label, *_) in SERIES.items():
         d = last[last["series"].astype(str) == name]
         if d.empty:
             continue
@@ -147,7 +150,7 @@ def tables(df: pd.DataFrame, cfg) -> dict[str, str]:
 
 
 register(Figure(
-    id="methods", config="methods",
+    id="methods", config="methods", settings=MethodsSettings,
     title="Ensemble Kalman methods compared: EnKF, EKI, EKI(R), ETKI, with and without the data-misfit controller",
     description="our comparison (no paper numbers): EnKF, EKI, EKI(R), ETKI +/- data-misfit controller, equal J and "
                 "iterations, paper CNN, Fashion-MNIST",

@@ -27,17 +27,20 @@ saturation_checks.py.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import List
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
 
-from ..config.schema import name_of
+from ..config.schema import FigureSettings, name_of
 from ..optim.instrument import PERCENTILES
 from . import saturation_checks as sc
 from .base import Claim, Figure, PaperNumber, Variant, register
-from .common import curve, series_overrides, value_at
+from .common import curve, value_at
 from .draw import COLORS, PASS_LABEL, band, caption, metric
 from .saturation_checks import LABELS, LEARNED, iteration_epoch_rows, layer_rows, seed_mean
 
@@ -52,28 +55,46 @@ FIG6_PAPER = {1: ((0.49, 0.53), (0.5124, 0.2860)), 2: ((0.47, 0.5), (0.4957, 0.4
 MANY_EPOCHS_PAPER = {"4": ((0.475, "first"), (0.5, "last")), "7": ((0.49, "first"), (0.56, 40 / 50))}
 
 
-# -- variants --------------------------------------------------------------------------------
+# -- settings and variants --------------------------------------------------------------------
+class GradientView(str, Enum):
+    iteration = "iteration"  # per-iteration curves of the iteration epochs, grad.mean(0) histograms
+    epoch = "epoch"          # pooled per epoch, histograms of all weight-gradient entries
+
+
+@dataclass
+class ManyEpochsSettings(FigureSettings):
+    """Figures 4 and 7: how the gradients are drawn. ``iteration``: the paper's panels, gradient
+    mean +/- std at every iteration of ``instrument.iteration_epochs`` and the histograms of the
+    gradient averaged over output units (falls back to ``epoch`` when a run has no per-iteration
+    rows); ``epoch``: mean +/- std pooled per epoch and histograms of all weight-gradient entries."""
+
+    gradient_view: GradientView = GradientView.iteration
+
+
+@dataclass
+class Fig5Settings(FigureSettings):
+    optimizers: List[str] = field(default_factory=lambda: ["sgd", "adam"])
+    sigmas: List[float] = field(default_factory=lambda: [1.0, 3.0])
+    # also Adam at the largest sigma from the final state of Adam at the smallest (the published
+    # script's shared optimizer)
+    shared_optimizer: bool = True
+
+
 def single_variant(cfg, s) -> list[Variant]:
     """Figures 3, 4, 6, 7: one series, the optimizer of the figure's preset."""
-    name = str(cfg.optimizer.name)
-    return [Variant(name, series_overrides(s, name))]
+    return [Variant(str(cfg.optimizer.name))]
 
 
-def sigma_variants(cfg, s) -> list[Variant]:
+def sigma_variants(cfg, s: Fig5Settings) -> list[Variant]:
     """Figure 5: every optimizer at every sigma; and Adam at the largest sigma once more, starting
     from the final state of the Adam run at the smallest (``-shared``: the published script built
     each optimizer once and reused it across the sigmas, so its Adam at sigma = 3 probably began
     with the sigma = 1 run's moment estimates and step count)."""
-    out = []
-    for opt in s.optimizers:
-        for sigma in s.sigmas:
-            series = f"{opt}-sigma{float(sigma):g}"
-            out.append(Variant(series, (f"optimizer={opt}", f"init.sigma={float(sigma)}")
-                               + series_overrides(s, series)))
-    if s.get("shared_optimizer", True) and "adam" in list(s.optimizers) and len(s.sigmas) > 1:
-        lo, hi = min(map(float, s.sigmas)), max(map(float, s.sigmas))
-        series = f"adam-sigma{hi:g}-shared"
-        out.append(Variant(series, ("optimizer=adam", f"init.sigma={hi}") + series_overrides(s, series),
+    out = [Variant(f"{opt}-sigma{sigma:g}", {"init.sigma": sigma}, groups={"optimizer": opt})
+           for opt in s.optimizers for sigma in s.sigmas]
+    if s.shared_optimizer and "adam" in s.optimizers and len(s.sigmas) > 1:
+        lo, hi = min(s.sigmas), max(s.sigmas)
+        out.append(Variant(f"adam-sigma{hi:g}-shared", {"init.sigma": hi}, groups={"optimizer": "adam"},
                            state_from=f"adam-sigma{lo:g}"))
     return out
 
@@ -310,10 +331,8 @@ def plot_one_epoch(df: pd.DataFrame, cfg, number: str, paper: str = "fig3"):
 
 def gradient_view(cfg) -> str:
     """``figure.<scale>.gradient_view`` of the config (``iteration`` when it has none)."""
-    try:
-        return name_of(cfg.figure[name_of(cfg.scale.name)].get("gradient_view", "iteration"))
-    except (AttributeError, KeyError, TypeError):
-        return "iteration"
+    node = cfg.figure[name_of(cfg.scale.name)]
+    return name_of(node.gradient_view) if "gradient_view" in node else "iteration"
 
 
 def plot_many_epochs(df: pd.DataFrame, cfg, number: str):
@@ -422,7 +441,7 @@ register(Figure(
 ))
 
 register(Figure(
-    id="4", config="fig4",
+    id="4", config="fig4", settings=ManyEpochsSettings,
     title="SGD at sigma = 1 over 50 epochs: gradients per iteration and activations per epoch",
     description="SGD, sigma=1, 50 epochs: gradient mean/std per iteration of epochs 0, 10, .., 40, "
                 "per-unit mean gradient histograms, mean-activation distribution per epoch",
@@ -442,7 +461,7 @@ register(Figure(
 ))
 
 register(Figure(
-    id="5", config="fig5",
+    id="5", config="fig5", settings=Fig5Settings,
     title="SGD and Adam at sigma = 1 and 3: test error over 50 epochs",
     description="SGD / Adam at sigma=1 and 3, 50 epochs: test error per epoch",
     variants=sigma_variants, plot=plot_fig5, varies=("optimizer", "init.sigma"),
@@ -479,7 +498,7 @@ register(Figure(
 ))
 
 register(Figure(
-    id="7", config="fig7",
+    id="7", config="fig7", settings=ManyEpochsSettings,
     title="Adam at sigma = 3 over 50 epochs: gradients per iteration and activations per epoch",
     description="Adam, sigma=3, 50 epochs: gradient mean/std per iteration of epochs 0, 10, .., 40, "
                 "per-unit mean gradient histograms, mean-activation distribution per epoch",

@@ -7,9 +7,12 @@ Settings, from the thesis's published code and README (diepi/Ensemble-Kalman-for
 where they give them: learning rate 0.001, batch size 500, K = 10 (README, "Results"); the
 training set read in order, no shuffling (codes/main.py: batches of 500 in the order of the
 dataset, IEnK updates per sample within a batch); Glorot-normal weights, zero biases. Applied here
-to all four methods: ``train.batch_size=500``, ``train.shuffle=false``, lr 0.001. Not given there
-(the baselines' code is not published), our choice: NAG momentum 0.9; Adam's betas 0.9 / 0.999
-(the Keras and PyTorch defaults); cross-entropy averaged over the batch.
+to all four methods: ``train.batch_size=500``, ``train.shuffle=false``. The README's "learning
+rate 0.001" is the IEnK's: the baselines' code is not published, and on the full MNIST SGD at
+0.001 reaches only 0.72 after 10 epochs, while at Keras's default 0.01 SGD and NAG reach 0.894 /
+0.942 against the thesis's 0.8922 / 0.936. So SGD and NAG run at ``baseline_lr`` = 0.01 (0.001 as
+an option), Adam at 0.001 (Keras's default too). Our choices: NAG momentum 0.9; Adam's betas 0.9 /
+0.999 (the Keras and PyTorch defaults); cross-entropy averaged over the batch.
 
 What is plotted: the thesis's training plot (README, alldnn1.png) is TRAINING accuracy per epoch:
 for IEnK the accuracy on the last batch of 500 of each epoch, each sample predicted by the
@@ -21,30 +24,43 @@ are the thesis's final test accuracies.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import List
+
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from ..config.schema import FigureSettings
 from .base import Claim, Figure, PaperNumber, Variant, register
+from .common import known
 from .draw import COLORS, PASS_LABEL, band, caption
 
-METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "ienk": ("IEnK", ("optimizer=ienk_simple",)),
-    "sgd": ("SGD", ("optimizer=sgd", "optimizer.lr=0.01", "optimizer.momentum=0.0")),
-    "nag": ("NAG", ("optimizer=sgd", "optimizer.lr=0.01", "optimizer.momentum=0.9", "optimizer.nesterov=true")),
-    "adam": ("Adam", ("optimizer=adam", "optimizer.lr=0.001")),
+# series -> (name, optimizer, its values); the baselines' learning rate is ThesisSettings.baseline_lr
+METHODS: dict[str, tuple[str, str, dict]] = {
+    "ienk": ("IEnK", "ienk_simple", {}),
+    "sgd": ("SGD", "sgd", {"optimizer.momentum": 0.0}),
+    "nag": ("NAG", "sgd", {"optimizer.momentum": 0.9, "optimizer.nesterov": True}),
+    "adam": ("Adam", "adam", {"optimizer.lr": 0.001}),
 }
 REPORTED = {"ienk": 0.886, "sgd": 0.8922, "nag": 0.936, "adam": 0.9699}
 CLOSE = 0.02   # "close": within 2 accuracy points (the thesis: IEnK 0.6 points below SGD)
 
 
-def variants(cfg, s) -> list[Variant]:
-    out = []
-    for m in s.optimizers:
-        if m not in METHODS:
-            from ..errors import ConfigError
+@dataclass
+class ThesisSettings(FigureSettings):
+    optimizers: List[str] = field(default_factory=lambda: list(METHODS))
+    # SGD's and NAG's learning rate: 0.01, Keras's default, reproduces the thesis's 0.8922 / 0.936
+    # on the full MNIST (0.894 / 0.942); 0.001, the rate the thesis's README lists under its
+    # results (the IEnK's), gives SGD 0.72 there
+    baseline_lr: float = 0.01
 
-            raise ConfigError(f"figure.{cfg.scale.name.value}.optimizers", m, "a list of " + ", ".join(METHODS))
-        out.append(Variant(m, METHODS[m][1]))
+
+def variants(cfg, s: ThesisSettings) -> list[Variant]:
+    out = []
+    for m in known(s.optimizers, METHODS, cfg):
+        _, optimizer, values = METHODS[m]
+        lr = {"optimizer.lr": s.baseline_lr} if optimizer == "sgd" else {}
+        out.append(Variant(m, {**lr, **values}, groups={"optimizer": optimizer}))
     return out
 
 
@@ -58,7 +74,7 @@ def plot(df: pd.DataFrame, cfg):
     acc = accuracy_curves(df)
     fig, ax = plt.subplots(figsize=(6.2, 3.8))
     last_epoch = float(acc["pass"].max()) if not acc.empty else 10.0
-    for i, (m, (name, _)) in enumerate(METHODS.items()):
+    for i, (m, (name, *_)) in enumerate(METHODS.items()):
         d = acc[acc["series"].astype(str) == m]
         if d.empty:
             continue
@@ -119,7 +135,7 @@ def ienk_close_to_sgd(df, cfg):
 
 
 register(Figure(
-    id="thesis", config="thesis",
+    id="thesis", config="thesis", settings=ThesisSettings,
     title="2019 thesis: MLP trained by the simplified IEnK vs SGD, NAG, Adam",
     description="MLP 784-128-10 on MNIST, 10 epochs: IEnK (per sample, layers perturbed jointly) vs SGD, NAG, Adam",
     variants=variants, plot=plot, varies=("optimizer",),

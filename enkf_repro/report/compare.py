@@ -20,8 +20,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 from omegaconf import OmegaConf
 
-from ..config.compose import did_you_mean, format_value, parse_overrides, split_flags
 from ..config.identity import semantic_config
+from ..config.overrides import did_you_mean, format_value, parse_overrides, split_flags
 from ..errors import ConfigError, EnkfReproError
 from ..experiments.draw import COLORS, band, caption, mean_std, save, use_style
 from ..runs.folder import RunFolder, read_runs, slug

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from ..config.compose import config_dir
+from ..config.overrides import config_dir
 from ..config.paths import cache_dir, rates_file
 
 GPU_ASSUMED = 100e12   # FLOP/s assumed for a GPU when none was measured
@@ -48,7 +48,8 @@ def table(args: list[str]) -> str:
     """The table ``list`` prints (plans every figure at both scales)."""
     import torch
 
-    from ..config.compose import compose, normalize_figure_args, split_flags
+    from ..config.compose import compose
+    from ..config.overrides import normalize_figure_args, split_flags
     from ..experiments.base import FIGURES, figure_ids
     from ..runs.cost import cached_rate, estimate_flops, estimate_seconds, measured_rate
     from ..runs.runner import plan
@@ -65,7 +66,7 @@ def table(args: list[str]) -> str:
             if not fig.needs_runs:
                 costs.append("drawn, no runs")
                 continue
-            specs = plan(compose(overrides + [f"figure={fig.config}", f"scale={scale}"]))
+            specs = plan(compose(fig.applicable(overrides) + [f"figure={fig.config}", f"scale={scale}"]))
             flops = sum(estimate_flops(s.cfg) for s in specs)
             cpu = sum(estimate_seconds(s.cfg, cpu_rate, "cpu") for s in specs)
             gpu_s = sum(estimate_seconds(s.cfg, gpu_rate, "cuda") for s in specs)

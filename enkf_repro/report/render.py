@@ -15,8 +15,9 @@ from typing import Iterable
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from ..config.compose import compose, config_dir, normalize_figure_args, parse_overrides, split_flags
+from ..config.compose import compose
 from ..config.identity import NON_SEMANTIC, NON_SEMANTIC_NESTED, config_hash, semantic_config
+from ..config.overrides import config_dir, normalize_figure_args, parse_overrides, split_flags
 from ..config.schema import name_of
 from ..errors import ConfigError, EnkfReproError
 from ..experiments.base import Figure, get_figure

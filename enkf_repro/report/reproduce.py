@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from ..config.compose import compose, normalize_figure_args, split_flags
+from ..config.compose import compose
+from ..config.overrides import normalize_figure_args, override_key, split_flags
 from ..config.schema import name_of
 from ..errors import ConfigError
 from ..experiments.base import FIGURES, figure_ids, get_figure
@@ -94,7 +95,7 @@ def reproduce_main(args: list[str]) -> int:
         if not fig.needs_runs:
             plans[fig.id] = []
             continue
-        cfg = compose(overrides + [f"figure={fig.config}"])
+        cfg = compose(fig.applicable(overrides) + [f"figure={fig.config}"])
         specs = plan(cfg)
         for spec in specs:
             spec.cfg.progress = False
@@ -119,12 +120,13 @@ def reproduce_main(args: list[str]) -> int:
         _say(plan_table(figs, plans, pending, cost))
         return 0
 
-    outcome = execute(pending, time_budget=compose(overrides).get("time_budget"), weights=cost)
+    common = compose([o for o in overrides if override_key(o).split(".")[0] != "figure"])   # no figure's settings
+    outcome = execute(pending, time_budget=common.get("time_budget"), weights=cost)
     left = outcome.left
 
     plotted, measured, judged = {}, {}, {}
     for fig in figs:
-        cfg = compose(overrides + [f"figure={fig.config}"])
+        cfg = compose(fig.applicable(overrides) + [f"figure={fig.config}"])
         current = _up_to_date_plot(cfg, fig, plans[fig.id])
         try:
             plotted[fig.id] = current or plot_figure(cfg, overrides)
@@ -134,7 +136,7 @@ def reproduce_main(args: list[str]) -> int:
         rows = rows[rows["finished"]] if not rows.empty else rows   # a run cut short says nothing yet
         measured[fig.id] = _measure(fig, cfg, plans[fig.id], rows)
         judged[fig.id] = _judge(fig, cfg, rows)
-    out = Path(compose(overrides).out_dir) / scale
+    out = Path(common.out_dir) / scale
     report = write_report(out, scale, figs, plans, plotted, measured, judged, args)
     _say(f"report: {report}" + (f" ({left} runs left)" if left else ""))
     return 0

@@ -17,16 +17,8 @@ import sys
 from hydra.errors import CompactHydraException, HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from ..config.compose import (
-    compose,
-    config_dir,
-    hydra_context,
-    hydra_error_line,
-    normalize_figure_args,
-    parse_overrides,
-    register_configs,
-    split_flags,
-)
+from ..config.compose import compose, hydra_context, hydra_error_line, register_configs
+from ..config.overrides import config_dir, normalize_figure_args, parse_overrides, split_flags
 from ..errors import ConfigError, EnkfReproError, Interrupted
 from . import distributed
 from .runner import check_runs, plan, quiet_rank, run_figure

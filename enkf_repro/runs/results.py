@@ -15,8 +15,8 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 from omegaconf import DictConfig
 
-from ..config.compose import did_you_mean
 from ..config.identity import config_hash
+from ..config.overrides import did_you_mean
 from ..errors import ConfigError
 
 # Measurement columns first, then the run's identity and config.

@@ -1,12 +1,14 @@
 """Plan and execute the runs of a figure: ``run_figure(cfg, out_dir) -> Path``, the library entry
 behind ``enkf-repro run``.
 
-A figure's runs are its variants x seeds (``experiments/``). Each run's config is composed once
-(``config.compose``) from the figure's per-scale overrides, the variant's overrides and, last, the
-overrides the config itself was composed with (``cfg.overrides``: the user's, so
-``enkf-repro run figure=8 dataset=fashion_mnist`` changes the dataset of every run). Runs whose
-configs come out identical are done once; finished runs are skipped; an interrupted run resumes
-from its checkpoint.
+A figure's runs are its variants x seeds (``experiments/``). The figure's config is composed once
+by Hydra (``config.compose``, with the user's overrides: ``enkf-repro run figure=8
+dataset=fashion_mnist`` changes the dataset of every run); a variant that switches a config group
+(``optimizer=adam``) is composed once more with that choice. Each run's config is then that
+composed config with data merged on (``OmegaConf``): the figure's per-scale ``overrides``, the
+variant's values, the series' ``series_overrides``, skipping every key the user set (the user's
+overrides win). Runs whose configs come out identical are done once; finished runs are skipped; an
+interrupted run resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig
 
-from ..config.compose import GROUPS, compose, config_dir, flatten_overrides, format_value, merge_overrides, override_key
+from ..config.compose import GROUPS, compose
 from ..config.identity import changed_settings, config_hash, short_name, to_plain
+from ..config.nested import flatten, nest, without
+from ..config.overrides import config_dir, format_value, is_hydra_override, override_key
 from ..config.schema import name_of
 from ..config.validate import validate
 from ..errors import ConfigError, DivergenceError, EnkfReproError
@@ -36,7 +40,6 @@ from .results import config_columns
 
 # Overrides that select runs rather than configure them.
 PLAN_ONLY_KEYS = {"seed", "only"}
-GROUP_KEYS = set(GROUPS)
 
 
 @dataclass
@@ -47,7 +50,9 @@ class RunSpec:
     seed: int
     cfg: DictConfig             # the composed run config
     overrides: tuple[str, ...]  # what reproduces it: enkf-repro run <overrides>
-    settings: str = ""          # "key=value;..." of the settings that differ from the group defaults
+    # "key=value;..." of the settings that differ from the group defaults (None: worked out when
+    # the run is written, which composes the defaults of its group choices)
+    settings: str | None = None
 
     @property
     def run_id(self) -> str:
@@ -65,16 +70,13 @@ class RunSpec:
     @property
     def columns(self) -> dict[str, Any]:
         """The constant CSV columns of the run's rows."""
+        if self.settings is None:
+            self.settings = settings_text(changed_settings(self.cfg, group_defaults(self.cfg)))
         return config_columns(self.cfg, self.figure, self.label, self.settings)
 
     def describe(self) -> str:
         head = f"fig {self.figure} " if self.figure != "none" else ""
         return f"{head}{self.label} seed={self.seed}"
-
-
-def settings_of(cfg: DictConfig):
-    """The figure's settings at the config's scale (``figure.paper`` or ``figure.smoke``)."""
-    return cfg.figure[name_of(cfg.scale.name)]
 
 
 def _matches(label: str, pattern: str | None) -> bool:
@@ -103,36 +105,64 @@ def settings_text(changes: dict) -> str:
     return ";".join(f"{k}={format_value(v)}" for k, v in sorted(changes.items()))
 
 
+def user_overrides(cfg: DictConfig) -> list[str]:
+    """The overrides ``cfg`` was composed with, but Hydra's own."""
+    return [o for o in cfg.overrides if not is_hydra_override(o)]
+
+
+def merged(cfg: DictConfig, data: dict, what: str) -> DictConfig:
+    """A copy of ``cfg`` with the nested ``data`` merged on; a key or value the config cannot take
+    is one ConfigError line (``what`` says where the data came from)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    out = cfg.copy()
+    try:
+        out.merge_with(data)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or "?"
+        value = OmegaConf.select(OmegaConf.create(data), key, default=None) if key != "?" else None
+        reason = str(getattr(e, "msg", "") or e).strip().splitlines()[0]
+        raise ConfigError(key, value, f"a key and value of the run config ({reason}; set by {what})") from None
+    return out
+
+
+def as_overrides(data: dict) -> list[str]:
+    """Nested data as the override strings that set it (the record of what reproduces a run)."""
+    return [f"{k}={format_value(v)}" for k, v in flatten(data).items()]
+
+
 def single_run(cfg: DictConfig, user: list[str]) -> RunSpec:
     """The run of a config without a figure, with its scale's preset for single runs (smoke: fewer
     batches and a test subset, the protocol unchanged), named by what differs from the defaults."""
-    if cfg.scale.single:
-        overrides = merge_overrides(flatten_overrides(cfg.scale.single), user)
-        cfg = compose(overrides)
-        preset = compose(merge_overrides(flatten_overrides(cfg.scale.single),
-                                         [o for o in cfg.overrides if override_key(o) in GROUP_KEYS]))
-    else:
-        overrides, preset = user, group_defaults(cfg)
-    validate(cfg)
-    base = group_defaults(cfg)
-    named = changed_settings(cfg, preset)
-    label = "-".join(p for p in (str(cfg.optimizer.name), name_of(cfg.model.name), short_name(named)) if p)
-    return RunSpec("none", None, label[:120], int(cfg.seed), cfg, tuple(overrides),
-                   settings_text(changed_settings(cfg, base)))
+    from omegaconf import OmegaConf
+
+    keys = {override_key(o) for o in user} - set(GROUPS)
+    preset = without(OmegaConf.to_container(cfg.scale.single, resolve=True), keys)
+    run_cfg = merged(cfg, preset, "the scale's single-run preset") if preset else cfg
+    validate(run_cfg)
+    named = changed_settings(run_cfg, merged(group_defaults(cfg), preset, "the scale's single-run preset"))
+    label = "-".join(p for p in (str(run_cfg.optimizer.name), name_of(run_cfg.model.name), short_name(named)) if p)
+    return RunSpec("none", None, label[:120], int(run_cfg.seed), run_cfg, tuple(user + as_overrides(preset)))
+
+
+def _choice(cfg: DictConfig, group: str) -> str:
+    return name_of(cfg[group].name)
 
 
 def plan(cfg: DictConfig) -> list[RunSpec]:
     """The runs ``cfg`` asks for: one per (variant, seed) of its figure, or the single run."""
     fig_id = str(cfg.figure.id)
-    user = [o for o in cfg.overrides if not o.lstrip("+~").startswith("hydra")]
+    user = user_overrides(cfg)
     if fig_id == "none":
         return [single_run(cfg, user)]
     fig = get_figure(fig_id)
     if not fig.needs_runs:
         return []
-    fig_settings = settings_of(cfg)
-    scale_overrides = flatten_overrides(fig_settings.overrides)
-    every = fig.variants(cfg, fig_settings)
+    settings = fig.settings_of(cfg)
+    chosen = {override_key(o) for o in user}
+    keys = chosen - set(GROUPS)   # values the user set (a group choice leaves the values in it to the data)
+    every = fig.variants(cfg, settings)
     variants = [v for v in every if _matches(v.series, cfg.only)]
     if not variants:
         labels = ", ".join(dict.fromkeys(v.series for v in every))
@@ -146,31 +176,36 @@ def plan(cfg: DictConfig) -> list[RunSpec]:
     by_series: dict[tuple[str, int], RunSpec] = {}
     seen: set[str] = set()
     for v in variants:
-        overrides = merge_overrides(scale_overrides + list(v.overrides), user, drop=PLAN_ONLY_KEYS)
+        groups = {g: o for g, o in v.groups.items() if g not in chosen and _choice(cfg, g) != o}
+        data = [without(settings.overrides, keys), without(nest(v.values), keys),
+                without(settings.series_overrides.get(v.series) or {}, keys)]
         try:
-            base = compose(overrides)
+            run_cfg = compose(user + [f"{g}={o}" for g, o in groups.items()]) if groups else cfg
+            for part, what in zip(data, ("the figure's overrides", "the series", "the series' overrides")):
+                if part:
+                    run_cfg = merged(run_cfg, part, f"{what}, figure {fig_id} series {v.series}")
         except ConfigError as e:
             # e.g. optimizer.lr=... on a figure that also runs the EnKF (which has no lr)
             raise EnkfReproError(
                 f"series {v.series!r} of figure {fig_id}: {e} (run the other series with only=..., or set it for "
                 f"one series with ++figure.<scale>.series_overrides.<series>.<key>=<value>)") from None
-        validate(base)
-        label = fig.label(base, v.series) if fig.label is not None else v.series
-        defaults = group_defaults(base)
-        for i in range(int(fig_settings.seeds)):
+        validate(run_cfg)
+        label = fig.label(run_cfg, v.series) if fig.label is not None else v.series
+        recipe = [o for o in user if override_key(o) not in PLAN_ONLY_KEYS] + \
+            [f"{g}={o}" for g, o in groups.items()] + [o for part in data for o in as_overrides(part)]
+        for i in range(int(settings.seeds)):
             seed = int(cfg.seed) + i
-            run_cfg = base.copy()
-            run_cfg.seed = seed
+            seeded = run_cfg.copy()
+            seeded.seed = seed
             extra: tuple[str, ...] = ()
             if v.state_from:
                 source = by_series.get((v.state_from, seed))
                 if source is None:
                     raise ConfigError.line(f"figure {fig_id}: series {v.series!r} starts from series "
                                            f"{v.state_from!r}, which the figure does not plan before it")
-                run_cfg.optimizer.state_from = source.run_id
+                seeded.optimizer.state_from = source.run_id
                 extra = (f"optimizer.state_from={source.run_id}",)
-            spec = RunSpec(fig_id, fig.config, label, seed, run_cfg, tuple(overrides) + extra + (f"seed={seed}",),
-                           settings_text(changed_settings(run_cfg, defaults)))
+            spec = RunSpec(fig_id, fig.config, label, seed, seeded, tuple(recipe) + extra + (f"seed={seed}",))
             by_series[(v.series, seed)] = spec
             if spec.run_id in seen or v.series not in wanted:
                 continue
