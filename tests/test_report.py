@@ -1,9 +1,11 @@
-"""`enkf-repro reproduce`: runs, plots and REPORT.md with the paper-versus-rerun table."""
+"""`enkf-repro reproduce`: runs, plots and REPORT.md with the paper-versus-rerun table; which
+runs an override matches."""
 
 from __future__ import annotations
 
 import re
 
+import pytest
 import torch
 from PIL import Image
 
@@ -83,3 +85,16 @@ def test_dry_run_prints_the_paper_scale_plan_on_the_proxies_and_trains_nothing(c
     fig1 = next(ln for ln in proc.stderr.splitlines() if ln.startswith("1 | "))
     assert fig1.split(" | ")[1] == "30"                       # 3 families x the paper's 10 seeds
     assert not any(tmp_path.iterdir())                         # nothing trained, nothing written
+
+
+@pytest.mark.parametrize("value,text,same", [
+    (0.1, "0.1", True), (0.1, "1e-1", True), (0.1, "0.10001", False), (4, "4.0", True),
+    (True, "True", True), (True, "true", True), (False, "true", False),
+    (None, "null", True), (None, "none", True), (None, "0", False),
+    ([4, 8], "[4,8]", True), ((4, 8), "[4, 8]", True), ([4, 8], "[8,4]", False), ([], "[]", True),
+    ("relu", "relu", True), ("relu", "tanh", False),
+])
+def test_a_config_value_matches_the_text_of_an_override(value, text, same):
+    from enkf_repro.report.select import matches
+
+    assert matches(value, text) is same

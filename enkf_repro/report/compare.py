@@ -20,13 +20,13 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 from omegaconf import OmegaConf
 
-from ..config.compose import did_you_mean, format_value, parse_overrides, split_flags
+from ..config.compose import did_you_mean, split_flags
 from ..config.identity import semantic_config
 from ..errors import ConfigError, EnkfReproError
 from ..experiments.draw import COLORS, band, caption, mean_std, save, use_style
 from ..runs.folder import RunFolder, read_runs, slug
 from ..runs.results import config_key, flat_config, write_text_atomic
-from .render import _same
+from .select import matches, value_order, value_text, where_filters
 
 LINESTYLES = ["-", "--", ":", "-."]
 MARKERS = ["o", "s", "^", "D", "v", "P"]
@@ -65,48 +65,6 @@ def _split_keys(keys: str | Iterable[str]) -> list[str]:
     return [k.strip() for p in parts for k in str(p).split(",") if k.strip()]
 
 
-def _where(where: str | Iterable[str] | Mapping[str, Any]) -> list[tuple[str, list[str]]]:
-    """``["optimizer.gamma=0.01,0.1", "dataset=mnist"]`` (or a mapping of keys to a value or a list
-    of values) -> ``[(key, [value strings])]``; a comma list means any of its values."""
-    if isinstance(where, Mapping):
-        items = []
-        for k, v in where.items():
-            vals = list(v) if isinstance(v, (list, tuple, set)) else [v]
-            items.append(f"{k}={','.join(format_value(x) for x in vals)}")
-        where = items
-    elif isinstance(where, str):
-        where = [where]
-    out = []
-    for text in where:
-        if "=" not in text:
-            raise ConfigError("where", text, "KEY=VALUE (or KEY=V1,V2 for any of several values)")
-        (ov,) = parse_overrides([text])
-        values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
-        out.append((ov.key_or_group, values))
-    return out
-
-
-def _matches(value: Any, wanted: str) -> bool:
-    if isinstance(value, (list, tuple)):
-        return format_value(list(value)).replace(" ", "") == wanted.replace(" ", "")
-    if isinstance(value, bool):
-        return str(value).lower() == wanted.strip().lower()
-    return _same(value, wanted)
-
-
-def _text(value: Any) -> str:
-    return format_value(list(value) if isinstance(value, tuple) else value)
-
-
-def _order(value: Any) -> tuple:
-    """Numbers in numeric order, then everything else by its text; None last."""
-    if value is None:
-        return (2, 0.0, "")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return (0, float(value), "")
-    return (1, 0.0, _text(value))
-
-
 def _short(keys: list[str]) -> list[str]:
     """``optimizer.gamma`` -> ``gamma``, ``dataset.name`` -> ``dataset``; full keys if two collide."""
     def one(k: str) -> str:
@@ -141,7 +99,7 @@ def _listing(mixed: dict[str, list], most: int = 5) -> str:
     first, then the settings every run has."""
     keys = sorted(mixed, key=lambda k: (not k.endswith(".name"), None in mixed[k], k))
     def values(vals: list) -> str:
-        return ", ".join(_text(v) for v in vals[:6]) + (", ..." if len(vals) > 6 else "")
+        return ", ".join(value_text(v) for v in vals[:6]) + (", ..." if len(vals) > 6 else "")
 
     text = ", ".join(f"{k} ({values(mixed[k])})" for k in keys[:most])
     return text + (f" and {len(keys) - most} more" if len(keys) > most else "")
@@ -168,7 +126,7 @@ def _mixed(groups: dict[tuple, list[str]], configs: dict[str, dict], by_keys: li
             values = {flats[d].get(k) for d in dirs}
             if len(values) > 1:
                 mixed.setdefault(k, set()).update(values)
-    return {k: sorted(v, key=_order) for k, v in sorted(mixed.items())}
+    return {k: sorted(v, key=value_order) for k, v in sorted(mixed.items())}
 
 
 def compare(out_dir: str | Path = "results", by: str | Sequence[str] = (), metric: str = "test_error",
@@ -185,7 +143,7 @@ def compare(out_dir: str | Path = "results", by: str | Sequence[str] = (), metri
     if not by:
         raise ConfigError("by", None, "one or more config keys to group the runs by, e.g. by=optimizer.gamma "
                           "or by=optimizer.gamma,optimizer.ensemble_size")
-    filters = _where(where)
+    filters = where_filters(where)
     root = _root(out_dir, scale, folder)
     df = read_runs(root)
     if df.empty:
@@ -196,10 +154,10 @@ def compare(out_dir: str | Path = "results", by: str | Sequence[str] = (), metri
     flats = {d: flat_config(c) for d, c in configs.items()}
     by_keys = list(dict.fromkeys(_key(k, configs) for k in by))
     filters = [(_key(k, configs), vals) for k, vals in filters]
-    keep = [d for d, f in flats.items() if all(any(_matches(f.get(k), v) for v in vals) for k, vals in filters)]
+    keep = [d for d, f in flats.items() if all(any(matches(f.get(k), v) for v in vals) for k, vals in filters)]
     if not keep:
-        present = "; ".join(f"{k}: " + ", ".join(_text(v) for v in sorted({f.get(k) for f in flats.values()},
-                                                                             key=_order))
+        present = "; ".join(f"{k}: " + ", ".join(value_text(v) for v in sorted({f.get(k) for f in flats.values()},
+                                                                                  key=value_order))
                             for k, _ in filters)
         raise EnkfReproError(f"none of the {len(flats)} runs under {root} matches "
                              + " ".join(f"where={k}={','.join(v)}" for k, v in filters) + f" (the runs have {present})")
@@ -228,7 +186,7 @@ def compare(out_dir: str | Path = "results", by: str | Sequence[str] = (), metri
         "final": last["value"].to_numpy(),
     })
     group_of = {d: tuple(flats[d].get(k) for k in by_keys) for d in per_run["run_dir"]}
-    order = sorted(set(group_of.values()), key=lambda g: tuple(_order(v) for v in g))
+    order = sorted(set(group_of.values()), key=lambda g: tuple(value_order(v) for v in g))
     groups = {g: [d for d in per_run["run_dir"] if group_of[d] == g] for g in order}
     per_run["_order"] = per_run["run_dir"].map(lambda d: order.index(group_of[d]))
     per_run = per_run.sort_values(["_order", "run_dir"], kind="stable").drop(columns="_order").reset_index(drop=True)
@@ -272,7 +230,7 @@ def compare(out_dir: str | Path = "results", by: str | Sequence[str] = (), metri
     markdown = _markdown(table, by_keys, metric, root, where_text, notes)
     csv = table.copy()
     for k in by_keys:
-        csv[k] = [_text(v) for v in csv[k]]
+        csv[k] = [value_text(v) for v in csv[k]]
     write_text_atomic(dest / f"{stem}.md", markdown)
     write_text_atomic(dest / f"{stem}.csv", csv.to_csv(index=False))
     paths += [dest / f"{stem}.md", dest / f"{stem}.csv"]
@@ -296,11 +254,11 @@ def _draw(rows: pd.DataFrame, groups: dict[tuple, list[str]], by_keys: list[str]
     two = len(by_keys) == 2
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2)) if two else plt.subplots(figsize=(6.5, 4.2))
     ax = axes[0] if two else axes
-    values = [sorted({g[i] for g in groups}, key=_order) for i in range(len(by_keys))]
+    values = [sorted({g[i] for g in groups}, key=value_order) for i in range(len(by_keys))]
     ylabel = metric.replace("_", " ") + (" (%)" if metric.startswith("test_error") else "")
     for i, (g, dirs) in enumerate(groups.items()):
         color, linestyle, marker = _style(i, g, values)
-        label = ", ".join(f"{s}={_text(v)}" for s, v in zip(shorts, g))
+        label = ", ".join(f"{s}={value_text(v)}" for s, v in zip(shorts, g))
         band(ax, rows[rows["run_dir"].isin(dirs)], label, color, marker=marker, linestyle=linestyle)
     ax.set_xlabel("iteration")
     ax.set_ylabel(ylabel)
@@ -334,8 +292,8 @@ def _heatmap(ax, table: pd.DataFrame, by_keys: list[str], shorts: list[str], val
             light = hi > lo and (mean[i, j] - lo) / (hi - lo) > 0.6
             ax.text(j, i, f"{mean[i, j]:.3g}\n+/- {std[i, j]:.2g}", ha="center", va="center", fontsize=8,
                     color="black" if light else "white")
-    ax.set_xticks(range(len(values[1])), [_text(v) for v in values[1]])
-    ax.set_yticks(range(len(values[0])), [_text(v) for v in values[0]])
+    ax.set_xticks(range(len(values[1])), [value_text(v) for v in values[1]])
+    ax.set_yticks(range(len(values[0])), [value_text(v) for v in values[0]])
     ax.set_xlabel(shorts[1])
     ax.set_ylabel(shorts[0])
     ax.grid(False)
@@ -352,7 +310,7 @@ def _markdown(table: pd.DataFrame, by_keys: list[str], metric: str, root: Path, 
     for _, r in table.iterrows():
         it = (str(r["last_iteration"]) if r["last_iteration"] == r["last_iteration_min"]
               else f"{r['last_iteration_min']}-{r['last_iteration']}")
-        cells = [_text(r[k]) for k in by_keys] + [_fmt(r["final_mean"]), _fmt(r["final_std"]),
+        cells = [value_text(r[k]) for k in by_keys] + [_fmt(r["final_mean"]), _fmt(r["final_std"]),
                                                   str(r["runs"]), str(r["finished"]), it]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [""] + [f"Note: {n}; add a key to by= or where= to separate them." for n in notes]
