@@ -10,7 +10,6 @@ the final values (each run's last logged value, mean and std over the group's ru
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -18,23 +17,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 from omegaconf import OmegaConf
 
-from ..config.compose import did_you_mean, split_flags
-from ..errors import ConfigError
 from ..experiments.draw import caption, groups_figure, save
 from ..runs.folder import slug
 from ..runs.results import write_text_atomic
 from .comparison import Comparison, compare_runs
 from .markdown import comparison_markdown
 from .select import value_text
-
-USAGE = """usage: enkf-repro compare by=KEY[,KEY...] [out_dir=DIR] [scale=smoke|paper] [folder=NAME]
-                          [metric=test_error] [where=KEY=VALUE[,VALUE...] ...] [out=DIR]
-
-Groups the runs under <out_dir>[/<scale>[/<folder>]] by config keys (optimizer.gamma,
-optimizer.ensemble_size, model.activation, dataset, ...), draws the metric's mean +/- std over
-the runs of each group against iteration (two keys: also a heat map of the final values) and
-writes compare-<keys>.png, .pdf, .md and .csv into that folder (or out=DIR). where= keeps the runs
-whose key has one of the values; it may be repeated."""
 
 
 @dataclass
@@ -106,33 +94,3 @@ def compare(out_dir: str | Path = "results", by: str | Sequence[str] = (), metri
     write_text_atomic(dest / f"{stem}.csv", csv.to_csv(index=False))
     paths += [dest / f"{stem}.md", dest / f"{stem}.csv"]
     return CompareResult(paths, c.table, c.curves, c.per_run, markdown, c.notes)
-
-
-def compare_main(args: list[str]) -> int:
-    """``enkf-repro compare by=KEY[,KEY...] [out_dir=DIR] [scale=S] [folder=NAME] [metric=M]
-    [where=KEY=VALUE ...] [out=DIR]``: write the comparison, print its paths and its table."""
-    flags, rest = split_flags(args)
-    if any(f in ("-h", "--help") for f in flags):
-        print(USAGE)
-        return 0
-    if flags:
-        raise ConfigError.line(f"compare takes no flag {flags[0]!r}; see `enkf-repro compare --help`")
-    known = ("by", "out_dir", "scale", "folder", "metric", "where", "out")
-    opts: dict[str, Any] = {"by": [], "where": []}
-    for a in rest:
-        key, eq, value = a.partition("=")
-        if key not in known or not eq:
-            raise ConfigError(key, value or None, did_you_mean(key, known) + "compare takes " + ", ".join(
-                f"{k}=" for k in known) + " (filter runs with where=KEY=VALUE)")
-        if key in ("by", "where"):
-            opts[key].append(value)
-        else:
-            opts[key] = value
-    result = compare(**opts)
-    for p in result.paths:
-        print(p)
-    print()
-    print(result.markdown, end="")
-    for n in result.notes:
-        print(f"enkf-repro compare: {n}; add a key to by= or where= to separate them", file=sys.stderr)
-    return 0

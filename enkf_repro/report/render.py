@@ -14,9 +14,8 @@ from typing import Iterable
 import pandas as pd
 from omegaconf import DictConfig
 
-from ..config.compose import compose, normalize_figure_args, split_flags
 from ..config.schema import name_of
-from ..errors import ConfigError, EnkfReproError
+from ..errors import EnkfReproError
 from ..experiments.base import get_figure
 from ..experiments.draw import save, use_style
 from ..runs.folder import figure_dir, read_runs
@@ -46,22 +45,3 @@ def plot_figure(cfg: DictConfig, overrides: Iterable[str] = ()) -> list[Path]:
         for name, text in fig.tables(df, cfg).items():
             write_text_atomic(out / name, text)
     return save(fig.plot(df, cfg), out / fig.config)
-
-
-def plot_main(args: list[str]) -> int:
-    """``enkf-repro plot figure=ID[,ID] [overrides]``: draw each figure, print the paths. The
-    overrides compose the figure's config (swept values are only filters) and filter its runs."""
-    _, overrides = split_flags(normalize_figure_args(args))
-
-    def key(o: str) -> str:
-        return o.split("=", 1)[0].lstrip("+")
-
-    figs = [o for o in overrides if key(o) == "figure"]
-    if not figs:
-        raise ConfigError("figure", None, "plot needs figure=ID (see `enkf-repro list`)")
-    filters = [o for o in overrides if key(o) != "figure"]
-    compose_with = [o for o in filters if "," not in o.split("=", 1)[-1] or o.split("=", 1)[-1].startswith("[")]
-    for name in figs[0].split("=", 1)[1].split(","):
-        for p in plot_figure(compose(compose_with + [f"figure={name}"]), filters):
-            print(p)
-    return 0

@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 from omegaconf import DictConfig
 
-from ..config.compose import compose, normalize_figure_args, split_flags
+from ..config.compose import compose
 from ..config.schema import name_of
 from ..errors import ConfigError
 from ..experiments.base import FIGURES, Figure, figure_ids, get_figure
@@ -142,30 +142,3 @@ def reproduce(cfg: DictConfig, figures: Sequence[str] | None = None, out_dir: st
     write_text_atomic(report, text)
     _say(f"report: {report}" + (f" ({outcome.left} runs left)" if outcome.left else ""))
     return report
-
-
-def parse_args(args: list[str]) -> tuple[list[str], list[str] | None, bool]:
-    scale, figures, rest, dry = "paper", None, [], False
-    for a in args:
-        key, _, value = a.partition("=")
-        if key == "dry_run":
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ConfigError("dry_run", value, "true or false")
-            dry = value.lower() in ("true", "1")
-        elif key == "figures":
-            figures = [f.strip() for f in value.replace("[", "").replace("]", "").split(",") if f.strip()]
-        elif key.lstrip("+") == "figure":
-            raise ConfigError("figure", value, "reproduce takes figures=ID,ID,... (or nothing for all)")
-        else:
-            scale = value if key == "scale" else scale
-            rest.append(a)
-    if scale not in ("paper", "smoke"):
-        raise ConfigError("scale", scale, "paper or smoke")
-    return rest, figures, dry
-
-
-def reproduce_main(args: list[str]) -> int:
-    _, overrides = split_flags(normalize_figure_args(args))
-    overrides, figures, dry_run = parse_args(overrides)
-    reproduce(compose(overrides), figures, dry_run=dry_run)
-    return 0
