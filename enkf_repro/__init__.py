@@ -14,7 +14,14 @@ Library entry points (imported on first use, so ``import enkf_repro`` stays chea
 * :func:`read_runs` - every run's rows under a folder (any depth) as one tidy DataFrame, optionally
   with settings of each run's config as columns;
 * :func:`compare` - group a sweep's runs by config keys: a mean +/- std plot per group and a table
-  of the final values (what ``enkf-repro compare`` calls).
+  of the final values (what ``enkf-repro compare`` calls); returns a
+  :class:`~enkf_repro.report.compare.CompareResult`;
+* :func:`plot_figure` - draw a composed figure config's figure from the runs under its folder
+  (what ``enkf-repro plot`` calls);
+* :func:`reproduce` - run, plot and report every figure (or some): the path of REPORT.md (what
+  ``enkf-repro reproduce`` calls);
+* :func:`figure_table` - every figure, what it shows and its cost at each scale (what
+  ``enkf-repro list`` prints).
 """
 
 __version__ = "0.1.0"
@@ -28,6 +35,11 @@ _EXPORTS = {
     "enkf_update": ("enkf_repro.optim.enkf", "enkf_update"),
     "read_runs": ("enkf_repro.runs.folder", "read_runs"),
     "compare": ("enkf_repro.report.compare", "compare"),
+    "CompareResult": ("enkf_repro.report.compare", "CompareResult"),
+    "plot_figure": ("enkf_repro.report.render", "plot_figure"),
+    "reproduce": ("enkf_repro.report.reproduce", "reproduce"),
+    "reproduce_config": ("enkf_repro.report.reproduce", "reproduce_config"),
+    "figure_table": ("enkf_repro.report.listing", "figure_table"),
 }
 
 

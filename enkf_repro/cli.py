@@ -1,15 +1,19 @@
-"""Command line: ``enkf-repro run|plot|compare|list|bench|reproduce ...``: parse the subcommand, call its
-library function, and turn errors into one line and an exit code (0 done, 2 bad config or data,
-3 a run diverged, 130 interrupted)."""
+"""Command line: ``enkf-repro run|plot|compare|list|bench|reproduce ...``: parse the subcommand's
+arguments, call its library function, and turn errors into one line and an exit code (0 done,
+2 bad config or data, 3 a run diverged, 130 interrupted).
+
+Each command is a small function here that imports its library module when called, so that
+``import enkf_repro.cli`` and ``enkf-repro --help`` stay fast. ``run`` is the Hydra app of
+``runs/launch.py`` (it takes Hydra's flags), ``bench`` parses its own flags.
+"""
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
-from typing import Callable
+from typing import Any, Callable
 
-from .errors import EnkfReproError
+from .errors import ConfigError, EnkfReproError
 
 USAGE = """usage: enkf-repro <command> [key=value ...]
 
@@ -34,21 +38,150 @@ examples:
   enkf-repro compare scale=smoke by=optimizer.gamma,optimizer.ensemble_size
 """
 
+COMPARE_USAGE = """usage: enkf-repro compare by=KEY[,KEY...] [out_dir=DIR] [scale=smoke|paper] [folder=NAME]
+                          [metric=test_error] [where=KEY=VALUE[,VALUE...] ...] [out=DIR]
 
-# command -> (module, function) of the library that handles its arguments (imported on use)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("enkf_repro.runs.launch", "run_main"),
-    "plot": ("enkf_repro.report.render", "plot_main"),
-    "list": ("enkf_repro.report.listing", "list_main"),
-    "compare": ("enkf_repro.report.compare", "compare_main"),
-    "bench": ("enkf_repro.bench", "main"),
-    "reproduce": ("enkf_repro.report.reproduce", "reproduce_main"),
+Groups the runs under <out_dir>[/<scale>[/<folder>]] by config keys (optimizer.gamma,
+optimizer.ensemble_size, model.activation, dataset, ...), draws the metric's mean +/- std over
+the runs of each group against iteration (two keys: also a heat map of the final values) and
+writes compare-<keys>.png, .pdf, .md and .csv into that folder (or out=DIR). where= keeps the runs
+whose key has one of the values; it may be repeated."""
+
+COMPARE_KEYS = ("by", "out_dir", "scale", "folder", "metric", "where", "out")
+
+
+def _overrides(args: list[str]) -> list[str]:
+    """The overrides of a command line (``figure=8`` -> ``figure=fig8``), its flags left out."""
+    from .config.overrides import normalize_figure_args, split_flags
+
+    return split_flags(normalize_figure_args(args))[1]
+
+
+def run_command(args: list[str]) -> int:
+    """``enkf-repro run [flags] [overrides]``: the Hydra app."""
+    from .runs.launch import run_main
+
+    return run_main(args)
+
+
+def plot_command(args: list[str]) -> int:
+    """``enkf-repro plot figure=ID[,ID] [overrides]``: draw each figure, print the paths. The
+    overrides compose the figure's config (swept values are only filters) and filter its runs."""
+    from .api import compose
+    from .report.render import plot_figure
+
+    overrides = _overrides(args)
+
+    def key(o: str) -> str:
+        return o.split("=", 1)[0].lstrip("+")
+
+    figs = [o for o in overrides if key(o) == "figure"]
+    if not figs:
+        raise ConfigError("figure", None, "plot needs figure=ID (see `enkf-repro list`)")
+    filters = [o for o in overrides if key(o) != "figure"]
+    compose_with = [o for o in filters if "," not in o.split("=", 1)[-1] or o.split("=", 1)[-1].startswith("[")]
+    for name in figs[0].split("=", 1)[1].split(","):
+        for p in plot_figure(compose(compose_with + [f"figure={name}"]), filters):
+            print(p)
+    return 0
+
+
+def parse_compare(args: list[str]) -> dict[str, Any] | None:
+    """The keyword arguments of :func:`enkf_repro.compare` on a ``compare`` command line (``by``
+    and ``where`` may repeat), or None when it asks for help."""
+    from .config.overrides import did_you_mean, split_flags
+
+    flags, rest = split_flags(args)
+    if any(f in ("-h", "--help") for f in flags):
+        return None
+    if flags:
+        raise ConfigError.line(f"compare takes no flag {flags[0]!r}; see `enkf-repro compare --help`")
+    opts: dict[str, Any] = {"by": [], "where": []}
+    for a in rest:
+        key, eq, value = a.partition("=")
+        if key not in COMPARE_KEYS or not eq:
+            raise ConfigError(key, value or None, did_you_mean(key, COMPARE_KEYS) + "compare takes " + ", ".join(
+                f"{k}=" for k in COMPARE_KEYS) + " (filter runs with where=KEY=VALUE)")
+        if key in ("by", "where"):
+            opts[key].append(value)
+        else:
+            opts[key] = value
+    return opts
+
+
+def compare_command(args: list[str]) -> int:
+    """``enkf-repro compare by=KEY[,KEY...] [out_dir=DIR] [scale=S] [folder=NAME] [metric=M]
+    [where=KEY=VALUE ...] [out=DIR]``: write the comparison, print its paths and its table."""
+    opts = parse_compare(args)
+    if opts is None:
+        print(COMPARE_USAGE)
+        return 0
+    from .report.compare import compare
+
+    result = compare(**opts)
+    for p in result.paths:
+        print(p)
+    print()
+    print(result.markdown, end="")
+    for n in result.notes:
+        print(f"enkf-repro compare: {n}; add a key to by= or where= to separate them", file=sys.stderr)
+    return 0
+
+
+def list_command(args: list[str]) -> int:
+    """``enkf-repro list [overrides]``: print the table of every figure and its cost."""
+    from .report.listing import figure_table
+
+    print(figure_table(_overrides(args)))
+    return 0
+
+
+def bench_command(args: list[str]) -> int:
+    """``enkf-repro bench [flags]``: the engine benchmark (its own argparse flags)."""
+    from .bench import main
+
+    return main(args)
+
+
+def parse_reproduce(args: list[str]) -> tuple[list[str], list[str] | None, bool]:
+    """(overrides, figures or None for all, dry run) of a ``reproduce`` command line."""
+    scale, figures, rest, dry = "paper", None, [], False
+    for a in _overrides(args):
+        key, _, value = a.partition("=")
+        if key == "dry_run":
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ConfigError("dry_run", value, "true or false")
+            dry = value.lower() in ("true", "1")
+        elif key == "figures":
+            figures = [f.strip() for f in value.replace("[", "").replace("]", "").split(",") if f.strip()]
+        elif key.lstrip("+") == "figure":
+            raise ConfigError("figure", value, "reproduce takes figures=ID,ID,... (or nothing for all)")
+        else:
+            scale = value if key == "scale" else scale
+            rest.append(a)
+    if scale not in ("paper", "smoke"):
+        raise ConfigError("scale", scale, "paper or smoke")
+    return rest, figures, dry
+
+
+def reproduce_command(args: list[str]) -> int:
+    """``enkf-repro reproduce [scale=smoke|paper] [figures=1,8,...] [dry_run=true] [overrides]``:
+    run, plot and report (the report's path goes to stderr with the progress)."""
+    overrides, figures, dry_run = parse_reproduce(args)
+    from .report.reproduce import reproduce, reproduce_config
+
+    reproduce(reproduce_config(overrides), figures, dry_run=dry_run)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "run": run_command,
+    "plot": plot_command,
+    "list": list_command,
+    "compare": compare_command,
+    "bench": bench_command,
+    "reproduce": reproduce_command,
 }
-
-
-def command(name: str) -> Callable[[list[str]], int]:
-    module, function = COMMANDS[name]
-    return getattr(importlib.import_module(module), function)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        return command(cmd)(rest) or 0
+        return COMMANDS[cmd](rest) or 0
     except EnkfReproError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -18,10 +18,26 @@ def test_help_lists_commands(cli):
 
 
 def test_list_prints_every_figure_with_costs(cli):
+    import enkf_repro
+
     proc = cli("list", check=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("8 |")]
     assert lines, proc.stdout
     assert "runs" in lines[0] and "PFLOP" in lines[0]
+    assert proc.stdout == enkf_repro.figure_table() + "\n"     # the library's table, kept from the call above
+
+
+def test_importing_the_command_line_loads_no_numerics_or_plotting():
+    """``enkf-repro --help`` answers at once: the commands import their modules when called."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    probe = ("import sys, enkf_repro.cli; "
+             "print(sorted(m for m in ('torch', 'pandas', 'matplotlib', 'omegaconf', 'hydra') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_cfg_job_shows_composed_figure_config(cli):

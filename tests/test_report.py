@@ -1,9 +1,12 @@
-"""`enkf-repro reproduce`: runs, plots and REPORT.md with the paper-versus-rerun table."""
+"""`enkf-repro reproduce`: runs, plots and REPORT.md with the paper-versus-rerun table; the
+library entries `reproduce` and `plot_figure` called in this process; which runs an override
+matches."""
 
 from __future__ import annotations
 
 import re
 
+import pytest
 import torch
 from PIL import Image
 
@@ -83,3 +86,73 @@ def test_dry_run_prints_the_paper_scale_plan_on_the_proxies_and_trains_nothing(c
     fig1 = next(ln for ln in proc.stderr.splitlines() if ln.startswith("1 | "))
     assert fig1.split(" | ")[1] == "30"                       # 3 families x the paper's 10 seeds
     assert not any(tmp_path.iterdir())                         # nothing trained, nothing written
+
+
+# The library entries in this process: one tiny run (Figure 8's tanh series) and the drawn Figure 2.
+ONE_RUN = ["scale=smoke", "figure.smoke.ensemble_size=6", "figure.smoke.ensemble_sizes=[4]",
+           "++figure.smoke.overrides.train.max_batches=2", "only=tanh"]
+
+
+def test_reproduce_and_plot_figure_as_library_calls(synthetic_root, tmp_path, monkeypatch, capsys):
+    import enkf_repro
+    from enkf_repro.errors import EnkfReproError
+    from enkf_repro.report import reproduce as module
+
+    monkeypatch.setenv("ENKF_REPRO_DATA", str(synthetic_root))
+    composed = []
+
+    def counting(overrides):
+        composed.append([o for o in overrides if o.startswith("figure=")])
+        return compose(overrides)
+
+    compose = module.compose
+    monkeypatch.setattr(module, "compose", counting)
+    cfg = enkf_repro.reproduce_config(ONE_RUN)   # figure.smoke.* settings kept for the figures that have them
+    report = tmp_path / "smoke" / "REPORT.md"
+
+    assert enkf_repro.reproduce(cfg, ["2", "8"], tmp_path, dry_run=True) == report
+    err = capsys.readouterr().err
+    assert "2 figures, 1 runs (0 already finished)" in err and "\n8 | 1 | 1 | " in err
+    assert not any(tmp_path.iterdir())                         # a dry run writes nothing
+
+    composed.clear()
+    assert enkf_repro.reproduce(cfg, ["2", "8"], out_dir=tmp_path) == report
+    assert composed == [["figure=fig2"], ["figure=fig8"]]      # each figure's config composed once
+    assert cfg.out_dir == "results" and f"out_dir={tmp_path}" not in cfg.overrides   # the caller's config
+    text = report.read_text()
+    assert (f"`enkf-repro reproduce scale=smoke figures=2,8 figure.smoke.ensemble_size=6 "
+            f"figure.smoke.ensemble_sizes=[4] ++figure.smoke.overrides.train.max_batches=2 only=tanh "
+            f"out_dir={tmp_path}` on ") in text
+    assert "](fig2/fig2.png)" in text and "](fig8/fig8.png)" in text
+    assert "1 runs (1 finished), " in text
+    assert f"report: {report}" in capsys.readouterr().err
+
+    # plot_figure draws from the runs under the figure's folder, kept by the overrides given
+    fig8 = enkf_repro.compose(["figure=8", "scale=smoke", f"out_dir={tmp_path}"])
+    png, pdf = enkf_repro.plot_figure(fig8)
+    assert (png, pdf) == (tmp_path / "smoke" / "fig8" / "fig8.png", tmp_path / "smoke" / "fig8" / "fig8.pdf")
+    assert png.stat().st_size > 1000 and pdf.stat().st_size > 1000
+    assert enkf_repro.plot_figure(fig8, ["model.activation=relu,tanh", "model.hidden=[]"]) == [png, pdf]
+    with pytest.raises(EnkfReproError, match="under .* match model.activation=relu$"):
+        enkf_repro.plot_figure(fig8, ["model.activation=relu"])
+
+
+def test_reproduce_takes_figures_not_a_figure_config():
+    import enkf_repro
+    from enkf_repro.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="figure='8' is not allowed: reproduce takes figures="):
+        enkf_repro.reproduce(enkf_repro.compose(["figure=8"]))
+
+
+@pytest.mark.parametrize("value,text,same", [
+    (0.1, "0.1", True), (0.1, "1e-1", True), (0.1, "0.10001", False), (4, "4.0", True),
+    (True, "True", True), (True, "true", True), (False, "true", False),
+    (None, "null", True), (None, "none", True), (None, "0", False),
+    ([4, 8], "[4,8]", True), ((4, 8), "[4, 8]", True), ([4, 8], "[8,4]", False), ([], "[]", True),
+    ("relu", "relu", True), ("relu", "tanh", False),
+])
+def test_a_config_value_matches_the_text_of_an_override(value, text, same):
+    from enkf_repro.report.select import matches
+
+    assert matches(value, text) is same

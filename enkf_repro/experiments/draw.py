@@ -1,15 +1,18 @@
-"""Drawing primitives shared by the figures: one style, one palette, mean +/- std bands over
-seeds, a provenance caption, PNG + PDF output."""
+"""The drawing primitives of every plot the package makes (the figures and ``compare``): one
+style, one palette, mean +/- std bands over seeds, a provenance caption, groups of runs side by
+side with a heat map of their final values, PNG + PDF output."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
@@ -20,6 +23,8 @@ STYLE = Path(__file__).resolve().parents[1] / "style" / "enkf_repro.mplstyle"
 # paper scale, the run uses the whole training set; the CSV's ``epoch`` is the fraction seen)
 PASS_LABEL = "epoch (pass over the run's training batches)"
 COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+LINESTYLES = ["-", "--", ":", "-."]
+MARKERS = ["o", "s", "^", "D", "v", "P"]
 
 
 def use_style() -> None:
@@ -91,6 +96,70 @@ def caption(fig, cfg: DictConfig, df: pd.DataFrame, extra: str = "") -> None:
     if diffs:
         text += "\nnot the paper's setting: " + "; ".join(diffs)
     fig.text(0.01, -0.02, text, fontsize=7, color="0.35", ha="left", va="top")
+
+
+def metric_label(metric: str) -> str:
+    """Axis label of a metric: ``test_error`` -> ``test error (%)``."""
+    return metric.replace("_", " ") + (" (%)" if metric.startswith("test_error") else "")
+
+
+def group_style(i: int, group: tuple, values: Sequence[Sequence]) -> tuple[str, str, str]:
+    """Colour, line style and marker of the ``i``-th group of runs, ``group`` its values of the
+    grouping keys and ``values`` every value of each key: with two keys, the colour follows the
+    first key's value and the line style and marker the second's (while it has few values)."""
+    if len(group) == 2 and len(values[1]) <= len(LINESTYLES):
+        a, b = list(values[0]).index(group[0]), list(values[1]).index(group[1])
+        return COLORS[a % len(COLORS)], LINESTYLES[b], MARKERS[b]
+    return COLORS[i % len(COLORS)], LINESTYLES[(i // len(COLORS)) % len(LINESTYLES)], "o"
+
+
+def heatmap(ax, mean: np.ndarray, std: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str],
+            ylabel: str, xlabel: str, label: str) -> None:
+    """Mean (and std) of a value per pair of settings, ``mean[i, j]`` for row ``i`` and column
+    ``j`` (NaN: no runs there), each cell written in, the colour bar labelled ``final <label>``."""
+    im = ax.imshow(np.ma.masked_invalid(mean), cmap="viridis", aspect="auto")
+    ax.figure.colorbar(im, ax=ax, label=f"final {label}")
+    lo, hi = np.nanmin(mean), np.nanmax(mean)
+    for i in range(mean.shape[0]):
+        for j in range(mean.shape[1]):
+            if np.isnan(mean[i, j]):
+                continue
+            light = hi > lo and (mean[i, j] - lo) / (hi - lo) > 0.6
+            ax.text(j, i, f"{mean[i, j]:.3g}\n+/- {std[i, j]:.2g}", ha="center", va="center", fontsize=8,
+                    color="black" if light else "white")
+    ax.set_xticks(range(len(col_labels)), list(col_labels))
+    ax.set_yticks(range(len(row_labels)), list(row_labels))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(False)
+    ax.set_title("final value: mean +/- std over the runs")
+
+
+def groups_figure(rows: pd.DataFrame, groups: Mapping[tuple, Sequence[str]], labels: Mapping[tuple, str],
+                  values: Sequence[Sequence], value_labels: Sequence[Sequence[str]], keys: Sequence[str],
+                  metric: str, final: tuple[np.ndarray, np.ndarray] | None = None):
+    """A metric of groups of runs against iteration: per group (``groups``: its values of the
+    grouping ``keys`` -> its runs' folders) the mean +/- std band over its runs' ``rows``,
+    labelled ``labels[group]`` and styled by :func:`group_style` (``values``: each key's values in
+    order); with ``final`` (mean, std over the first key's values x the second's), a heat map of
+    the final values beside it, ticked with ``value_labels``."""
+    use_style()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2)) if final is not None else plt.subplots(figsize=(6.5, 4.2))
+    ax = axes[0] if final is not None else axes
+    ylabel = metric_label(metric)
+    for i, (g, dirs) in enumerate(groups.items()):
+        color, linestyle, marker = group_style(i, g, values)
+        band(ax, rows[rows["run_dir"].isin(dirs)], labels[g], color, marker=marker, linestyle=linestyle)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{metric} by {', '.join(keys)}")
+    if len(groups) > 8:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
+    else:
+        ax.legend()
+    if final is not None:
+        heatmap(axes[1], final[0], final[1], value_labels[0], value_labels[1], keys[0], keys[1], ylabel)
+    return fig
 
 
 def save(fig, stem: Path) -> list[Path]:

@@ -1,15 +1,16 @@
-"""``enkf-repro list``: every figure, what it shows, and the cost of its runs at each scale.
+"""``list``: every figure, what it shows, and the cost of its runs at each scale, as a table.
 
 Planning every figure at both scales composes about 160 run configs and needs torch (the
-methods' schemas) and the figure modules: a few seconds. The printed table is kept in the cache
-folder (``config/paths.py``), keyed by the package's and the configs' files (size and time), the
-arguments and the measured rates, so a repeated ``list`` prints it at once.
+methods' schemas) and the figure modules: a few seconds. :func:`figure_table` keeps the table in
+the cache folder (``config/paths.py``), keyed by the package's and the configs' files (size and
+time), the overrides and the measured rates, so a repeated ``list`` prints it at once.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Sequence
 
 from ..config.overrides import config_dir
 from ..config.paths import cache_dir, rates_file
@@ -30,8 +31,8 @@ def duration(s: float) -> str:
     return "<1 s" if s < 1 else "~" + progress_duration(s)
 
 
-def _cache_key(args: list[str]) -> str:
-    h = hashlib.sha1(" ".join(args).encode())
+def _cache_key(overrides: Sequence[str]) -> str:
+    h = hashlib.sha1(" ".join(overrides).encode())
     pkg = Path(__file__).resolve().parents[1]
     for root in (pkg, config_dir()):
         for p in sorted(root.rglob("*")):
@@ -44,17 +45,15 @@ def _cache_key(args: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def table(args: list[str]) -> str:
-    """The table ``list`` prints (plans every figure at both scales)."""
+def _table(overrides: list[str]) -> str:
+    """The table of :func:`figure_table`, planned afresh (every figure at both scales)."""
     import torch
 
     from ..config.compose import compose
-    from ..config.overrides import normalize_figure_args, split_flags
     from ..experiments.base import FIGURES, figure_ids
     from ..runs.cost import cached_rate, estimate_flops, estimate_seconds, measured_rate
     from ..runs.runner import plan
 
-    _, overrides = split_flags(normalize_figure_args(args))
     cpu_rate, cpu_src = measured_rate(torch.device("cpu"))
     gpu = cached_rate("cuda")
     gpu_rate, gpu_src = gpu if gpu is not None else (GPU_ASSUMED, "assumed (no GPU measured here)")
@@ -80,19 +79,24 @@ def table(args: list[str]) -> str:
     return "\n".join(lines)
 
 
-def list_main(args: list[str]) -> int:
-    path = cache_dir() / f"list-{_cache_key(args)}.txt"
+def figure_table(overrides: Sequence[str] = ()) -> str:
+    """The table of every figure: its id, what it shows and, at smoke and at paper scale, its runs,
+    their FLOPs and the estimated time on this CPU and on a GPU, with the composed configs
+    changed by ``overrides`` (``["dataset.test_only=true"]``); then a line on the rates used.
+    Kept in the cache folder and read back while nothing it depends on changed."""
+    overrides = list(overrides)
+    path = cache_dir() / f"list-{_cache_key(overrides)}.txt"
     try:
-        text = path.read_text()
+        return path.read_text()
     except OSError:
-        text = table(args)
-        path = cache_dir() / f"list-{_cache_key(args)}.txt"   # a probe may have just saved a rate
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
-        except OSError:
-            pass
-    print(text)
-    return 0
+        pass
+    text = _table(overrides)
+    path = cache_dir() / f"list-{_cache_key(overrides)}.txt"   # a probe may have just saved a rate
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError:
+        pass
+    return text
