@@ -148,16 +148,22 @@ def eki_factors(G: torch.Tensor, Y: torch.Tensor, loss: str = "mse",
     return psi, A, Z, d_norm
 
 
+def eki_euler_update_(U: torch.Tensor, A: torch.Tensor, Z: torch.Tensor, h: float) -> torch.Tensor:
+    """In place: u_{n+1} = u_n - h D(u_n) u_n of (1) on U (J, P) with the factors A = grad_z Psi and
+    Z = centred G (J x d each, :func:`eki_factors`): U <- U + W Z^T (U - mean U) with
+    W = -h A / J (every row of D sums to zero, so centring U is free). Returns U."""
+    return apply_low_rank_(U, A * (-h / U.shape[0]), Z)
+
+
 def eki_step_(U: torch.Tensor, G: torch.Tensor, Y: torch.Tensor, h0: float = 2.0, eps: float = 0.5,
               loss: str = "mse", delta: float = 0.005) -> tuple[torch.Tensor, dict[str, Any]]:
     """In place: one EKI step (1) on U (J, P); returns (U, info) with info = {"h": h_n,
     "d_norm": ||D||_F, "loss": Psi per member (J,)}. The factors are computed in float64."""
     if G.shape[0] != U.shape[0]:
         raise ValueError(f"outputs has {G.shape[0]} members, ensemble {U.shape[0]}")
-    J = G.shape[0]
     psi, A, Z, d_norm = eki_factors(G, Y, loss, delta)
     h = h0 / (d_norm + eps)
-    apply_low_rank_(U, A * (-h / J), Z)            # U <- U - h D U  (D 1 = 0: centring is free)
+    eki_euler_update_(U, A, Z, h)
     return U, {"h": h, "d_norm": d_norm, "loss": psi}
 
 
@@ -363,7 +369,7 @@ class EKI(Scheduled, EnsembleMethod):
         h = self.scheduler.step(misfits=misfits, output_dim=A.shape[1], d_norm=d_norm)
         self.dt = h
         if self.form == "euler":
-            apply_low_rank_(U, A * (-h / U.shape[0]), Z)   # U <- U - h D U  (D 1 = 0: centring is free)
+            eki_euler_update_(U, A, Z, h)
         else:
             eki_kalman_step_(U, G, y, self.gamma, h)
         return {"h": h, "d_norm": d_norm, "loss": psi}
