@@ -29,3 +29,16 @@ def test_backprop_counts_steps_and_per_sample_ienk_counts_samples():
     assert (steps, kind) == (5 * ienk.train.batch_size, "sample")
     assert estimate_seconds(ienk, 40e9, "cpu") == pytest.approx(
         flops / 40e9 + steps * STEP_OVERHEAD_S["cpu"]["sample"])
+
+
+@pytest.mark.parametrize("extra", [[], ["dataset.test_only=true"], ["dataset.test_size=500"],
+                                   ["dataset.test_only=true", "dataset.test_only_train_size=9000",
+                                    "dataset.test_size=300"]])
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
+def test_the_estimates_take_the_sizes_the_loader_reads(data_root, dataset, extra):
+    """The cost model's dataset sizes (no file read) are those of the files the loader reads, after
+    test_only and test_size."""
+    from enkf_repro.data.datasets import dataset_sizes
+
+    cfg = compose_run([f"dataset={dataset}", f"dataset.root={data_root}", *extra])
+    assert dataset_sizes(cfg.dataset, files=False) == dataset_sizes(cfg.dataset)

@@ -24,11 +24,9 @@ from omegaconf import DictConfig
 
 from ..config.paths import rates_file
 from ..config.schema import name_of
+from ..data.datasets import DATASETS, dataset_sizes
 from ..models.ensemble import precision_scope
 from ..models.registry import build_model
-
-TRAIN_SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "notmnist": (8000, 2000)}
-
 
 # Seconds of fixed cost per step (kernel launches, Python), on top of the FLOPs: small models and
 # per-sample methods are bound by these, not by arithmetic. Rough values from smoke runs on 2 CPU
@@ -54,11 +52,8 @@ def estimate_cost(cfg: DictConfig) -> tuple[float, int, str]:
     model = build_model(cfg.model)
     f = model.forward_flops()
     P = model.num_params
-    n_train, n_test = TRAIN_SIZES[name_of(cfg.dataset.name)]
-    if cfg.dataset.test_only:
-        n_train, n_test = cfg.dataset.test_only_train_size, 10000 - cfg.dataset.test_only_train_size
-    if cfg.dataset.test_size:
-        n_test = min(n_test, cfg.dataset.test_size)
+    n_train, n_test = dataset_sizes(cfg.dataset, files=False)
+    C = len(DATASETS[name_of(cfg.dataset.name)].classes)
     B = cfg.train.batch_size
     per_epoch = math.ceil(n_train / B)
     if cfg.train.max_batches:
@@ -69,7 +64,7 @@ def estimate_cost(cfg: DictConfig) -> tuple[float, int, str]:
         J = opt.ensemble_size
         r = opt.get("repetitions", 1)
         iters = batches * r
-        d = B * 10
+        d = B * C
         evals = iters // (cfg.train.eval_every or per_epoch * r) + 2
         flops = iters * (J * B * f + 4.0 * J * d * P) + evals * n_test * f
         if name_of(opt.name) == "ienk_simple" and name_of(opt.get("mode", "batch")) == "sample":
