@@ -42,3 +42,16 @@ def test_the_estimates_take_the_sizes_the_loader_reads(data_root, dataset, extra
 
     cfg = compose_run([f"dataset={dataset}", f"dataset.root={data_root}", *extra])
     assert dataset_sizes(cfg.dataset, files=False) == dataset_sizes(cfg.dataset)
+
+
+def test_the_run_size_and_the_cost_come_from_the_data_the_model_and_the_method():
+    from enkf_repro.config.schema import method_config
+    from enkf_repro.runs.cost import run_size
+
+    cfg = compose_run(["optimizer=eki", "model=dnn2", "dataset.test_only=true", "train.epochs=2.5",
+                       "train.batch_size=100", "train.eval_every=null"])
+    run = run_size(cfg)
+    model = build_model(cfg.model)
+    assert (run.per_epoch, run.batches, run.test_size, run.classes) == (80, 200, 2000, 10)
+    assert (run.params, run.forward_flops) == (model.num_params, model.forward_flops())
+    assert estimate_cost(cfg) == method_config(cfg.optimizer).cost(run)
