@@ -17,6 +17,7 @@ from . import experiments, optim  # noqa: F401  (every figure and method registe
 from .config.compose import compose as _compose
 from .config.identity import changed_settings, short_name
 from .config.overrides import did_you_mean, format_value, normalize_figure_args
+from .config.schema import METHOD_SECTIONS, schema_of
 from .config.validate import validate
 from .errors import ConfigError, DataError, DivergenceError
 
@@ -237,9 +238,8 @@ def train(model: torch.nn.Module, train_data: Any, test_data: Any = None, method
             ``(tensor, label)`` items, read into memory and moved to the device. Without
             ``test_data`` the evaluation uses the training data (``test_error`` is then the
             training error).
-        method: ``enkf``, ``eki`` (its variants by options: ``randomize=True``,
-            ``momentum="nesterov"``, ``scheduler="data_misfit"``, ...), ``etki``, ``haber``,
-            ``ienk_simple``, ``sgd``, ``adam``.
+        method: any of :func:`method_names` (``optimizer=<name>``: ``enkf``, ``eki``, ``sgd``, ...),
+            with its variants by options (``randomize=True``, ``scheduler="data_misfit"``, ...).
         out_dir: write the run folder ``<out_dir>/<scale>/runs/<label>-s<seed>-<hash>/``
             (its config, metric rows, a checkpoint while running, the trained networks, a summary), so a
             rerun resumes an interrupted run or returns the finished one; None: a temporary folder,
@@ -270,8 +270,8 @@ def train(model: torch.nn.Module, train_data: Any, test_data: Any = None, method
     fixed = [f"optimizer={method}", "model=custom", "dataset=tensors", f"model.fingerprint={module_fingerprint(model)}",
              f"dataset.fingerprint={data_fp}"]
     base = compose(fixed)
-    keys = [k for k in _leaf_keys(base)   # what backprop logs: an option of sgd / adam only
-            if not (k.startswith("instrument.") and method not in ("sgd", "adam"))]
+    reads = schema_of(method).reads     # a section only some methods read is an option of those alone
+    keys = [k for k in _leaf_keys(base) if k.split(".", 1)[0] not in set(METHOD_SECTIONS) - set(reads)]
     chosen = [(resolve_option(k, keys, method, v), v) for k, v in _flatten_options(options)]
     seen: dict[str, str] = {}
     for (key, _), (name, value) in zip(chosen, _flatten_options(options)):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import compose_run
 from enkf_repro.errors import ConfigError
@@ -14,6 +15,7 @@ from enkf_repro.optim.adaptive import (
     GROW,
     HOLD,
     SHRINK,
+    AdaptiveConfig,
     AdaptiveSchedule,
     Decision,
     decide,
@@ -154,9 +156,10 @@ class FakeBatches:
 
 
 def acfg(**kw):
+    """The typed ``optimizer.adaptive`` section (Enum members for the choices)."""
     base = dict(rule="printed", tau=500, shrink="keep_mean", budget="epoch", use_initial_error=False, **PAPER)
     base.update(kw)
-    return type("A", (), base)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AdaptiveConfig), base))
 
 
 def drive(sched, errors, J=5000, r=8):

@@ -157,7 +157,9 @@ def test_the_checks_catch_a_circle_and_an_upward_import(tmp_path, monkeypatch):
 def test_a_method_is_one_module_and_one_yaml(tmp_path):
     """In a copy of the package: removing the never-look-back method is removing optim/haber.py and
     configs/optimizer/haber.yaml, and a new method is one new module plus one YAML file, which
-    ``optimizer=<name>`` then composes and trains with no other file touched."""
+    ``optimizer=<name>`` then composes and trains with no other file touched; what its config
+    declares (a neutral key, positive keys, a cross-field check, the section it reads, its cost) is
+    what the run identity, the validation, the cost model and the library API then use."""
     import shutil
     import subprocess
     import sys
@@ -167,50 +169,110 @@ def test_a_method_is_one_module_and_one_yaml(tmp_path):
     shutil.copytree(repo / "configs", tmp_path / "configs")
     (tmp_path / "enkf_repro" / "optim" / "haber.py").unlink()
     (tmp_path / "configs" / "optimizer" / "haber.yaml").unlink()
-    (tmp_path / "enkf_repro" / "optim" / "signsgd.py").write_text('''
+    (tmp_path / "enkf_repro" / "optim" / "signsgd.py").write_text("""
 from dataclasses import dataclass
 
 import torch
 
+from ..config.schema import Cost, MethodConfig
+from ..config.validate import check
 from .base import SingleNetworkMethod, register_method
 
 
 @dataclass
-class SignConfig:
+class SignConfig(MethodConfig):
     name: str = "signsgd"
     lr: float = 0.01
+    decay: float = 1.0            # added later: lr * decay^n; 1 reproduces the earlier runs
+
+    neutral = {"decay": 1.0}
+    positive = ("lr", "decay")
+    reads = ("instrument",)       # its runs log the step size unless instrument.enabled=false
+
+    def check(self, cfg):
+        check(cfg.train.batch_size >= 2, "train.batch_size", cfg.train.batch_size, "at least 2 for signsgd")
+
+    def cost(self, run):
+        return Cost(run.batches * run.batch_size * 2.0 * run.forward_flops, run.batches, "step")
 
 
 class SignDescent(SingleNetworkMethod):
-    def __init__(self, cfg, model, forward, generator, device):
-        self.model, self.K, self.lr = model, 1, float(cfg.optimizer.lr)
-        self.theta = model.init(1, cfg.init, generator, device)[0]
+    def __init__(self, opt, ctx):
+        self.config, self.model, self.K, self.lr = opt, ctx.model, 1, opt.lr
+        self.log_lr = ctx.instrument.enabled
+        self.theta = ctx.model.init(1, ctx.init, ctx.generator, ctx.device)[0]
 
     def step(self, x, y):
         theta = self.theta.clone().requires_grad_(True)
         loss = torch.nn.functional.cross_entropy(self.model.forward(theta, x), y.argmax(1))
         loss.backward()
         self.theta = (theta - self.lr * theta.grad.sign()).detach()
-        return {"train_loss": float(loss)}
+        self.lr *= self.config.decay
+        return {"train_loss": float(loss.detach())}
+
+    def rows(self, iteration, epoch):
+        return [{"iteration": iteration, "metric": "lr", "value": self.lr}] if self.log_lr else []
 
 
 register_method("signsgd", SignConfig, SignDescent)
-''')
+""")
     (tmp_path / "configs" / "optimizer" / "signsgd.yaml").write_text("defaults:\n  - signsgd_schema\n")
     probe = """
 import torch
-from enkf_repro.api import compose
-from enkf_repro.models.registry import build_model
+from enkf_repro.api import compose, method_names, train
+from enkf_repro.config.identity import config_hash, to_plain
+from enkf_repro.config.validate import validate
+from enkf_repro.errors import ConfigError
 from enkf_repro.models.ensemble import EnsembleForward
+from enkf_repro.models.registry import build_model
 from enkf_repro.optim import METHODS
-assert "haber" not in METHODS and "signsgd" in METHODS, sorted(METHODS)
-cfg = compose(["optimizer=signsgd", "optimizer.lr=0.5", "model=dnn1"])
+from enkf_repro.optim.base import make_method
+from enkf_repro.runs.cost import estimate_cost, run_size
+
+assert "haber" not in METHODS and "signsgd" in method_names(), method_names()
+ov = ["optimizer=signsgd", "optimizer.lr=0.5", "model=dnn1"]
+cfg = compose(ov)
+validate(cfg)
 model = build_model(cfg.model)
-m = METHODS["signsgd"](cfg, model, EnsembleForward(model), torch.Generator().manual_seed(0), "cpu")
+m = make_method(cfg, model, EnsembleForward(model), torch.Generator().manual_seed(0), "cpu")
+assert type(m.config).__name__ == "SignConfig" and m.config.lr == 0.5 and m.log_lr
 x, y = torch.rand(8, 1, 28, 28), torch.eye(10)[torch.arange(8)]
 before = m.eval_params()[""].clone()
 m.step(x, y)
-assert cfg.optimizer.lr == 0.5 and not torch.equal(before, m.eval_params()[""])
+assert not torch.equal(before, m.eval_params()[""]) and m.lr == 0.5
+# identity: the neutral key at its neutral value keeps the id of a config made before it existed
+old = to_plain(cfg)
+del old["optimizer"]["decay"]
+assert config_hash(old) == config_hash(cfg)
+assert config_hash(compose(ov + ["optimizer.decay=0.9"])) != config_hash(cfg)
+# the section it reads is part of its identity (and of no method that does not read it)
+assert config_hash(compose(ov + ["instrument.enabled=false"])) != config_hash(cfg)
+assert config_hash(compose(["optimizer=enkf", "instrument.enabled=false"])) == config_hash(compose(["optimizer=enkf"]))
+# validation: its positive keys and its own check
+for bad, key in (("optimizer.lr=0", "optimizer.lr=0"), ("optimizer.decay=-1", "optimizer.decay=-1"),
+                 ("train.batch_size=1", "at least 2 for signsgd")):
+    try:
+        validate(compose(ov + [bad]))
+    except ConfigError as e:
+        assert key in str(e), str(e)
+    else:
+        raise AssertionError(bad + " passed validation")
+# the cost model asks the method
+run = run_size(cfg)
+assert tuple(estimate_cost(cfg)) == (run.batches * run.batch_size * 2.0 * run.forward_flops, run.batches, "step")
+# the library entry: the section it reads gives it options (hist_every); enkf has none of them
+data = (torch.randn(32, 4), torch.arange(32) % 3)
+net = torch.nn.Linear(4, 3)
+r = train(net, data, method="signsgd", lr=0.1, decay=0.5, batch_size=8, epochs=1, hist_every=3, progress=False,
+          device="cpu", **{"instrument.enabled": True})
+lrs = r.history[r.history.metric == "lr"].sort_values("iteration")["value"].tolist()
+assert r.config.instrument.hist_every == 3 and lrs == [0.1 * 0.5 ** n for n in range(1, 5)], lrs
+try:
+    train(net, data, method="enkf", hist_every=3)
+except ConfigError as e:
+    assert "hist_every" in str(e)
+else:
+    raise AssertionError("hist_every is an option of enkf")
 try:
     compose(["optimizer=haber"])
 except Exception as e:
@@ -220,5 +282,6 @@ else:
 print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}, timeout=300)
+                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+                          timeout=300)
     assert proc.stdout.strip() == "ok", proc.stderr

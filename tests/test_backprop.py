@@ -12,9 +12,9 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_run
+from enkf_repro.config.schema import InstrumentConfig, method_config
 from enkf_repro.errors import ConfigError, Interrupted
 from enkf_repro.models import PaperCNN
-from enkf_repro.optim.backprop import make_optimizer
 from enkf_repro.optim.instrument import Instrument, grad_hist_edges, histogram_counts, moments, pool_moments
 from enkf_repro.report.render import plot_figure
 from enkf_repro.runs.folder import RunFolder
@@ -77,6 +77,11 @@ def test_output_means_histogram_of_a_hand_computed_gradient():
 
 
 # -- the recorder on a network with hand-set weights -----------------------------------------
+def instrument_cfg(keys: dict) -> InstrumentConfig:
+    """The typed ``instrument`` section a backprop method receives, with ``keys`` set."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(InstrumentConfig), keys))
+
+
 def hand_net() -> PaperCNN:
     """conv1: channels 0-4 all taps 0, channels 5-9 all taps ln(3)/25; conv2 and fc zero.
     On an all-ones image conv1 gives 0 or ln 3, the logistic 1/2 or 3/4 (layer 1: mean 0.625,
@@ -102,7 +107,7 @@ def one_step(inst: Instrument, net, x, y, step):
 
 def test_instrument_per_iteration_rows_by_hand():
     net = hand_net()
-    icfg = OmegaConf.create({"stats_per": "iteration", "hist_every": 200})
+    icfg = instrument_cfg({"stats_per": "iteration", "hist_every": 200})
     inst = Instrument(net, icfg, per_epoch=10, total=10, epochs=1.0)
     x, y = torch.ones(4, 1, 28, 28), torch.tensor([0, 0, 1, 2])
     rows = one_step(inst, net, x, y, 1)  # step 1: histogram due, stats flushed with it
@@ -144,7 +149,7 @@ def test_instrument_per_iteration_rows_by_hand():
 
 def test_instrument_per_epoch_pools_and_percentiles_by_hand():
     net = hand_net()
-    icfg = OmegaConf.create({"stats_per": "epoch", "hist_every": None})
+    icfg = instrument_cfg({"stats_per": "epoch", "hist_every": None})
     inst = Instrument(net, icfg, per_epoch=2, total=4, epochs=2.0)
     assert inst.hist_every == 2  # one epoch
     y = torch.tensor([0, 0, 1, 2])
@@ -177,7 +182,7 @@ def test_instrument_iteration_epochs_by_hand():
     (iterations 3, 4) also gets one row per iteration (``*_iter``) and one per-unit histogram
     over its 2 iterations; epochs 0 and 2 only their pooled rows."""
     net = hand_net()
-    icfg = OmegaConf.create({"stats_per": "epoch", "hist_every": None, "iteration_epochs": [1]})
+    icfg = instrument_cfg({"stats_per": "epoch", "hist_every": None, "iteration_epochs": [1]})
     inst = Instrument(net, icfg, per_epoch=2, total=6, epochs=3.0)
     y = torch.tensor([0, 0, 1, 2])
     rows = []
@@ -200,17 +205,17 @@ def test_instrument_iteration_epochs_by_hand():
     assert outm.groupby("layer")["value"].sum().to_dict() == {1: 50, 2: 500, 3: 2560}
     assert sorted(df[df.metric == "grad_hist"].iteration.unique()) == [1, 2, 4, 6]  # unchanged
     # per-iteration statistics ignore the setting
-    it_cfg = OmegaConf.create({"stats_per": "iteration", "hist_every": 200, "iteration_epochs": [1]})
+    it_cfg = instrument_cfg({"stats_per": "iteration", "hist_every": 200, "iteration_epochs": [1]})
     assert Instrument(hand_net(), it_cfg, per_epoch=2, total=6, epochs=3.0).iteration_epochs == frozenset()
 
 
-def test_make_optimizer_is_fresh_and_configurable():
+def test_a_backprop_optimizer_is_fresh_and_configurable():
     net = PaperCNN()
     cfg = compose_run(["optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.5"])
-    opt = make_optimizer(cfg.optimizer, net.parameters())
+    opt = method_config(cfg.optimizer).make(net.parameters())
     assert isinstance(opt, torch.optim.SGD) and opt.state_dict()["state"] == {}
     assert opt.param_groups[0]["lr"] == 0.05 and opt.param_groups[0]["momentum"] == 0.5
-    adam = make_optimizer(compose_run(["optimizer=adam"]).optimizer, net.parameters())
+    adam = method_config(compose_run(["optimizer=adam"]).optimizer).make(net.parameters())
     assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["lr"] == 1e-3
 
 
@@ -445,7 +450,7 @@ def test_instrument_finds_the_layers_of_dense_networks(hidden):
     from enkf_repro.models.dense import DenseNet
 
     net = DenseNet(hidden, "relu")
-    icfg = OmegaConf.create({"stats_per": "iteration", "hist_every": 200})
+    icfg = instrument_cfg({"stats_per": "iteration", "hist_every": 200})
     inst = Instrument(net, icfg, per_epoch=10, total=10, epochs=1.0)
     assert inst.layers == len(hidden) + 1
     x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])

@@ -120,6 +120,7 @@ def _train(method, batches, nan_at, owner_rows):
 def _rank_main(rank, world, store, out):
     import torch.distributed as dist
 
+    from enkf_repro.optim.base import make_method
     from enkf_repro.optim.distributed_enkf import DistributedEnKF
     from enkf_repro.runs.comm import Comm
 
@@ -129,7 +130,7 @@ def _rank_main(rank, world, store, out):
     result = {}
     for name, (J, B, mode, gamma, nan_at) in CASES.items():
         cfg, model, forward, gen, batches = _setup(J, B, mode, gamma)
-        method = DistributedEnKF(cfg, model, forward, gen, "cpu", comm=comm)
+        method = make_method(cfg, model, forward, gen, "cpu", DistributedEnKF, comm=comm)
         lo, hi = row_range(method.counts, rank)
         per_step = _train(method, batches, nan_at, range(lo, hi))
         U = method.full_ensemble()
@@ -158,11 +159,11 @@ def test_two_gloo_processes_match_one_process_for_10_iterations(tmp_path):
 
 
 def _compare_with_one_process(got):
-    from enkf_repro.optim.enkf import EnKF
+    from enkf_repro.optim.base import make_method
 
     for name, (J, B, mode, gamma, nan_at) in CASES.items():
         cfg, model, forward, gen, batches = _setup(J, B, mode, gamma)
-        ref = EnKF(cfg, model, forward, gen, "cpu")
+        ref = make_method(cfg, model, forward, gen, "cpu")
         _train(ref, batches, nan_at, range(J))
         g = got[name]
         diff = float((g["U"] - ref.U).abs().max())

@@ -37,7 +37,7 @@ from enkf_repro.errors import ConfigError
 from enkf_repro.models.custom import spec_for_module
 from enkf_repro.models.ensemble import EnsembleForward
 from enkf_repro.models.registry import build_model
-from enkf_repro.optim.base import get_method
+from enkf_repro.optim.base import make_method
 from enkf_repro.optim.eki import eki_frobenius, eki_kalman_step_, eki_loss_grad
 from enkf_repro.optim.enkf import enkf_update
 from enkf_repro.optim.inflation import multiplicative_factor, multiplicative_inflation_
@@ -156,8 +156,7 @@ def _method(overrides, J_=12):
     cfg = compose_run(["optimizer=eki", "model=dnn1", f"optimizer.ensemble_size={J_}", *overrides])
     model = build_model(cfg.model)
     forward = EnsembleForward(model, 8)
-    return get_method(str(cfg.optimizer.name))(cfg, model, forward, torch.Generator().manual_seed(0),
-                                               torch.device("cpu")), forward, cfg
+    return make_method(cfg, model, forward, torch.Generator().manual_seed(0), torch.device("cpu")), forward, cfg
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
@@ -202,8 +201,8 @@ def test_scheduler_state_survives_a_checkpoint(tmp_path, method, overrides):
     def fresh():
         cfg = compose_run([f"optimizer={method}", "model=dnn1", "optimizer.ensemble_size=10", *overrides])
         model = build_model(cfg.model)
-        return get_method(method)(cfg, model, EnsembleForward(model, 8), torch.Generator().manual_seed(0),
-                                  torch.device("cpu"))
+        return make_method(cfg, model, EnsembleForward(model, 8), torch.Generator().manual_seed(0),
+                           torch.device("cpu"))
 
     g = torch.Generator().manual_seed(2)
     batches = [(torch.rand(8, 1, 28, 28, generator=g), F.one_hot(torch.randint(0, 10, (8,), generator=g), 10).float())
@@ -260,7 +259,7 @@ def _enkf(overrides):
                        *overrides])
     model = build_model(cfg.model)
     forward = EnsembleForward(model, 8)
-    return get_method("enkf")(cfg, model, forward, torch.Generator().manual_seed(0), torch.device("cpu")), forward
+    return make_method(cfg, model, forward, torch.Generator().manual_seed(0), torch.device("cpu")), forward
 
 
 def _batch():

@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from enkf_repro.models import build_model
 from enkf_repro.models.ensemble import EnsembleForward
+from enkf_repro.optim.base import make_method
 from enkf_repro.optim.eki import (
     EKI,
     RecentBatches,
@@ -19,8 +20,8 @@ from enkf_repro.optim.eki import (
     nesterov_coefficient,
     randomize_,
 )
-from enkf_repro.optim.haber import Haber, haber_step
-from enkf_repro.optim.ienk import IEnKSimple, ienk_coefficients, ienk_update_, layer_blocks, perturbed_members
+from enkf_repro.optim.haber import haber_step
+from enkf_repro.optim.ienk import ienk_coefficients, ienk_update_, layer_blocks, perturbed_members
 from enkf_repro.runs.folder import RunFolder
 
 F64 = torch.float64
@@ -138,7 +139,7 @@ def dense(name="dnn1", hidden=()):
 def test_eki_members_stay_in_the_initial_span_without_randomisation(momentum):
     model = dense()
     cfg = tiny_cfg(momentum=momentum)
-    eki = EKI(cfg, model, EnsembleForward(model), torch.Generator().manual_seed(0), torch.device("cpu"))
+    eki = make_method(cfg, model, EnsembleForward(model), torch.Generator().manual_seed(0), torch.device("cpu"))
     eki.U = eki.U.double()
     U0 = eki.U.clone()
     for i in range(6):
@@ -176,7 +177,7 @@ def test_eki_randomised_step_moves_the_mean_by_the_eki_step_only():
     """(R): the redraw changes the members but not the mean, and the spread follows gamma(n)."""
     model = dense()
     cfg = tiny_cfg(randomize=True, ensemble_size=400, random_gamma0=0.5, random_tau=1.0)
-    eki = EKI(cfg, model, EnsembleForward(model), torch.Generator().manual_seed(0), torch.device("cpu"))
+    eki = make_method(cfg, model, EnsembleForward(model), torch.Generator().manual_seed(0), torch.device("cpu"))
     x, y = tiny_batch(0)
     U = eki.U.clone()
     G = torch.softmax(EnsembleForward(model)(U, x), -1)
@@ -193,7 +194,7 @@ def test_eki_state_dict_resumes_exactly():
 
     def make():
         gen = torch.Generator().manual_seed(3)
-        return EKI(cfg, model, EnsembleForward(model), gen, torch.device("cpu")), gen
+        return make_method(cfg, model, EnsembleForward(model), gen, torch.device("cpu")), gen
 
     a, ga = make()
     for i in range(3):
@@ -212,7 +213,7 @@ def test_eki_state_dict_resumes_exactly():
 
 def test_best_member_is_the_lowest_training_loss_member():
     model = dense()
-    eki = EKI(tiny_cfg(best_of=16), model, EnsembleForward(model), torch.Generator().manual_seed(0),
+    eki = make_method(tiny_cfg(best_of=16), model, EnsembleForward(model), torch.Generator().manual_seed(0),
               torch.device("cpu"))
     x, y = tiny_batch(0, B=16)
     eki.recent.add(x, y)
@@ -261,9 +262,10 @@ def test_haber_step_lies_in_the_span_of_the_perturbations():
 
 def test_haber_method_lowers_the_misfit_on_a_fixed_batch():
     model = dense()
-    cfg = OmegaConf.create({"optimizer": {"ensemble_size": 20, "sigma": 0.01, "alpha": 1.0, "gamma": 1e-3,
-                                          "output": "softmax"}, "init": {"scheme": "glorot", "sigma": 0.1}})
-    h = Haber(cfg, model, EnsembleForward(model), torch.Generator().manual_seed(0), torch.device("cpu"))
+    cfg = OmegaConf.create({"optimizer": {"name": "haber", "ensemble_size": 20, "sigma": 0.01, "alpha": 1.0,
+                                          "gamma": 1e-3, "output": "softmax"},
+                            "init": {"scheme": "glorot", "sigma": 0.1}})
+    h = make_method(cfg, model, EnsembleForward(model), torch.Generator().manual_seed(0), torch.device("cpu"))
     x, y = tiny_batch(0, B=16)
     first = h.step(x, y)["train_misfit"]
     for _ in range(20):
@@ -337,10 +339,10 @@ def test_ienk_perturbs_one_layer_per_member_and_updates_only_along_its_noise():
 def test_ienk_method_learns_a_fixed_batch(mode, perturb):
     """(lr 0.02: at 0.05 the joint estimator, noisier than the per-layer one, diverges on some seeds.)"""
     model = dense("mlp", [16])
-    cfg = OmegaConf.create({"optimizer": {"ensemble_size": 10, "lr": 0.02,
+    cfg = OmegaConf.create({"optimizer": {"name": "ienk_simple", "ensemble_size": 10, "lr": 0.02,
                                           "delta": 0.005, "mode": mode, "perturb": perturb},
                             "init": {"scheme": "glorot", "sigma": 0.1}})
-    m = IEnKSimple(cfg, model, EnsembleForward(model), torch.Generator().manual_seed(0), torch.device("cpu"))
+    m = make_method(cfg, model, EnsembleForward(model), torch.Generator().manual_seed(0), torch.device("cpu"))
     x, y = tiny_batch(0, B=8)
     first = m.step(x, y)["train_loss"]
     for _ in range(30):
@@ -395,7 +397,7 @@ def test_eki_trains_the_biases_of_a_dense_model_unless_bias_sigma_is_zero(bias_s
     model = dense("dnn2", [16])
     cfg = tiny_cfg()
     cfg.init.bias_sigma = bias_sigma
-    eki = EKI(cfg, model, EnsembleForward(model), torch.Generator().manual_seed(0), torch.device("cpu"))
+    eki = make_method(cfg, model, EnsembleForward(model), torch.Generator().manual_seed(0), torch.device("cpu"))
     U0 = eki.U.clone()
     for i in range(4):
         eki.step(*tiny_batch(i))
@@ -410,25 +412,21 @@ def test_eki_trains_the_biases_of_a_dense_model_unless_bias_sigma_is_zero(bias_s
 
 
 def test_ensemble_methods_draw_biases_and_the_others_start_from_zero():
-    from enkf_repro.optim.backprop import Backprop
-    from enkf_repro.optim.enkf import EnKF
+    """Built from typed configs and one context: the ensemble's prior covers the biases, the
+    single-network methods and backprop start from the standard init (zero biases)."""
+    from enkf_repro.optim.backprop import Backprop, SGDConfig
+    from enkf_repro.optim.base import MethodContext
+    from enkf_repro.optim.enkf import EnKF, EnKFConfig
+    from enkf_repro.optim.haber import Haber, HaberConfig
+    from enkf_repro.optim.ienk import IEnKSimple, IEnKSimpleConfig
 
     model = dense("dnn2", [16])
-    init = {"scheme": "glorot", "sigma": 0.1, "bias_sigma": None}
-    gen = torch.Generator().manual_seed(0)
-    dev = torch.device("cpu")
-    enkf = EnKF(OmegaConf.create({"optimizer": {"ensemble_size": 6, "gamma": 0.01, "repetitions": 1,
-                                                "update_mode": "sequential"}, "init": init}),
-                model, EnsembleForward(model), gen, dev)
-    haber = Haber(OmegaConf.create({"optimizer": {"ensemble_size": 4, "sigma": 0.01, "alpha": 1.0, "gamma": 1.0,
-                                                  "output": "softmax"}, "init": init}),
-                  model, EnsembleForward(model), gen, dev)
-    ienk = IEnKSimple(OmegaConf.create({"optimizer": {"ensemble_size": 4, "lr": 0.001, "delta": 0.005,
-                                                      "mode": "sample"}, "init": init}),
-                      model, EnsembleForward(model), gen, dev)
-    sgd = Backprop(OmegaConf.create({"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.0, "nesterov": False,
-                                                   "weight_decay": 0.0},
-                                     "init": init, "train": {"epochs": 1}}), model, EnsembleForward(model), gen, dev)
+    ctx = MethodContext(model, EnsembleForward(model), torch.Generator().manual_seed(0), torch.device("cpu"),
+                        init=OmegaConf.create({"scheme": "glorot", "sigma": 0.1, "bias_sigma": None}))
+    enkf = EnKF(EnKFConfig(ensemble_size=6, repetitions=1), ctx)
+    haber = Haber(HaberConfig(ensemble_size=4, gamma=1.0), ctx)
+    ienk = IEnKSimple(IEnKSimpleConfig(ensemble_size=4), ctx)
+    sgd = Backprop(SGDConfig(momentum=0.0), ctx)
     sgd_theta = torch.nn.utils.parameters_to_vector(sgd.net.parameters()).detach()
     for s in bias_slices(model):
         assert (enkf.U[:, s].std(0) > 0).all()
@@ -438,8 +436,8 @@ def test_ensemble_methods_draw_biases_and_the_others_start_from_zero():
 
 # -- thesis IEnK: all layers perturbed jointly --------------------------------------------------
 def ienk_cfg(K=3, lr=0.5, mode="sample", perturb="joint"):
-    return OmegaConf.create({"optimizer": {"ensemble_size": K, "lr": lr, "delta": 0.005, "mode": mode,
-                                           "perturb": perturb},
+    return OmegaConf.create({"optimizer": {"name": "ienk_simple", "ensemble_size": K, "lr": lr, "delta": 0.005,
+                                           "mode": mode, "perturb": perturb},
                              "init": {"scheme": "glorot", "sigma": 0.1, "bias_sigma": None}})
 
 
@@ -482,7 +480,7 @@ def test_ienk_joint_step_equals_the_thesis_loop():
     model = dense("mlp", [5])
     K = 3
     gen = torch.Generator().manual_seed(0)
-    m = IEnKSimple(ienk_cfg(K), model, EnsembleForward(model), gen, torch.device("cpu"))
+    m = make_method(ienk_cfg(K), model, EnsembleForward(model), gen, torch.device("cpu"))
     m.theta = m.theta.double()
     m.std = torch.cat([torch.full((b - a,), std, dtype=F64) for a, b, std in layer_blocks(model)])
     m.theta[5 * 784: 5 * 785] = 0.1 * torch.randn(5, generator=torch.Generator().manual_seed(1), dtype=F64)
@@ -507,7 +505,7 @@ def test_ienk_networks_per_sample(perturb, networks):
         calls.append((M.shape[0], x.shape[0]))
         return fwd(M, x)
 
-    m = IEnKSimple(ienk_cfg(4, 0.001, perturb=perturb), model, spy, torch.Generator().manual_seed(0),
+    m = make_method(ienk_cfg(4, 0.001, perturb=perturb), model, spy, torch.Generator().manual_seed(0),
                    torch.device("cpu"))
     m.step(*tiny_batch(0, B=5))
     assert calls == [(networks(4, 3), 1)] * 5
@@ -532,7 +530,7 @@ def test_public_schedule_adds_h_quarter_scaled_prior_noise_after_each_step():
     cfg = tiny_cfg(randomize=True, random_schedule="public", ensemble_size=300)
     cfg.init.bias_sigma = None
     gen = torch.Generator().manual_seed(0)
-    eki = EKI(cfg, model, EnsembleForward(model), gen, torch.device("cpu"))
+    eki = make_method(cfg, model, EnsembleForward(model), gen, torch.device("cpu"))
     x, y = tiny_batch(0)
     U = eki.U.clone()
     G = torch.softmax(EnsembleForward(model)(U, x), -1)
@@ -557,7 +555,7 @@ def test_public_schedule_redraws_around_the_mean_from_the_prior_at_epoch_end(mom
     model = dense("dnn2", [8])
     cfg = tiny_cfg(randomize=True, random_schedule="public", ensemble_size=400, momentum=momentum)
     cfg.init.bias_sigma = None
-    eki = EKI(cfg, model, EnsembleForward(model), torch.Generator().manual_seed(0), torch.device("cpu"))
+    eki = make_method(cfg, model, EnsembleForward(model), torch.Generator().manual_seed(0), torch.device("cpu"))
     for i in range(2):
         eki.step(*tiny_batch(i))
     eki.U.mul_(0.1)                                                         # a collapsed ensemble
@@ -572,7 +570,7 @@ def test_public_schedule_redraws_around_the_mean_from_the_prior_at_epoch_end(mom
 
 def test_decay_schedule_ignores_epoch_ends():
     model = dense()
-    eki = EKI(tiny_cfg(randomize=True), model, EnsembleForward(model), torch.Generator().manual_seed(0),
+    eki = make_method(tiny_cfg(randomize=True), model, EnsembleForward(model), torch.Generator().manual_seed(0),
               torch.device("cpu"))
     U = eki.U.clone()
     eki.on_epoch_end()

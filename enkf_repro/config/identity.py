@@ -7,41 +7,50 @@ device, chunk size, output folder, progress display and the like are not part of
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from typing import Mapping
+from enum import Enum
+from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
+
+from .schema import METHOD_SECTIONS, OPTIMIZER_SCHEMAS, MethodConfig
 
 # Keys that do not change the numbers a run produces: excluded from the run's identity.
 NON_SEMANTIC = {"device", "out_dir", "restart", "checkpoint_every", "progress", "only", "figure", "scale",
                 "distributed", "overrides", "time_budget"}
 NON_SEMANTIC_NESTED = {"dataset": {"root", "download"},
                        "ensemble": {"chunk_size", "compile", "kernel"}}
-# Backprop-only settings (what a backprop run logs); not part of other runs' identity.
-BACKPROP_ONLY = {"instrument"}
-BACKPROP_OPTIMIZERS = {"sgd", "adam"}
 # Settings added after runs were made, at the value that reproduces the earlier numbers exactly:
 # left out of the identity while they hold that value, so earlier runs keep their ids (a finished
 # run is still recognised). Dropping a key only at one fixed value never makes two different
-# configs equal. Per section: dataset / model keys, and per method the optimizer's.
+# configs equal. Per section: dataset / model keys here; an optimizer's are declared by its config
+# class (``MethodConfig.neutral``).
 NEUTRAL = {
     "dataset": {"fingerprint": None},
     "model": {"target": None, "kwargs": {}, "fingerprint": None},
-}
-_INFLATION_OFF = {"multiplicative": None, "multiplicative_form": "factor", "additive": None,
-                  "additive_covariance": "prior", "additive_keep_mean": False}
-NEUTRAL_OPTIMIZER = {
-    "sgd": {"state_from": None},
-    "adam": {"state_from": None},
-    "enkf": {"inflation": _INFLATION_OFF},
-    "eki": {"inflation": _INFLATION_OFF, "scheduler": "kovachki_stuart", "update_form": "auto", "gamma": 1.0,
-            "dt": 1.0, "terminate_at": 1.0, "on_terminate": "stop", "misfit_clock": "run"},
 }
 
 
 def _drop_neutral(node: dict, neutral: Mapping) -> dict:
     return {k: v for k, v in node.items() if not (k in neutral and v == neutral[k])}
+
+
+def _plain(value: Any) -> Any:
+    """A declared neutral value as the plain Python of a resolved config (a dataclass instance
+    as the dict of its fields, Enum members as their values)."""
+    if dataclasses.is_dataclass(value):
+        return OmegaConf.to_container(OmegaConf.structured(value), enum_to_str=True)
+    return value.value if isinstance(value, Enum) else value
+
+
+def method_schema(optimizer: Any) -> type[MethodConfig] | None:
+    """The registered config class of a plain optimizer section (None for a method this package
+    does not have, e.g. a removed one: its configs are then taken as they are)."""
+    if not OPTIMIZER_SCHEMAS:
+        raise RuntimeError("no method is registered: import enkf_repro.optim before computing run identities")
+    return OPTIMIZER_SCHEMAS.get(optimizer.get("name")) if isinstance(optimizer, Mapping) else None
 
 
 def to_plain(cfg: DictConfig) -> dict:
@@ -53,8 +62,10 @@ def semantic_config(cfg: DictConfig | Mapping) -> dict:
     """The part of ``cfg`` that changes a run's numbers, as plain Python."""
     plain = to_plain(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
     out = {k: v for k, v in plain.items() if k not in NON_SEMANTIC}
-    if (out.get("optimizer") or {}).get("name") not in BACKPROP_OPTIMIZERS:
-        for key in BACKPROP_ONLY:
+    schema = method_schema(out.get("optimizer"))
+    reads = schema.reads if schema is not None else ()
+    for key in METHOD_SECTIONS:            # read only by some methods: part of those methods' identity
+        if key not in reads:
             out.pop(key, None)
     for key, drop in NON_SEMANTIC_NESTED.items():
         if isinstance(out.get(key), dict):
@@ -62,9 +73,8 @@ def semantic_config(cfg: DictConfig | Mapping) -> dict:
     for key, neutral in NEUTRAL.items():
         if isinstance(out.get(key), dict):
             out[key] = _drop_neutral(out[key], neutral)
-    opt = out.get("optimizer")
-    if isinstance(opt, dict) and opt.get("name") in NEUTRAL_OPTIMIZER:
-        out["optimizer"] = _drop_neutral(opt, NEUTRAL_OPTIMIZER[opt["name"]])
+    if schema is not None and schema.neutral:
+        out["optimizer"] = _drop_neutral(out["optimizer"], {k: _plain(v) for k, v in schema.neutral.items()})
     return out
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, NamedTuple, Optional, Tuple, Type
 
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from ..errors import ConfigError
 
 
 class Activation(str, Enum):
@@ -242,12 +244,110 @@ def name_of(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
-# Optimizer schemas by group option name ("enkf" -> EnKFConfig). Each method module of
-# ``enkf_repro.optim`` registers its own dataclass here when it is imported
-# (``optim.base.register_method``); configs/optimizer/<name>.yaml extends ``<name>_schema``.
-OPTIMIZER_SCHEMAS: Dict[str, type] = {}
+# -- the methods' configs ---------------------------------------------------------------------
+class MethodConfig:
+    """Base of every method's config dataclass (``optim/<method>.py``): its fields are the keys
+    and defaults of ``optimizer.*``, and the class declares what the rest of the package asks of
+    a method, so that a run's identity (identity.py), the range checks (validate.py), the cost
+    model (runs/cost.py) and the library API hold no knowledge of single methods.
+
+    * ``neutral``: keys added after runs were made -> the value that reproduces those runs'
+      numbers; the identity leaves such a key out while it holds that value, so the earlier runs
+      keep their ids (a dataclass instance stands for its whole block at its defaults);
+    * ``positive``: keys whose value must be > 0;
+    * ``reads``: the sections of :data:`METHOD_SECTIONS` the method reads (they change its
+      numbers, so they are part of its runs' identity and of no other method's);
+    * ``check(cfg)``: ranges and cross-field rules beyond ``positive``, on the typed config, with
+      the run config ``cfg`` for rules that involve other sections;
+    * ``cost(run)``: (FLOPs, steps, step kind) of one run of the size ``run`` (:class:`RunSize`).
+    """
+
+    neutral: ClassVar[Dict[str, Any]] = {}
+    positive: ClassVar[Tuple[str, ...]] = ()
+    reads: ClassVar[Tuple[str, ...]] = ()
+
+    def check(self, cfg: Any) -> None:
+        """Raise a one-line ConfigError for the first bad value (nothing to check by default)."""
+
+    def cost(self, run: "RunSize") -> "Cost":
+        raise NotImplementedError(f"{type(self).__name__} declares no cost model (MethodConfig.cost)")
+
+
+# Sections of the run config that only the methods naming them in ``MethodConfig.reads`` use: the
+# instrumentation of backprop runs. They are part of those methods' run identity only.
+METHOD_SECTIONS: Tuple[str, ...] = ("instrument",)
+
+
+@dataclass(frozen=True)
+class RunSize:
+    """What one run processes, as plain numbers (runs/cost.py fills it in from the dataset, the
+    model and the train settings): the input of ``MethodConfig.cost``."""
+
+    batches: int                # mini-batches presented: the epochs times the batches per epoch
+    per_epoch: int              # mini-batches per epoch
+    batch_size: int             # B
+    classes: int                # C
+    params: int                 # P, parameters of one network
+    forward_flops: float        # f, FLOPs of one network's forward pass on one image
+    test_size: int              # images per evaluation
+    eval_every: Optional[int]   # iterations between evaluations (None: once per epoch)
+
+    def evaluations(self, per_batch: int = 1) -> int:
+        """Evaluations of a run with ``per_batch`` iterations per mini-batch (the EnKF's r): every
+        ``eval_every`` iterations (or once per epoch), plus the first and the last."""
+        return self.batches * per_batch // (self.eval_every or self.per_epoch * per_batch) + 2
+
+    def evaluation_flops(self, per_batch: int = 1) -> float:
+        """FLOPs of those evaluations: one network over the test set each."""
+        return self.evaluations(per_batch) * self.test_size * self.forward_flops
+
+
+class Cost(NamedTuple):
+    """The cost of one run: its FLOPs (forward passes, updates, evaluations), the number of its
+    steps and what a step is: ``"step"`` (an iteration) or ``"sample"`` (one training sample, for
+    methods bound by a fixed cost per sample)."""
+
+    flops: float
+    steps: int
+    kind: str = "step"
+
 
 # Figure settings by figure config name ("fig8" -> its FigureSettings subclass), registered by each
 # figure module of ``enkf_repro.experiments``; configs/figure/<name>.yaml types its
 # ``figure.paper`` / ``figure.smoke`` blocks with ``/figure_settings@figure.<scale>: <name>``.
 FIGURE_SETTINGS: Dict[str, type] = {}
+
+# Optimizer schemas by group option name ("enkf" -> EnKFConfig). Each method module of
+# ``enkf_repro.optim`` registers its own dataclass here when it is imported
+# (``optim.base.register_method``); configs/optimizer/<name>.yaml extends ``<name>_schema``.
+OPTIMIZER_SCHEMAS: Dict[str, Type[MethodConfig]] = {}
+
+
+def schema_of(name: Any) -> Type[MethodConfig]:
+    """The registered config dataclass of ``optimizer=<name>``; one ConfigError line otherwise."""
+    name = name_of(name)
+    if name not in OPTIMIZER_SCHEMAS:
+        raise ConfigError("optimizer.name", name,
+                          "one of the registered methods: " + ", ".join(sorted(OPTIMIZER_SCHEMAS)))
+    return OPTIMIZER_SCHEMAS[name]
+
+
+def upgrade(cfg: Any) -> DictConfig:
+    """A run config merged onto the structured schema (``Config``, its optimizer onto the method's
+    dataclass): the keys that the config of an earlier run or a hand-built one lacks take their
+    defaults, strings become Enum members, a misspelt key or a bad value fails. The one place
+    where defaults are filled into a config; a composed config comes out equal to itself."""
+    base = OmegaConf.structured(Config)
+    base.optimizer = OmegaConf.structured(schema_of(cfg["optimizer"]["name"]))
+    return OmegaConf.merge(base, cfg)
+
+
+def method_config(node: Any) -> MethodConfig:
+    """A method's typed config (its dataclass, Enum members for choices) from an optimizer node
+    of a run config, upgraded onto the schema like :func:`upgrade`."""
+    if isinstance(node, MethodConfig):
+        return node
+    schema = schema_of(node["name"])
+    if not (isinstance(node, DictConfig) and OmegaConf.get_type(node) is schema):   # composed: complete
+        node = OmegaConf.merge(OmegaConf.structured(schema), node)
+    return OmegaConf.to_object(node)

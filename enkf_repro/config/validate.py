@@ -1,8 +1,9 @@
 """Value ranges that types alone cannot express: one :class:`~enkf_repro.errors.ConfigError`
 (one line naming the key, the value and what is allowed) for the first bad value.
 
-The checks of an optimizer's own keys live with its schema (``optim/<method>.py``): a schema
-class may define ``check(opt, cfg)``, called here for the selected optimizer.
+The ranges of an optimizer's own keys are declared by its config class (``optim/<method>.py``, a
+``MethodConfig``): the keys in its ``positive`` must be > 0, and its ``check(cfg)`` checks the
+rest; both are applied here to the selected optimizer.
 """
 
 from __future__ import annotations
@@ -12,10 +13,7 @@ import re
 from omegaconf import DictConfig
 
 from ..errors import ConfigError
-from .schema import OPTIMIZER_SCHEMAS
-
-# Optimizer keys that must be positive wherever a method has them.
-POSITIVE = ("gamma", "lr", "h0", "eps", "alpha", "sigma", "random_gamma0", "random_tau", "dt", "terminate_at")
+from .schema import method_config
 
 
 def check(ok: bool, key: str, value: object, allowed: str) -> None:
@@ -26,19 +24,11 @@ def check(ok: bool, key: str, value: object, allowed: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Check value ranges; raise ConfigError on the first bad one."""
-    opt = cfg.optimizer
-    if "ensemble_size" in opt:
-        check(opt.ensemble_size >= 2, "optimizer.ensemble_size", opt.ensemble_size, "an integer >= 2 (J)")
-    if "repetitions" in opt:
-        check(opt.repetitions >= 1, "optimizer.repetitions", opt.repetitions, "an integer >= 1 (r)")
-    for key in POSITIVE:
-        if key in opt:
-            check(opt[key] > 0, f"optimizer.{key}", opt[key], "a number > 0")
-    if "delta" in opt:
-        check(opt.delta >= 0, "optimizer.delta", opt.delta, "a number >= 0")
-    schema = OPTIMIZER_SCHEMAS.get(str(opt.name))
-    if schema is not None and hasattr(schema, "check"):
-        schema.check(opt, cfg)
+    opt = method_config(cfg.optimizer)
+    for key in opt.positive:
+        value = getattr(opt, key)
+        check(value > 0, f"optimizer.{key}", value, "a number > 0")
+    opt.check(cfg)
     t = cfg.train
     check(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
     check(t.epochs > 0, "train.epochs", t.epochs, "a number > 0")

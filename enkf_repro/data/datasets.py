@@ -20,6 +20,9 @@ import torch
 from ..errors import DataError
 from .idx import FILES, IMAGES_MAGIC, count_items, read_pair
 
+# The paper's letters experiment: a random 60,000 / 10,000 train / test split of the letter pool.
+FOLDER_SPLIT = (60000, 10000)
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -27,6 +30,9 @@ class DatasetInfo:
     folder: str            # sub-folder of dataset.root
     classes: tuple[str, ...]
     torchvision: str | None = None  # torchvision.datasets class that knows the download mirrors
+    # (train, test) images of the full dataset, what estimates assume without reading files: the
+    # MNIST layout's train / t10k files; for the letters the paper's split of the pool (FOLDER_SPLIT)
+    sizes: tuple[int, int] = (60000, 10000)
 
 
 DIGITS = tuple(str(i) for i in range(10))
@@ -37,7 +43,7 @@ DATASETS = {
         ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
          "Ankle boot"),
         "FashionMNIST"),
-    "notmnist": DatasetInfo("notmnist", "notmnist", tuple("ABCDEFGHIJ")),
+    "notmnist": DatasetInfo("notmnist", "notmnist", tuple("ABCDEFGHIJ"), sizes=FOLDER_SPLIT),
 }
 
 
@@ -113,10 +119,6 @@ def _require(info: DatasetInfo, folder: Path, names: list[str], download: bool, 
     raise DataError(f"dataset {info.name}: missing {', '.join(missing)} in {folder}; " + ", ".join(fixes))
 
 
-# The paper's letters experiment: a random 60,000 / 10,000 train / test split of the letter pool.
-FOLDER_SPLIT = (60000, 10000)
-
-
 def _split_pool(name: str, x: torch.Tensor, y: torch.Tensor, seed: int, classes: int) -> Data:
     """A seeded random split of one pool of images (the per-letter folders): FOLDER_SPLIT, or for a
     pool smaller than 70,000 images the same 6 : 1 proportion of it."""
@@ -155,25 +157,30 @@ def _load_cpu(name: str, root: str, test_only: bool, train_size: int, split_seed
     return Data(name, tx, ty, x, y, len(info.classes))
 
 
-def dataset_sizes(dcfg) -> tuple[int, int] | None:
-    """(train, test) sizes that ``load_data`` will produce, read from file headers only; checks
-    that the needed files exist first (same one-line errors). None for image-folder layouts."""
+def dataset_sizes(dcfg, files: bool = True) -> tuple[int, int] | None:
+    """(train, test) sizes that ``load_data`` will produce, with ``dataset.test_only`` and
+    ``dataset.test_size`` applied. ``files=True``: the counts read from the IDX file headers, after
+    checking that the needed files exist (same one-line errors as the loader); None for image-folder
+    layouts. ``files=False``: from the full dataset's sizes (``DatasetInfo.sizes``), reading nothing
+    (the estimates of runs/cost.py)."""
     name = str(getattr(dcfg.name, "value", dcfg.name))
     if name == "tensors":
         raise DataError(TENSORS_ONLY)
     info = DATASETS[name]
-    folder = resolve_root(str(dcfg.root)) / info.folder
-    fmt = str(getattr(dcfg.format, "value", dcfg.format))
-    if fmt == "folder" or (name == "notmnist" and not (folder / FILES["test_images"]).is_file()
-                           and folder.is_dir() and any(p.is_dir() for p in folder.iterdir())):
-        return None
-    needed = ["test_images", "test_labels"] if dcfg.test_only else list(FILES)
-    _require(info, folder, [FILES[k] for k in needed], bool(dcfg.download), bool(dcfg.test_only))
-    n_test = count_items(folder / FILES["test_images"], IMAGES_MAGIC)
-    if dcfg.test_only:
-        n_train, n_test = int(dcfg.test_only_train_size), n_test - int(dcfg.test_only_train_size)
+    if not files:
+        n_train, n_test = info.sizes
     else:
-        n_train = count_items(folder / FILES["train_images"], IMAGES_MAGIC)
+        folder = resolve_root(str(dcfg.root)) / info.folder
+        fmt = str(getattr(dcfg.format, "value", dcfg.format))
+        if fmt == "folder" or (name == "notmnist" and not (folder / FILES["test_images"]).is_file()
+                               and folder.is_dir() and any(p.is_dir() for p in folder.iterdir())):
+            return None
+        needed = ["test_images", "test_labels"] if dcfg.test_only else list(FILES)
+        _require(info, folder, [FILES[k] for k in needed], bool(dcfg.download), bool(dcfg.test_only))
+        n_test = count_items(folder / FILES["test_images"], IMAGES_MAGIC)
+        n_train = None if dcfg.test_only else count_items(folder / FILES["train_images"], IMAGES_MAGIC)
+    if dcfg.test_only:     # a seeded split of the test files' images
+        n_train, n_test = int(dcfg.test_only_train_size), n_test - int(dcfg.test_only_train_size)
     if dcfg.test_size is not None:
         n_test = min(n_test, int(dcfg.test_size))
     return n_train, n_test

@@ -56,7 +56,6 @@ from typing import Optional
 
 import torch
 
-from ..config.schema import name_of
 from ..config.validate import check
 from .failure import gaussian_draws
 
@@ -260,16 +259,16 @@ class AdaptiveSchedule:
     the loop checkpoints.
     """
 
-    def __init__(self, acfg, batches, repetitions: int = 8):
-        self.rule = name_of(getattr(acfg, "rule", "printed"))
+    def __init__(self, acfg: AdaptiveConfig, batches, repetitions: int = 8):
+        self.rule = acfg.rule.value
         self.r = self.r_max = int(repetitions)   # the algorithm's r under as_run
         self.tau = int(acfg.tau)
         self.params = dict(epsilon=float(acfg.epsilon), kappa=float(acfg.kappa), v=int(acfg.v),
                            b_l=int(acfg.b_l), b_u=int(acfg.b_u))
-        self.shrink = name_of(acfg.shrink)
-        self.budget_mode = name_of(acfg.budget)
-        use = getattr(acfg, "use_initial_error", None)
-        self.use_initial = (self.rule == "as_run") if use is None else bool(use)
+        self.shrink = acfg.shrink.value
+        self.budget_mode = acfg.budget.value
+        use = acfg.use_initial_error
+        self.use_initial = (acfg.rule == Rule.as_run) if use is None else bool(use)
         self.total = int(batches.total)
         self.prev: float | None = None  # t_{n-1}
 
@@ -331,11 +330,3 @@ class FixedSchedule:
 
     def load_state_dict(self, state: dict) -> None:
         pass
-
-
-def make_schedule(cfg, batches):
-    """Algorithm 1 when ``optimizer.adaptive.enabled``, else :class:`FixedSchedule`."""
-    opt = cfg.optimizer
-    if "adaptive" in opt and opt.adaptive.enabled:
-        return AdaptiveSchedule(opt.adaptive, batches, int(opt.get("repetitions", 1)))
-    return FixedSchedule()

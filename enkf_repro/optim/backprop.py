@@ -17,14 +17,27 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from ..config.schema import Cost, MethodConfig, RunSize
 from ..errors import ConfigError
-from ..models.base import ModelSpec
-from .base import Method, register_method
+from .base import Method, MethodContext, backprop_cost, register_method
 from .instrument import Instrument
 
 
+class BackpropConfig(MethodConfig):
+    """What SGD and Adam declare alike: their runs log the instrumentation (``instrument.*``),
+    ``state_from`` came later (null, a fresh optimizer, reproduces the earlier runs), and a step
+    is one network's forward and backward pass."""
+
+    neutral = {"state_from": None}
+    positive = ("lr",)
+    reads = ("instrument",)
+
+    def cost(self, run: RunSize) -> Cost:
+        return backprop_cost(run)
+
+
 @dataclass
-class SGDConfig:
+class SGDConfig(BackpropConfig):
     """``optimizer=sgd``: SGD with momentum, the paper's backprop baseline."""
 
     name: str = "sgd"
@@ -37,9 +50,14 @@ class SGDConfig:
     # once and reused it across its sigma sweep (null: a fresh optimizer, the default)
     state_from: Optional[str] = None
 
+    def make(self, params) -> torch.optim.Optimizer:
+        """A new torch optimizer over ``params`` (never reused across runs)."""
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
+                               weight_decay=self.weight_decay)
+
 
 @dataclass
-class AdamConfig:
+class AdamConfig(BackpropConfig):
     """``optimizer=adam``: Adam, the paper's second backprop baseline."""
 
     name: str = "adam"
@@ -49,16 +67,9 @@ class AdamConfig:
     weight_decay: float = 0.0
     state_from: Optional[str] = None   # as SGDConfig.state_from
 
-
-def make_optimizer(ocfg, params) -> torch.optim.Optimizer:
-    """A new optimizer for ``cfg.optimizer`` (never reused across runs)."""
-    if ocfg.name == "sgd":
-        return torch.optim.SGD(params, lr=ocfg.lr, momentum=ocfg.momentum, nesterov=ocfg.nesterov,
-                               weight_decay=ocfg.weight_decay)
-    if ocfg.name == "adam":
-        return torch.optim.Adam(params, lr=ocfg.lr, betas=(ocfg.beta1, ocfg.beta2),
-                                weight_decay=ocfg.weight_decay)
-    raise ValueError(f"not a backprop optimizer: {ocfg.name}")
+    def make(self, params) -> torch.optim.Optimizer:
+        """A new torch optimizer over ``params`` (never reused across runs)."""
+        return torch.optim.Adam(params, lr=self.lr, betas=(self.beta1, self.beta2), weight_decay=self.weight_decay)
 
 
 class Backprop(Method):
@@ -66,20 +77,23 @@ class Backprop(Method):
 
     shuffle_default = True
 
-    def __init__(self, cfg, model: ModelSpec, forward, generator: torch.Generator, device: torch.device):
-        self.cfg = cfg
-        self.net = model.module().to(device)
+    config: SGDConfig | AdamConfig
+
+    def __init__(self, opt: SGDConfig | AdamConfig, ctx: MethodContext):
+        self.config, self.ctx = opt, ctx
+        self.net = ctx.model.module().to(ctx.device)
         # the standard init: zero biases (init.bias_sigma is the ensemble methods' prior only)
-        torch.nn.utils.vector_to_parameters(model.init(1, cfg.init, generator, device)[0], self.net.parameters())
-        self.opt = make_optimizer(cfg.optimizer, self.net.parameters())
+        torch.nn.utils.vector_to_parameters(ctx.model.init(1, ctx.init, ctx.generator, ctx.device)[0],
+                                            self.net.parameters())
+        self.opt = opt.make(self.net.parameters())
         self.inst: Instrument | None = None
         self.step_count = 0
         self.net.train()
 
     def attach(self, batches) -> None:
-        icfg = self.cfg.get("instrument")
+        icfg = self.ctx.instrument
         if icfg is not None and icfg.enabled:
-            self.inst = Instrument(self.net, icfg, batches.per_epoch, batches.total, float(self.cfg.train.epochs),
+            self.inst = Instrument(self.net, icfg, batches.per_epoch, batches.total, self.ctx.train.epochs,
                                    batches.data_fraction)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:

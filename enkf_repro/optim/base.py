@@ -1,11 +1,16 @@
 """What a training method is, and the registry ``optimizer=<name>`` picks from.
 
 A method module of this package holds its pure update function(s), its config dataclass (the
-schema of ``configs/optimizer/<name>.yaml``) and its method class, and registers both with
-:func:`register_method`; the package imports every module in it, so a new method is one module
-here plus one YAML file.
+schema of ``configs/optimizer/<name>.yaml``, a subclass of ``config.schema.MethodConfig`` that
+declares the method's neutral and positive keys, the sections it reads, its checks and its cost)
+and its method class, and registers both with :func:`register_method`; the package imports every
+module in it, so a new method is one module here plus one YAML file.
 
-A method object is driven by the one training loop (``runs/loop.py``):
+A method object is built from its typed config (the dataclass instance, Enum members for the
+choices) and a :class:`MethodContext` (the model, the batched forward, the run's generator and
+device, and the other sections of the run config it may read): ``Method(opt, ctx)``;
+:func:`make_method` builds one from a run config. It is driven by the one training loop
+(``runs/loop.py``):
 
 * ``step(x, y) -> dict`` does one iteration on the images x (B, ...) and one-hot targets
   y (B, C) and returns scalars to log at the next evaluation;
@@ -28,6 +33,8 @@ A method object is driven by the one training loop (``runs/loop.py``):
 * ``finished`` (False by default): True when the method takes no further step (the data-misfit
   controller at its terminal time with ``on_terminate=stop``); the loop then evaluates and ends
   the run cleanly, before its iteration budget, with ``finish_reason`` in the run's summary.
+* ``schedule(batches)`` the schedule the loop consults at every evaluation (the EnKF's
+  Algorithm 1, adaptive.py; a fixed one by default).
 
 Ensemble methods (:class:`EnsembleMethod`) make every update through ``apply_update``: the shared
 non-finite member policy (failure.py), then the shared covariance inflation
@@ -36,22 +43,44 @@ non-finite member policy (failure.py), then the shared covariance inflation
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
-from ..config.schema import OPTIMIZER_SCHEMAS, name_of
+from ..config.schema import (
+    METHOD_SECTIONS,
+    OPTIMIZER_SCHEMAS,
+    Cost,
+    InitConfig,
+    InstrumentConfig,
+    MethodConfig,
+    Precision,
+    RunSize,
+    TrainConfig,
+    method_config,
+    upgrade,
+)
+from ..config.validate import check
 from ..errors import ConfigError
 from ..models.base import ModelSpec
 from ..models.ensemble import precision_scope
+from .adaptive import FixedSchedule
 from .failure import FailureHandler
 from .inflation import Inflation
 
 METHODS: dict[str, type] = {}
 
 
-def register_method(name: str, schema: type, method: type) -> None:
+def register_method(name: str, schema: type[MethodConfig], method: type) -> None:
     """Make ``optimizer=<name>`` build ``method`` from configs checked against ``schema``."""
+    if not issubclass(schema, MethodConfig):
+        raise TypeError(f"the config of optimizer={name}, {schema.__name__}, must subclass config.schema.MethodConfig")
+    unknown = set(schema.reads) - set(METHOD_SECTIONS)
+    if unknown:
+        raise TypeError(f"{schema.__name__}.reads names {sorted(unknown)}; the sections a method may read are "
+                        f"{', '.join(METHOD_SECTIONS)}")
     OPTIMIZER_SCHEMAS[name] = schema
     METHODS[name] = method
 
@@ -62,9 +91,75 @@ def get_method(name: str) -> type:
     return METHODS[name]
 
 
-class Method:
-    """Defaults of the method interface (module docstring)."""
+@dataclass
+class MethodContext:
+    """What a method is built from besides its own config: the network, the batched forward, the
+    run's generator and device, and the sections of the run config a method may read."""
 
+    model: ModelSpec
+    # outputs (J, B, C) of the networks U (J, P) on the images x (B, ...)
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    generator: torch.Generator
+    device: torch.device
+    # ``init.*``: the prior the networks are drawn from (InitConfig's keys; ModelSpec.init reads it)
+    init: DictConfig = field(default_factory=lambda: OmegaConf.structured(InitConfig))
+    update_precision: Precision = Precision.fp32    # ``ensemble.update_precision``
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # a section of METHOD_SECTIONS: given only to a method whose config ``reads`` it
+    instrument: InstrumentConfig | None = None
+
+    def __post_init__(self) -> None:
+        self.device = torch.device(self.device)
+
+    @classmethod
+    def of(cls, cfg, opt: MethodConfig, model: ModelSpec, forward, generator: torch.Generator,
+           device) -> "MethodContext":
+        """The context of the (upgraded) run config ``cfg`` for the method configured by ``opt``."""
+        sections = {key: OmegaConf.to_object(cfg[key]) for key in METHOD_SECTIONS if key in type(opt).reads}
+        return cls(model, forward, generator, device, init=cfg.init,
+                   update_precision=cfg.ensemble.update_precision, train=OmegaConf.to_object(cfg.train), **sections)
+
+
+def make_method(cfg, model: ModelSpec, forward, generator: torch.Generator, device, cls: type | None = None,
+                **kwargs) -> "Method":
+    """The method object of the run config ``cfg`` (upgraded onto the schema: an earlier run's or
+    a hand-built config gets the defaults of the keys it lacks): ``cls`` (default: the registered
+    class of ``optimizer.name``) built from the typed ``optimizer`` section and its context."""
+    cfg = upgrade(cfg)
+    opt = method_config(cfg.optimizer)
+    ctx = MethodContext.of(cfg, opt, model, forward, generator, device)
+    return (cls or get_method(opt.name))(opt, ctx, **kwargs)
+
+
+# -- what the method configs share ------------------------------------------------------------------
+def check_ensemble_size(opt) -> None:
+    """``optimizer.ensemble_size``: J >= 2 (members, or perturbations per step)."""
+    check(opt.ensemble_size >= 2, "optimizer.ensemble_size", opt.ensemble_size, "an integer >= 2 (J)")
+
+
+def ensemble_cost(J: int, run: RunSize, repetitions: int = 1) -> Cost:
+    """An ensemble method's run: per iteration the forward of J networks on the batch, J B f FLOPs,
+    and the update, about 4 J d P (two GEMMs of J x d x P, d = B C); ``repetitions`` iterations per
+    mini-batch; plus the evaluations (one network over the test set each). The paper's EnKF
+    (J = 5000, paper_cnn: f = 0.95 MFLOP, P = 18,050, B = 64) costs 0.31 + 0.23 TFLOP per
+    iteration, about 4 PFLOP per epoch of 7,504 iterations."""
+    iterations = run.batches * repetitions
+    B, d = run.batch_size, run.batch_size * run.classes
+    flops = iterations * (J * B * run.forward_flops + 4.0 * J * d * run.params) + run.evaluation_flops(repetitions)
+    return Cost(flops, iterations, "step")
+
+
+def backprop_cost(run: RunSize) -> Cost:
+    """One network trained by backpropagation: forward and backward, about 3 B f FLOPs per
+    mini-batch, plus the evaluations."""
+    return Cost(run.batches * run.batch_size * 3.0 * run.forward_flops + run.evaluation_flops(), run.batches, "step")
+
+
+class Method:
+    """Defaults of the method interface (module docstring). ``config`` is the method's typed
+    config (its MethodConfig dataclass)."""
+
+    config: MethodConfig
     repetitions: int = 1
     shuffle_default: ClassVar[bool] = False
 
@@ -83,6 +178,10 @@ class Method:
 
     def on_epoch_end(self) -> None:
         """Called by the loop after the step that completes an epoch, before its evaluation."""
+
+    def schedule(self, batches):
+        """What the loop consults at every evaluation (``on_eval``): nothing changes by default."""
+        return FixedSchedule()
 
     def eval_params(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -118,16 +217,16 @@ class EnsembleMethod(Method):
     with ``ensemble=True``): biases that started at 0 in every member would stay 0 under any
     update that combines member differences (EnKF, EKI), i.e. they would never train."""
 
-    def __init__(self, cfg, model: ModelSpec, forward, generator: torch.Generator, device: torch.device):
-        opt = cfg.optimizer
-        self.model, self.forward, self.generator = model, forward, generator
-        self.U = model.init(int(opt.ensemble_size), cfg.init, generator, device, ensemble=True)
-        self.failures = FailureHandler(name_of(opt.get("nonfinite", "redraw")), generator)
-        self.update_precision = name_of((cfg.get("ensemble") or {}).get("update_precision", "fp32"))
-        self.device = torch.device(device)
+    def __init__(self, opt: MethodConfig, ctx: MethodContext):
+        """``opt`` has ``ensemble_size`` (J), ``nonfinite`` and ``inflation`` (InflationConfig)."""
+        self.config = opt
+        self.model, self.forward, self.generator, self.device = ctx.model, ctx.forward, ctx.generator, ctx.device
+        self.U = ctx.model.init(opt.ensemble_size, ctx.init, ctx.generator, ctx.device, ensemble=True)
+        self.failures = FailureHandler(opt.nonfinite, ctx.generator)
+        self.update_precision = ctx.update_precision.value
         self.dt = 1.0   # the step of the last update (Gamma -> Gamma / dt); the EnKF's is 1
-        self.inflation = Inflation(opt.get("inflation"), generator,
-                                   lambda: model.prior_std(cfg.init, device, ensemble=True) ** 2)
+        self.inflation = Inflation(opt.inflation, ctx.generator,
+                                   lambda: ctx.model.prior_std(ctx.init, ctx.device, ensemble=True) ** 2)
 
     def apply_update(self, U: torch.Tensor, G: torch.Tensor, update) -> tuple[Any, int]:
         """The one way an ensemble method updates its ensemble: ``update(U_rows, G_rows)`` (in

@@ -48,7 +48,8 @@ from typing import Any, Protocol, Sequence
 import torch
 
 from ..errors import ConfigError, DivergenceError
-from .enkf import EnKF, kalman_factors
+from .base import MethodContext
+from .enkf import EnKF, EnKFConfig, kalman_factors
 from .failure import nonfinite_rows
 from .linalg import BLOCK_ELEMENTS
 
@@ -164,8 +165,8 @@ class DistributedEnKF(EnKF):
     reduction order. ``step``, ``eval_params``, ``diagnostics``, ``state_dict`` and
     ``load_state_dict`` are collective: every rank calls them at the same iteration."""
 
-    def __init__(self, cfg, model, forward, generator, device, comm: Collectives):
-        super().__init__(cfg, model, forward, generator, device)   # the whole ensemble, as one process draws it
+    def __init__(self, opt: EnKFConfig, ctx: MethodContext, comm: Collectives):
+        super().__init__(opt, ctx)   # the whole ensemble, as one process draws it
         self.comm = comm
         self._keep_rows(self.U)
 

@@ -82,11 +82,10 @@ from typing import Any, Optional
 
 import torch
 
-from ..config.schema import name_of
+from ..config.schema import Cost, MethodConfig, RunSize
 from ..config.validate import check
 from ..errors import DivergenceError
-from ..models.base import ModelSpec
-from .base import EnsembleMethod, register_method
+from .base import EnsembleMethod, MethodContext, check_ensemble_size, ensemble_cost, register_method
 from .enkf import kalman_factors
 from .failure import NonfinitePolicy
 from .inflation import InflationConfig, check_inflation
@@ -148,16 +147,22 @@ def eki_factors(G: torch.Tensor, Y: torch.Tensor, loss: str = "mse",
     return psi, A, Z, d_norm
 
 
+def eki_euler_update_(U: torch.Tensor, A: torch.Tensor, Z: torch.Tensor, h: float) -> torch.Tensor:
+    """In place: u_{n+1} = u_n - h D(u_n) u_n of (1) on U (J, P) with the factors A = grad_z Psi and
+    Z = centred G (J x d each, :func:`eki_factors`): U <- U + W Z^T (U - mean U) with
+    W = -h A / J (every row of D sums to zero, so centring U is free). Returns U."""
+    return apply_low_rank_(U, A * (-h / U.shape[0]), Z)
+
+
 def eki_step_(U: torch.Tensor, G: torch.Tensor, Y: torch.Tensor, h0: float = 2.0, eps: float = 0.5,
               loss: str = "mse", delta: float = 0.005) -> tuple[torch.Tensor, dict[str, Any]]:
     """In place: one EKI step (1) on U (J, P); returns (U, info) with info = {"h": h_n,
     "d_norm": ||D||_F, "loss": Psi per member (J,)}. The factors are computed in float64."""
     if G.shape[0] != U.shape[0]:
         raise ValueError(f"outputs has {G.shape[0]} members, ensemble {U.shape[0]}")
-    J = G.shape[0]
     psi, A, Z, d_norm = eki_factors(G, Y, loss, delta)
     h = h0 / (d_norm + eps)
-    apply_low_rank_(U, A * (-h / J), Z)            # U <- U - h D U  (D 1 = 0: centring is free)
+    eki_euler_update_(U, A, Z, h)
     return U, {"h": h, "d_norm": d_norm, "loss": psi}
 
 
@@ -275,16 +280,15 @@ class EKIUpdate(str, Enum):
     kalman = "kalman"  # u_j <- u_j + C_uG (C_GG + Gamma / h)^-1 (y - G_j) (EnsembleKalmanProcesses' EKI)
 
 
-def resolve_update(update, scheduler) -> str:
+def resolve_update(update: EKIUpdate, scheduler: SchedulerName) -> EKIUpdate:
     """``optimizer.update_form`` with ``auto`` resolved: euler for kovachki_stuart, else kalman."""
-    update, scheduler = name_of(update), name_of(scheduler)
-    if update != "auto":
+    if update != EKIUpdate.auto:
         return update
-    return "euler" if scheduler == "kovachki_stuart" else "kalman"
+    return EKIUpdate.euler if scheduler == SchedulerName.kovachki_stuart else EKIUpdate.kalman
 
 
 @dataclass
-class EKIConfig:
+class EKIConfig(MethodConfig):
     """``optimizer=eki``: U <- U - h_n D(U) U, h_n = h0 / (||D||_F + eps) (configs/optimizer/eki.yaml)."""
 
     name: str = "eki"
@@ -313,13 +317,24 @@ class EKIConfig:
     misfit_clock: MisfitClock = MisfitClock.run
     inflation: InflationConfig = field(default_factory=InflationConfig)
 
-    @staticmethod
-    def check(opt, cfg) -> None:
-        check(opt.best_of >= 0, "optimizer.best_of", opt.best_of, "an integer >= 0 (0: no best member)")
-        if opt.momentum_coef is not None:
-            check(0 <= opt.momentum_coef < 1, "optimizer.momentum_coef", opt.momentum_coef,
+    # added after runs were made, at the values that reproduce them (Kovachki & Stuart's EKI, no inflation)
+    neutral = {"inflation": InflationConfig(), "scheduler": SchedulerName.kovachki_stuart,
+               "update_form": EKIUpdate.auto, "gamma": 1.0, "dt": 1.0, "terminate_at": 1.0,
+               "on_terminate": OnTerminate.stop, "misfit_clock": MisfitClock.run}
+    positive = ("h0", "eps", "random_gamma0", "random_tau", "gamma", "dt", "terminate_at")
+
+    def check(self, cfg) -> None:
+        check_ensemble_size(self)
+        check(self.delta >= 0, "optimizer.delta", self.delta, "a number >= 0")
+        check(self.best_of >= 0, "optimizer.best_of", self.best_of, "an integer >= 0 (0: no best member)")
+        if self.momentum_coef is not None:
+            check(0 <= self.momentum_coef < 1, "optimizer.momentum_coef", self.momentum_coef,
                   "a number in [0, 1), or null for Nesterov's n / (n + 3)")
-        check_inflation(opt.inflation)
+        check_inflation(self.inflation)
+
+    def cost(self, run: RunSize) -> Cost:
+        """J networks forward and the update per mini-batch (``base.ensemble_cost``)."""
+        return ensemble_cost(self.ensemble_size, run)
 
 
 class EKI(Scheduled, EnsembleMethod):
@@ -331,25 +346,26 @@ class EKI(Scheduled, EnsembleMethod):
     the initial ensemble. Members with non-finite outputs follow ``optimizer.nonfinite``.
     """
 
-    def __init__(self, cfg, model: ModelSpec, forward, generator: torch.Generator, device: torch.device):
-        super().__init__(cfg, model, forward, generator, device)
-        opt = cfg.optimizer
-        self.h0, self.eps, self.delta = float(opt.h0), float(opt.eps), float(opt.delta)
-        self.loss = name_of(opt.loss)
-        self.momentum = name_of(opt.momentum) == "nesterov"
+    config: EKIConfig
+
+    def __init__(self, opt: EKIConfig, ctx: MethodContext):
+        super().__init__(opt, ctx)
+        self.h0, self.eps, self.delta = opt.h0, opt.eps, opt.delta
+        self.loss = opt.loss.value
+        self.momentum = opt.momentum == Momentum.nesterov
         self.coef = opt.momentum_coef
-        self.randomize = bool(opt.randomize)
-        self.public = self.randomize and name_of(opt.get("random_schedule", "decay")) == "public"
+        self.randomize = opt.randomize
+        self.public = self.randomize and opt.random_schedule == RandomSchedule.public
         self.spread = SpreadSchedule(opt.random_gamma0, opt.random_tau)
-        self.prior_std = model.prior_std(cfg.init, device, ensemble=True) if self.randomize else None
+        self.prior_std = ctx.model.prior_std(ctx.init, ctx.device, ensemble=True) if self.randomize else None
         self.prev: torch.Tensor | None = None   # u_{n-1} (members, or the mean under (R))
         self.n = 0
-        self.recent = RecentBatches(int(opt.best_of))
+        self.recent = RecentBatches(opt.best_of)
         self.last: dict[str, float] = {}
-        self.scheduler = scheduler_from_config(opt)   # missing keys (configs of older runs): the defaults
-        self.form = resolve_update(opt.get("update_form", "auto"), self.scheduler.name)
-        self.gamma = float(opt.get("gamma", 1.0))
-        self.batch_clock = name_of(opt.get("misfit_clock", "run")) == "batch"
+        self.scheduler = scheduler_from_config(opt)
+        self.form = resolve_update(opt.update_form, opt.scheduler).value
+        self.gamma = opt.gamma
+        self.batch_clock = opt.misfit_clock == MisfitClock.batch
 
     def _update(self, U: torch.Tensor, G: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         """One step on the rows U with outputs G: the scheduler's step h, then (1) (euler) or the
@@ -363,7 +379,7 @@ class EKI(Scheduled, EnsembleMethod):
         h = self.scheduler.step(misfits=misfits, output_dim=A.shape[1], d_norm=d_norm)
         self.dt = h
         if self.form == "euler":
-            apply_low_rank_(U, A * (-h / U.shape[0]), Z)   # U <- U - h D U  (D 1 = 0: centring is free)
+            eki_euler_update_(U, A, Z, h)
         else:
             eki_kalman_step_(U, G, y, self.gamma, h)
         return {"h": h, "d_norm": d_norm, "loss": psi}

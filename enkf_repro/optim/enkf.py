@@ -31,9 +31,10 @@ from typing import Any
 
 import torch
 
-from ..config.schema import name_of
-from .adaptive import AdaptiveConfig, check_adaptive, resize_ensemble
-from .base import EnsembleMethod, register_method
+from ..config.schema import Cost, MethodConfig, RunSize
+from ..config.validate import check
+from .adaptive import AdaptiveConfig, AdaptiveSchedule, FixedSchedule, check_adaptive, resize_ensemble
+from .base import EnsembleMethod, MethodContext, check_ensemble_size, ensemble_cost, register_method
 from .failure import NonfinitePolicy
 from .inflation import InflationConfig, check_inflation
 from .linalg import apply_low_rank_, cholesky_jittered
@@ -133,7 +134,7 @@ class UpdateMode(str, Enum):
 
 
 @dataclass
-class EnKFConfig:
+class EnKFConfig(MethodConfig):
     """``optimizer=enkf``: the paper's EnKF (configs/optimizer/enkf.yaml)."""
 
     name: str = "enkf"
@@ -149,24 +150,39 @@ class EnKFConfig:
     # covariance inflation after every update (off: the paper's EnKF); dt = 1 for the EnKF
     inflation: InflationConfig = field(default_factory=InflationConfig)
 
-    @staticmethod
-    def check(opt, cfg) -> None:
-        if opt.adaptive.enabled:
-            check_adaptive(opt.adaptive, cfg)
-        check_inflation(opt.inflation)
+    neutral = {"inflation": InflationConfig()}   # added later; off reproduces the earlier runs
+    positive = ("gamma",)
+
+    def check(self, cfg) -> None:
+        check_ensemble_size(self)
+        check(self.repetitions >= 1, "optimizer.repetitions", self.repetitions, "an integer >= 1 (r)")
+        if self.adaptive.enabled:
+            check_adaptive(self.adaptive, cfg)
+        check_inflation(self.inflation)
+
+    def cost(self, run: RunSize) -> Cost:
+        """J networks forward and the update, r times per mini-batch (``base.ensemble_cost``)."""
+        return ensemble_cost(self.ensemble_size, run, self.repetitions)
 
 
 class EnKF(EnsembleMethod):
     """``optimizer=enkf``: (1) on an ensemble drawn from the init prior, each mini-batch presented
     ``repetitions`` times; non-finite members follow ``optimizer.nonfinite`` (failure.py)."""
 
-    def __init__(self, cfg, model, forward, generator: torch.Generator, device: torch.device):
-        super().__init__(cfg, model, forward, generator, device)
-        opt = cfg.optimizer
-        self.gamma = float(opt.gamma)
-        self.mode = name_of(opt.update_mode)
-        self.repetitions = int(opt.repetitions)
-        self.eval_last = bool(opt.get("eval_last_member", False))
+    config: EnKFConfig
+
+    def __init__(self, opt: EnKFConfig, ctx: MethodContext):
+        super().__init__(opt, ctx)
+        self.gamma = opt.gamma
+        self.mode = opt.update_mode.value
+        self.repetitions = opt.repetitions
+        self.eval_last = opt.eval_last_member
+
+    def schedule(self, batches):
+        """Algorithm 1 (adaptive.py) when ``optimizer.adaptive.enabled``, else a fixed schedule."""
+        if self.config.adaptive.enabled:
+            return AdaptiveSchedule(self.config.adaptive, batches, self.config.repetitions)
+        return FixedSchedule()
 
     def eval_params(self) -> dict[str, torch.Tensor]:
         out = super().eval_params()

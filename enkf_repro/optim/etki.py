@@ -65,11 +65,11 @@ from typing import Any
 
 import torch
 
-from ..config.schema import name_of
+from ..config.schema import Cost, MethodConfig, RunSize
 from ..config.validate import check
 from ..errors import DivergenceError
 from ._noise import noise_variance
-from .base import EnsembleMethod, register_method
+from .base import EnsembleMethod, MethodContext, check_ensemble_size, ensemble_cost, register_method
 from .eki import eki_frobenius
 from .failure import NonfinitePolicy
 from .inflation import InflationConfig, check_inflation
@@ -165,7 +165,7 @@ class ETKIOutputs(str, Enum):
 
 
 @dataclass
-class ETKIConfig:
+class ETKIConfig(MethodConfig):
     """``optimizer=etki``: ensemble transform Kalman inversion (configs/optimizer/etki.yaml)."""
 
     name: str = "etki"
@@ -183,23 +183,30 @@ class ETKIConfig:
     nonfinite: NonfinitePolicy = NonfinitePolicy.redraw
     inflation: InflationConfig = field(default_factory=InflationConfig)
 
-    @staticmethod
-    def check(opt, cfg) -> None:
-        check(opt.ddof in (0, 1), "optimizer.ddof", opt.ddof, "0 (1/J) or 1 (1/(J-1), EnsembleKalmanProcesses)")
-        check_inflation(opt.inflation)
+    positive = ("gamma", "dt", "h0", "eps", "terminate_at")
+
+    def check(self, cfg) -> None:
+        check_ensemble_size(self)
+        check(self.ddof in (0, 1), "optimizer.ddof", self.ddof, "0 (1/J) or 1 (1/(J-1), EnsembleKalmanProcesses)")
+        check_inflation(self.inflation)
+
+    def cost(self, run: RunSize) -> Cost:
+        """J networks forward and the update per mini-batch (``base.ensemble_cost``)."""
+        return ensemble_cost(self.ensemble_size, run)
 
 
 class ETKI(Scheduled, EnsembleMethod):
     """``optimizer=etki`` (module docstring): one ETKI step per mini-batch with the scheduler's dt."""
 
-    def __init__(self, cfg, model, forward, generator: torch.Generator, device: torch.device):
-        super().__init__(cfg, model, forward, generator, device)
-        opt = cfg.optimizer
-        self.gamma = float(opt.gamma)
-        self.softmax = name_of(opt.outputs) == "softmax"
-        self.ddof = int(opt.ddof)
+    config: ETKIConfig
+
+    def __init__(self, opt: ETKIConfig, ctx: MethodContext):
+        super().__init__(opt, ctx)
+        self.gamma = opt.gamma
+        self.softmax = opt.outputs == ETKIOutputs.softmax
+        self.ddof = opt.ddof
         self.scheduler = scheduler_from_config(opt)
-        self.batch_clock = name_of(opt.misfit_clock) == "batch"
+        self.batch_clock = opt.misfit_clock == MisfitClock.batch
         self.last: dict[str, float] = {}
 
     def _update(self, U: torch.Tensor, G: torch.Tensor, y: torch.Tensor) -> dict[str, float]:

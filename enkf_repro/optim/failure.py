@@ -68,11 +68,11 @@ def nonfinite_members(G: torch.Tensor, U: torch.Tensor | None = None) -> torch.T
 class FailureHandler:
     """Applies ``optimizer.nonfinite`` around an in-place update of the ensemble."""
 
-    def __init__(self, policy: str, generator: torch.Generator | None):
-        self.policy = str(getattr(policy, "value", policy))
-        if self.policy not in NonfinitePolicy.__members__:
+    def __init__(self, policy: NonfinitePolicy | str, generator: torch.Generator | None):
+        if policy not in NonfinitePolicy.__members__.values():
             allowed = ", ".join(NonfinitePolicy.__members__)
-            raise ValueError(f"nonfinite policy {self.policy!r}: expected one of {allowed}")
+            raise ValueError(f"nonfinite policy {policy!r}: expected one of {allowed}")
+        self.policy = NonfinitePolicy(policy).value
         self.generator = generator
         self.total = 0   # failed member-steps so far (the nonfinite_members metric)
 

@@ -28,10 +28,9 @@ from enum import Enum
 
 import torch
 
-from ..config.schema import name_of
+from ..config.schema import Cost, MethodConfig, RunSize
 from ..errors import DivergenceError
-from ..models.base import ModelSpec
-from .base import SingleNetworkMethod, register_method
+from .base import MethodContext, SingleNetworkMethod, check_ensemble_size, ensemble_cost, register_method
 from .linalg import cholesky_jittered
 
 
@@ -61,7 +60,7 @@ class HaberOutput(str, Enum):
 
 
 @dataclass
-class HaberConfig:
+class HaberConfig(MethodConfig):
     """``optimizer=haber`` (configs/optimizer/haber.yaml)."""
 
     name: str = "haber"
@@ -71,19 +70,29 @@ class HaberConfig:
     gamma: float = 1.0               # regularisation (damping) of the K x K Gauss-Newton system
     output: HaberOutput = HaberOutput.softmax
 
+    positive = ("sigma", "alpha", "gamma")
+
+    def check(self, cfg) -> None:
+        check_ensemble_size(self)
+
+    def cost(self, run: RunSize) -> Cost:
+        """K perturbed networks forward and the update per mini-batch, counted like an ensemble
+        of K (``base.ensemble_cost``)."""
+        return ensemble_cost(self.ensemble_size, run)
+
 
 class Haber(SingleNetworkMethod):
     """``optimizer=haber``: one network theta drawn from the standard init (zero biases; not the
     ensemble prior of ``init.bias_sigma``), updated by (1) with ``ensemble_size`` = K fresh
     perturbations per step (one batched forward of K + 1 networks)."""
 
-    def __init__(self, cfg, model: ModelSpec, forward, generator: torch.Generator, device: torch.device):
-        opt = cfg.optimizer
-        self.forward, self.generator = forward, generator
-        self.K = int(opt.ensemble_size)
-        self.sigma, self.alpha, self.gamma = float(opt.sigma), float(opt.alpha), float(opt.gamma)
-        self.softmax = name_of(opt.output) == "softmax"
-        self.theta = model.init(1, cfg.init, generator, device)[0]
+    def __init__(self, opt: HaberConfig, ctx: MethodContext):
+        self.config = opt
+        self.forward, self.generator = ctx.forward, ctx.generator
+        self.K = opt.ensemble_size
+        self.sigma, self.alpha, self.gamma = opt.sigma, opt.alpha, opt.gamma
+        self.softmax = opt.output == HaberOutput.softmax
+        self.theta = ctx.model.init(1, ctx.init, ctx.generator, ctx.device)[0]
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         P = self.theta.shape[0]

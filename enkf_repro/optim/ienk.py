@@ -36,10 +36,11 @@ from enum import Enum
 
 import torch
 
-from ..config.schema import name_of
+from ..config.schema import Cost, MethodConfig, RunSize
+from ..config.validate import check
 from ..errors import DivergenceError
 from ..models.base import ModelSpec, glorot_std
-from .base import SingleNetworkMethod, register_method
+from .base import MethodContext, SingleNetworkMethod, check_ensemble_size, ensemble_cost, register_method
 
 
 def layer_blocks(model: ModelSpec) -> list[tuple[int, int, float]]:
@@ -113,7 +114,7 @@ class IEnKMode(str, Enum):
 
 
 @dataclass
-class IEnKSimpleConfig:
+class IEnKSimpleConfig(MethodConfig):
     """``optimizer=ienk_simple`` (configs/optimizer/ienk_simple.yaml)."""
 
     name: str = "ienk_simple"
@@ -123,6 +124,21 @@ class IEnKSimpleConfig:
     mode: IEnKMode = IEnKMode.sample
     perturb: Perturb = Perturb.joint
 
+    positive = ("lr",)
+
+    def check(self, cfg) -> None:
+        check_ensemble_size(self)
+        check(self.delta >= 0, "optimizer.delta", self.delta, "a number >= 0")
+
+    def cost(self, run: RunSize) -> Cost:
+        """K perturbed networks forward and the update, counted like an ensemble of K
+        (``base.ensemble_cost``); ``mode=sample`` is bound by its fixed cost per training sample,
+        so its steps are the samples."""
+        cost = ensemble_cost(self.ensemble_size, run)
+        if self.mode == IEnKMode.sample:
+            return Cost(cost.flops, run.batches * run.batch_size, "sample")
+        return cost
+
 
 class IEnKSimple(SingleNetworkMethod):
     """``optimizer=ienk_simple``: (1)-(2) per training sample (``mode=sample``, the thesis) or
@@ -130,14 +146,14 @@ class IEnKSimple(SingleNetworkMethod):
     or one at a time (``per_layer``). ``ensemble_size`` is K. theta starts from the standard
     init (zero biases), not from the ensemble prior."""
 
-    def __init__(self, cfg, model: ModelSpec, forward, generator: torch.Generator, device: torch.device):
-        opt = cfg.optimizer
-        self.forward, self.generator = forward, generator
-        self.K, self.lr, self.delta = int(opt.ensemble_size), float(opt.lr), float(opt.delta)
-        self.per_sample = name_of(opt.mode) == "sample"
-        self.joint = name_of(opt.get("perturb", "joint")) == "joint"
-        self.blocks = layer_blocks(model)
-        self.theta = model.init(1, cfg.init, generator, device)[0]
+    def __init__(self, opt: IEnKSimpleConfig, ctx: MethodContext):
+        self.config = opt
+        self.forward, self.generator = ctx.forward, ctx.generator
+        self.K, self.lr, self.delta = opt.ensemble_size, opt.lr, opt.delta
+        self.per_sample = opt.mode == IEnKMode.sample
+        self.joint = opt.perturb == Perturb.joint
+        self.blocks = layer_blocks(ctx.model)
+        self.theta = ctx.model.init(1, ctx.init, ctx.generator, ctx.device)[0]
         self.std = torch.empty_like(self.theta)
         for a, b, s in self.blocks:
             self.std[a:b] = s

@@ -147,10 +147,9 @@ class InflationConfig:
 
 def check_inflation(icfg, key: str = "optimizer.inflation") -> None:
     """Ranges of ``optimizer.inflation.*``: a ConfigError for the first bad value."""
-    form = str(getattr(icfg.multiplicative_form, "value", icfg.multiplicative_form))
     m = icfg.multiplicative
     if m is not None:
-        if form == "factor":
+        if icfg.multiplicative_form == MultiplicativeForm.factor:
             check(math.isfinite(m) and m >= 1.0, f"{key}.multiplicative", m,
                   "a factor >= 1 on the deviations (null: off)")
         else:
@@ -169,21 +168,13 @@ class Inflation:
     needs it (the (P,) variances of the init prior). The noise is drawn from ``generator``; with
     inflation off nothing is drawn and nothing changes."""
 
-    def __init__(self, icfg, generator: torch.Generator | None,
+    def __init__(self, icfg: InflationConfig, generator: torch.Generator | None,
                  prior_variance: Callable[[], torch.Tensor] | None = None):
-        def get(key, default=None):
-            if icfg is None:
-                return default
-            return icfg.get(key, default) if hasattr(icfg, "get") else getattr(icfg, key, default)
-
-        def name(v):
-            return str(getattr(v, "value", v))
-
-        self.multiplicative = None if get("multiplicative") is None else float(get("multiplicative"))
-        self.form = name(get("multiplicative_form", "factor"))
-        self.additive = None if get("additive") is None else float(get("additive"))
-        self.covariance = name(get("additive_covariance", "prior"))
-        self.keep_mean = bool(get("additive_keep_mean", False))
+        self.multiplicative = None if icfg.multiplicative is None else float(icfg.multiplicative)
+        self.form = icfg.multiplicative_form.value
+        self.additive = None if icfg.additive is None else float(icfg.additive)
+        self.covariance = icfg.additive_covariance.value
+        self.keep_mean = bool(icfg.additive_keep_mean)
         self.generator = generator
         self._prior_variance = prior_variance
         self._variance: torch.Tensor | None = None

@@ -57,7 +57,7 @@ from typing import Any
 
 import torch
 
-from ..config.schema import name_of
+from ..config.schema import InstrumentConfig, StatsPer
 from ..errors import ConfigError
 
 # Gradient histogram edges: +/- 10^e for e in [HIST_EXP_MIN, HIST_EXP_MAX], HIST_PER_DECADE per decade.
@@ -124,18 +124,17 @@ def histogram_counts(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
 
 
 # -- instrumentation: the stateful recorder --------------------------------------------------
-def stats_per_epoch(icfg, epochs: float) -> bool:
+def stats_per_epoch(icfg: InstrumentConfig, epochs: float) -> bool:
     """Whether statistics are pooled per epoch (``instrument.stats_per``; auto: runs > 1 epoch)."""
-    mode = name_of(icfg.stats_per)
-    return mode == "epoch" or (mode == "auto" and float(epochs) > 1.0)
+    return icfg.stats_per == StatsPer.epoch or (icfg.stats_per == StatsPer.auto and float(epochs) > 1.0)
 
 
-def iteration_epochs(icfg, epochs: float) -> frozenset[int]:
+def iteration_epochs(icfg: InstrumentConfig, epochs: float) -> frozenset[int]:
     """The 0-based epochs logged at every iteration of a per-epoch run (``instrument.iteration_epochs``);
     empty with per-iteration statistics, where every iteration is logged anyway."""
     if not stats_per_epoch(icfg, epochs):
         return frozenset()
-    return frozenset(int(e) for e in (icfg.get("iteration_epochs") or ()))
+    return frozenset(int(e) for e in icfg.iteration_epochs)
 
 
 class Instrument:

@@ -291,18 +291,13 @@ class MisfitClock(str, Enum):
 
 
 def scheduler_from_config(opt) -> StepScheduler:
-    """The step scheduler of an optimizer config with the keys ``scheduler``, ``h0``, ``eps``,
-    ``dt``, ``terminate_at``, ``on_terminate`` (EKI, ETKI); a missing key takes EKI's default."""
-    def get(key, default):
-        value = opt.get(key, default)
-        return str(getattr(value, "value", value)) if isinstance(value, Enum) else value
-
-    name = get("scheduler", "kovachki_stuart")
-    if name == "kovachki_stuart":
-        return KovachkiStuartStep(float(get("h0", 2.0)), float(get("eps", 0.5)))
-    if name == "fixed":
-        return FixedStep(float(get("dt", 1.0)))
-    return DataMisfitController(float(get("terminate_at", 1.0)), str(get("on_terminate", "stop")))
+    """The step scheduler of a typed method config with the fields ``scheduler`` (a
+    :class:`SchedulerName`), ``h0``, ``eps``, ``dt``, ``terminate_at`` and ``on_terminate`` (EKI, ETKI)."""
+    if opt.scheduler == SchedulerName.kovachki_stuart:
+        return KovachkiStuartStep(opt.h0, opt.eps)
+    if opt.scheduler == SchedulerName.fixed:
+        return FixedStep(opt.dt)
+    return DataMisfitController(opt.terminate_at, opt.on_terminate.value)
 
 
 class Scheduled:

@@ -1,12 +1,14 @@
 """Cost model of a run: FLOPs and a rough wall time, for plans and progress estimates.
 
-Per EnKF-type iteration with batch B, C classes, P parameters, J members and d = B * C: the
-forward of the whole ensemble costs J * B * f FLOP (f = one network on one image: about
-0.95 MFLOP for paper_cnn, 0.31 TFLOP per iteration at J = 5000) and the update about
-4 * J * d * P FLOP (two GEMMs of J x d x P, 0.23 TFLOP at J = 5000); one epoch of the paper
-(7,504 iterations) is about 4 PFLOP. A backprop step costs about 3 B f (forward and backward);
-an evaluation n_test * f. Small models and per-sample methods are bound by a fixed cost per step
-(kernel launches, Python) rather than by arithmetic, added from :data:`STEP_OVERHEAD_S`.
+The size of a run (``config.schema.RunSize``: the mini-batches it presents at its batch size, the
+classes, the network's parameters P and forward FLOPs per image f, the images per evaluation) is
+worked out here from the dataset (``data.datasets.dataset_sizes``, without reading files), the
+model and the train settings; the FLOPs a method spends on it are its own config's
+``cost(run)`` (``optim/<method>.py``): for the ensemble methods J B f (the forward of J networks)
+plus about 4 J d P (the update, d = B C) per iteration, for backprop about 3 B f per step, plus an
+evaluation of n_test f every ``train.eval_every`` iterations. Small models and per-sample methods
+are bound by a fixed cost per step (kernel launches, Python) rather than by arithmetic, added from
+:data:`STEP_OVERHEAD_S`.
 """
 
 from __future__ import annotations
@@ -23,12 +25,10 @@ import torch
 from omegaconf import DictConfig
 
 from ..config.paths import rates_file
-from ..config.schema import name_of
+from ..config.schema import Cost, RunSize, method_config, name_of
+from ..data.datasets import DATASETS, dataset_sizes
 from ..models.ensemble import precision_scope
 from ..models.registry import build_model
-
-TRAIN_SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "notmnist": (8000, 2000)}
-
 
 # Seconds of fixed cost per step (kernel launches, Python), on top of the FLOPs: small models and
 # per-sample methods are bound by these, not by arithmetic. Rough values from smoke runs on 2 CPU
@@ -47,36 +47,25 @@ def estimate_flops(cfg: DictConfig) -> float:
     return estimate_cost(cfg)[0]
 
 
-def estimate_cost(cfg: DictConfig) -> tuple[float, int, str]:
-    """(FLOPs, steps, step kind) of one run: FLOPs of the forward passes and the update, plus the
-    evaluations (module docstring); steps are EnKF iterations, backprop steps, or training samples for
-    per-sample IEnK ("sample")."""
+def run_size(cfg: DictConfig) -> RunSize:
+    """What the run ``cfg`` processes: its mini-batches (``train.epochs`` passes over the
+    training set, or over ``train.max_batches`` batches of it), the network and the test set."""
     model = build_model(cfg.model)
-    f = model.forward_flops()
-    P = model.num_params
-    n_train, n_test = TRAIN_SIZES[name_of(cfg.dataset.name)]
-    if cfg.dataset.test_only:
-        n_train, n_test = cfg.dataset.test_only_train_size, 10000 - cfg.dataset.test_only_train_size
-    if cfg.dataset.test_size:
-        n_test = min(n_test, cfg.dataset.test_size)
+    n_train, n_test = dataset_sizes(cfg.dataset, files=False)
     B = cfg.train.batch_size
     per_epoch = math.ceil(n_train / B)
     if cfg.train.max_batches:
         per_epoch = min(per_epoch, cfg.train.max_batches)
-    batches = math.ceil(cfg.train.epochs * per_epoch)
-    opt = cfg.optimizer
-    if "ensemble_size" in opt:
-        J = opt.ensemble_size
-        r = opt.get("repetitions", 1)
-        iters = batches * r
-        d = B * 10
-        evals = iters // (cfg.train.eval_every or per_epoch * r) + 2
-        flops = iters * (J * B * f + 4.0 * J * d * P) + evals * n_test * f
-        if name_of(opt.name) == "ienk_simple" and name_of(opt.get("mode", "batch")) == "sample":
-            return flops, batches * B, "sample"
-        return flops, iters, "step"
-    evals = batches // (cfg.train.eval_every or per_epoch) + 2
-    return batches * B * 3.0 * f + evals * n_test * f, batches, "step"
+    return RunSize(batches=math.ceil(cfg.train.epochs * per_epoch), per_epoch=per_epoch, batch_size=B,
+                   classes=len(DATASETS[name_of(cfg.dataset.name)].classes), params=model.num_params,
+                   forward_flops=model.forward_flops(), test_size=n_test, eval_every=cfg.train.eval_every)
+
+
+def estimate_cost(cfg: DictConfig) -> Cost:
+    """(FLOPs, steps, step kind) of one run: what its method's config says the run's size costs
+    (module docstring); steps are iterations, backprop steps, or training samples for methods bound
+    by a cost per sample ("sample")."""
+    return method_config(cfg.optimizer).cost(run_size(cfg))
 
 
 # -- measuring the machine ------------------------------------------------------------------------

@@ -34,8 +34,7 @@ from ..errors import ConfigError, DivergenceError
 from ..models.base import ModelSpec
 from ..models.ensemble import EnsembleForward, resolve_device
 from ..models.registry import build_model
-from ..optim.adaptive import make_schedule
-from ..optim.base import get_method
+from ..optim.base import make_method
 from ..optim.distributed_enkf import DistributedEnKF
 from .comm import Comm, LocalComm
 from .cost import describe
@@ -54,11 +53,12 @@ class LoopState:
 
 
 def build_method(cfg, model, device: torch.device, generator: torch.Generator, comm: Comm | None = None):
-    """The method object of ``cfg.optimizer`` (its rows of the ensemble under ``distributed=true``)."""
+    """The method object of ``cfg.optimizer``, built from its typed config and context
+    (``optim.base.make_method``); its rows of the ensemble under ``distributed=true``."""
     forward = EnsembleForward.from_config(model, cfg.ensemble, device)
-    if cfg.get("distributed", False):
-        return DistributedEnKF(cfg, model, forward, generator, device, comm=comm)
-    return get_method(str(cfg.optimizer.name))(cfg, model, forward, generator, device)
+    if cfg.distributed:
+        return make_method(cfg, model, forward, generator, device, DistributedEnKF, comm=comm)
+    return make_method(cfg, model, forward, generator, device)
 
 
 def _scalar(v: Any) -> float:
@@ -110,7 +110,7 @@ def train_run(cfg, rd: RunWriter, label: str = "", comm: Comm | None = None, *, 
     batches = Batches(data, cfg.train, int(cfg.seed), shuffle_default=shuffle_default)
     method.attach(batches)
     st = LoopState(r=method.repetitions, budget=batches.total * method.repetitions)
-    schedule = make_schedule(cfg, batches)
+    schedule = method.schedule(batches)
     eval_every = int(cfg.train.eval_every or batches.per_epoch * method.repetitions)   # null: once per epoch
     eval_bs = int(cfg.train.eval_batch_size)
 
