@@ -190,7 +190,7 @@ def test_measured_plans_are_cached_by_device_versions_model_batch_and_precision(
 
     def fake_select(U, x, activation, pool_conv2, precision, reference, chunk=None):
         calls.append(precision)
-        return {"mode": "fp32", "conv1": K.CONV1_CONFIGS[2].name, "conv2": K.CONV2_CONFIGS[1].name, "ms": 1.0,
+        return {"mode": "fp32", "conv1": K.CONV1_CONFIGS[3].name, "conv2": K.CONV2_CONFIGS[1].name, "ms": 1.0,
                 "modes": {"fp32": {"ms": 1.0, "error": 1e-7, "best": None}}}
 
     probed = []
@@ -222,6 +222,6 @@ def test_measured_plans_are_cached_by_device_versions_model_batch_and_precision(
     fresh.device = cpu_is_cuda
     monkeypatch.setattr(fresh.gate, "_verify", lambda U, x, plan, chunk: None)
     assert fresh.gate.plan(U, x) == plan and calls == ["fp32"] and len(probed) == 1
-    assert K.default_configs(4, "fp32") == (K.CONV1_CONFIGS[2], K.CONV2_CONFIGS[1])
+    assert K.default_configs(4, "fp32") == (K.CONV1_CONFIGS[3], K.CONV2_CONFIGS[1])
     K._TUNED.clear()
     assert os.environ["ENKF_REPRO_CACHE"] in str(ensemble._cache_file())

@@ -179,8 +179,8 @@ CONV1_CONFIGS = (
 )
 CONV2_CONFIGS = (
     Conv2Config(images=1, block_k=64, num_warps=4, num_stages=2),
-    Conv2Config(images=2, block_k=64, num_warps=4, num_stages=2),   # IEEE fp32 default
-    Conv2Config(images=4, block_k=64, num_warps=8, num_stages=2),   # m64n16 per warp group
+    Conv2Config(images=2, block_k=64, num_warps=4, num_stages=2),
+    Conv2Config(images=4, block_k=64, num_warps=8, num_stages=2),   # m64n16 per warp group; IEEE fp32 default
     Conv2Config(images=4, block_k=32, num_warps=4, num_stages=3),   # tensor-core default: m64n32
     Conv2Config(images=8, block_k=32, num_warps=8, num_stages=2),   # m64n32 per warp group
 )
@@ -210,21 +210,22 @@ def default_configs(batch: int, precision: str = "fp32",
                     pool_conv2: bool = False) -> tuple[Conv1Config, Conv2Config]:
     """The configurations used when none is given: those :func:`tune` found (or
     :func:`use_configs` set) for this batch size, mode and pooling in this process, else a
-    heuristic: the first of :func:`candidate_configs` for kernel A; for kernel B on the tensor
-    cores 4 images per program with 4 warps (one warp group owns the whole m64n32 tile, 108 KB
-    of shared memory in tf32: two programs per SM), with IEEE fp32 2 images (with 4, registers
-    spill on the CUDA cores), fewer for batches that small. None of these defaults spills
-    registers when compiled for sm_90 (tests/test_kernels.py checks it)."""
+    heuristic: the first of :func:`candidate_configs` for kernel A; for kernel B, with batches
+    of 4 images or more, 4 images per program: on the tensor cores with 4 warps (one warp group
+    owns the whole m64n32 tile, 108 KB of shared memory in tf32: two programs per SM), with
+    IEEE fp32 with 8 warps (with 4, or 2 images, or 8 images, registers spill on the CUDA cores
+    under Triton 3.6 or 3.8); 1 image per program for smaller batches. None of these defaults
+    spills registers when compiled for sm_90 (tests/test_kernels.py checks it)."""
     tuned = _TUNED.get((batch, precision, bool(pool_conv2)))
     if tuned is not None:
         return tuned
     conv1 = candidate_configs(precision)[0][0]
-    if batch >= 4 and precision != "fp32":
-        conv2 = CONV2_CONFIGS[3]
-    elif batch >= 2:
-        conv2 = CONV2_CONFIGS[1]
-    else:
+    if batch < 4:
         conv2 = CONV2_CONFIGS[0]
+    elif precision == "fp32":
+        conv2 = CONV2_CONFIGS[2]
+    else:
+        conv2 = CONV2_CONFIGS[3]
     return conv1, conv2
 
 
