@@ -225,3 +225,25 @@ def test_measured_plans_are_cached_by_device_versions_model_batch_and_precision(
     assert K.default_configs(4, "fp32") == (K.CONV1_CONFIGS[3], K.CONV2_CONFIGS[1])
     K._TUNED.clear()
     assert os.environ["ENKF_REPRO_CACHE"] in str(ensemble._cache_file())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_on_cuda_auto_measures_checks_and_uses_the_fused_kernels(monkeypatch, precision):
+    """On a GPU: kernel=auto keeps the fused kernels after measuring and checking them, in a
+    kernel mode of the precision's route, within the precision's tolerance of float64; the
+    measured plan is in the cache file."""
+    monkeypatch.delenv("TRITON_INTERPRET")
+    dev = torch.device("cuda")
+    g = torch.Generator(device=dev).manual_seed(0)
+    U = torch.randn(600, 18050, generator=g, device=dev) * 0.1
+    x = torch.rand(64, 1, 28, 28, generator=g, device=dev)
+    engine = EnsembleForward(PaperCNNSpec("logistic"), precision=precision, device=dev, kernel="auto")
+    got = engine(U, x)
+    assert engine.kernel == "triton" and engine.fused_mode in K.ROUTES[precision]
+    ref = EnsembleForward(PaperCNNSpec("logistic"), device=dev, kernel="torch")(U.double(), x.double())
+    assert ((got.double() - ref).abs().max() / ref.abs().max()).item() <= ensemble.PRECISION_TOLERANCE[precision]
+    cache = json.loads(ensemble._cache_file().read_text())
+    entry = next(v for k, v in cache.items() if k.endswith(f"|B64|{precision}") and "paper_cnn:logistic" in k)
+    assert entry["mode"] == engine.fused_mode and entry["chunks"][str(600)] == engine.chunk_for(64)
