@@ -58,6 +58,45 @@ def timed_together(fns, device: torch.device, repeats: int, before=None, warmup:
     return [statistics.median(t) for t in times]
 
 
+def host_times(fns, device: torch.device, repeats: int, before=None) -> list[float]:
+    """Median time in seconds until each of ``fns`` returns, the device idle at the call (work
+    is queued asynchronously on a GPU, so this is the host's share unless the call waits for
+    the device inside, e.g. to read a Cholesky factorisation's status); ``before()`` untimed."""
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            if before is not None:
+                before()
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t0)
+            sync(device)
+    return [statistics.median(t) for t in times]
+
+
+def forward_error(forward, spec, U: torch.Tensor, x: torch.Tensor, members: int = 64) -> float:
+    """Normwise error (max |got - ref| / max |ref|) of the engine's forward on the first
+    ``members`` members against the PyTorch path in float64."""
+    W = U[:members]
+    with torch.no_grad():
+        got = forward(W, x).double()
+        ref = spec.forward_chunk(W.double(), spec.prepare(x.double()))
+    return ((got - ref).abs().max() / ref.abs().max()).item()
+
+
+def update_error(U0: torch.Tensor, U1: torch.Tensor, G: torch.Tensor, Y: torch.Tensor, columns: int = 1024) -> float:
+    """Normwise error of the update's increment U1 - U0 on the first ``columns`` parameters
+    against the same update (same outputs G) in float64: the update acts on each column
+    separately, so a column slice is exact."""
+    c = min(columns, U0.shape[1])
+    ref = enkf_update_(U0[:, :c].double().clone(), G.double(), Y.double(), 0.01, "sequential") - U0[:, :c].double()
+    got = U1[:, :c].double() - U0[:, :c].double()
+    scale = ref.abs().max().item()
+    diff = (got - ref).abs().max().item()
+    return diff / scale if scale > 0 else diff     # one member: no spread, no increment
+
+
 def _status_kb(field: str) -> float:
     try:
         for line in open("/proc/self/status"):
@@ -164,11 +203,19 @@ def bench_size(J: int, spec, forward, x, Y, device, repeats: int, rate: float, m
     t_fwd, t_upd, t_tot = timed_together([lambda: forward(U, x), update, iteration], device, repeats,
                                          before=lambda: U.copy_(U0))
     peak = mem.peak_bytes()
+    chunk = forward.chunk_for(batch)       # before forward_error's smaller call below
+    h_fwd, h_tot = host_times([lambda: forward(U, x), iteration], device, repeats, before=lambda: U.copy_(U0))
+    U.copy_(U0)
+    update()
+    upd_err = update_error(U0, U, G, Y)
+    fwd_err = forward_error(forward, spec, U0, x)
     flops = J * batch * spec.forward_flops() + 4.0 * J * d * P
-    row = {"what": f"paper_cnn {forward.precision}", "J": J, "chunk": forward.chunk_for(batch),
-           "fwd_ms": t_fwd * 1e3, "upd_ms": t_upd * 1e3, "tot_ms": t_tot * 1e3, "img_s": J * batch / t_fwd,
-           "gflops": flops / t_tot / 1e9, "roofline": flops / t_tot / rate, "peak_mb": peak / 2 ** 20,
-           "ensemble_mb": U.numel() * 4 / 2 ** 20}
+    route = forward.kernel if forward.kernel == "torch" else f"triton {forward.fused_mode}"
+    row = {"what": f"paper_cnn {forward.precision}", "J": J, "chunk": chunk, "route": route,
+           "fwd_ms": t_fwd * 1e3, "fwd_host_ms": h_fwd * 1e3, "upd_ms": t_upd * 1e3, "tot_ms": t_tot * 1e3,
+           "tot_host_ms": h_tot * 1e3, "fwd_err": fwd_err, "upd_err": upd_err, "update_precision": update_precision,
+           "img_s": J * batch / t_fwd, "gflops": flops / t_tot / 1e9, "roofline": flops / t_tot / rate,
+           "peak_mb": peak / 2 ** 20, "ensemble_mb": U.numel() * 4 / 2 ** 20}
     if naive is not None:
         t_nf, t_nu, extrapolated = naive.times(U0, G)
         row.update(naive_fwd_ms=t_nf * 1e3, naive_tot_ms=(t_nf + t_nu) * 1e3, speedup_fwd=t_nf / t_fwd,
@@ -191,8 +238,8 @@ def bench_eki(device, repeats: int, rate: float, mem, J: int = 2000, batch: int 
          lambda: eki_step_(U, torch.softmax(forward(U, x), -1), Y, loss="cross_entropy")],
         device, repeats, before=lambda: U.copy_(U0))
     flops = J * batch * spec.forward_flops() + 4.0 * J * batch * 10 * spec.num_params
-    return {"what": "EKI dnn2", "J": J, "chunk": forward.chunk_for(batch), "fwd_ms": t_fwd * 1e3,
-            "upd_ms": t_upd * 1e3, "tot_ms": t_tot * 1e3, "img_s": J * batch / t_fwd,
+    return {"what": "EKI dnn2", "J": J, "chunk": forward.chunk_for(batch), "route": forward.kernel,
+            "fwd_ms": t_fwd * 1e3, "upd_ms": t_upd * 1e3, "tot_ms": t_tot * 1e3, "img_s": J * batch / t_fwd,
             "gflops": flops / t_tot / 1e9, "roofline": flops / t_tot / rate, "peak_mb": mem.peak_bytes() / 2 ** 20,
             "ensemble_mb": U.numel() * 4 / 2 ** 20}
 
@@ -228,7 +275,7 @@ def bench_epoch(device, forward, spec, fraction: float, J: int = 5000, batch: in
 
 def bench_device(device: torch.device, sizes, repeats: int, naive_budget: float, precisions, chunk_size,
                  batch: int, compile: bool, kernel: str, update_precision: str, eki_J: int, epoch: float | None,
-                 epoch_J: int, naive_J: int | None, say) -> dict:
+                 epoch_J: int, naive_J: int | None, say, jsonl: str | None = None) -> dict:
     torch.manual_seed(0)
     spec = PaperCNNSpec("logistic")
     x = torch.rand(batch, 1, 28, 28, device=device)
@@ -243,22 +290,48 @@ def bench_device(device: torch.device, sizes, repeats: int, naive_budget: float,
         for J in sizes:
             rows.append(bench_size(J, spec, forward, x, Y, device, repeats, rate, mem,
                                    naive if precision == precisions[0] else None, update_precision))
-            say(f"  {precision} J={J}: {rows[-1]['tot_ms']:.1f} ms per iteration")
+            _append_jsonl(jsonl, {"device": describe(device), **rows[-1]})
+            say(f"  {precision} J={J}: {rows[-1]['tot_ms']:.1f} ms per iteration "
+                f"({rows[-1]['tot_host_ms']:.1f} ms on the host; {rows[-1]['route']})")
     if eki_J:
         rows.append(bench_eki(device, repeats, rates[precisions[0]], mem, eki_J))
+        _append_jsonl(jsonl, {"device": describe(device), **rows[-1]})
         say(f"  EKI dnn2 J={eki_J}: {rows[-1]['tot_ms']:.1f} ms per step")
     epoch_row = None
     if epoch:
         forward = EnsembleForward(spec, chunk_size, precisions[0], compile, device, kernel)
         epoch_row = bench_epoch(device, forward, spec, epoch, epoch_J)
+        epoch_row["precision"] = precisions[0]
+        _append_jsonl(jsonl, {"device": describe(device), "what": "epoch", **epoch_row})
         say(f"  epoch at J={epoch_J}: {epoch_row['epoch_s']:.0f} s")
-    return {"device": describe(device), "kernel": EnsembleForward(spec, device=device, kernel=kernel).kernel,
+    routes = sorted({r["route"] for r in rows if r["what"].startswith("paper_cnn")})
+    return {"device": describe(device), "kernel": ", ".join(routes) or kernel, "batch": batch,
             "gemm_gflops": {p: r / 1e9 for p, r in rates.items()}, "update_precision": update_precision,
             "rows": rows, "epoch": epoch_row}
 
 
-HEADER = ("| what | J | chunk | forward ms | update ms | total ms | member-images/s | GFLOP/s (cost model) | "
-          "% of GEMM | peak MB added (ensemble MB) | naive fwd / total ms | speedup fwd / total |")
+def _append_jsonl(path: str | None, row: dict) -> None:
+    """One JSON line per measurement, written as soon as it is measured."""
+    if path:
+        import json
+
+        with open(path, "a") as f:
+            f.write(json.dumps(row, default=str) + "\n")
+
+
+HEADER = ("| what | J | chunk | route | forward ms (host) | update ms | total ms (host) | forward error | "
+          "update error | member-images/s | GFLOP/s (cost model) | % of GEMM | peak MB added (ensemble MB) | "
+          "naive fwd / total ms | speedup fwd / total |")
+COLUMNS = 15
+
+
+def _ms(r: dict, key: str) -> str:
+    host = r.get(key.replace("_ms", "_host_ms"))
+    return f"{r[key]:.1f}" + (f" ({host:.1f})" if host is not None else "")
+
+
+def _err(r: dict, key: str) -> str:
+    return f"{r[key]:.1e}" if r.get(key) is not None else "-"
 
 
 def format_row(r: dict) -> str:
@@ -268,7 +341,8 @@ def format_row(r: dict) -> str:
                  f"{mark}{r['speedup_fwd']:.1f}x / {mark}{r['speedup_tot']:.1f}x")
     else:
         naive = "- | -"
-    return (f"| {r['what']} | {r['J']} | {r['chunk']} | {r['fwd_ms']:.1f} | {r['upd_ms']:.1f} | {r['tot_ms']:.1f} | "
+    return (f"| {r['what']} | {r['J']} | {r['chunk']} | {r.get('route', '-')} | {_ms(r, 'fwd_ms')} | "
+            f"{r['upd_ms']:.1f} | {_ms(r, 'tot_ms')} | {_err(r, 'fwd_err')} | {_err(r, 'upd_err')} | "
             f"{r['img_s']:.3g} | {r['gflops']:.1f} | {100 * r['roofline']:.0f} % | "
             f"{r['peak_mb']:.0f} ({r['ensemble_mb']:.0f}) | {naive} |")
 
@@ -276,8 +350,10 @@ def format_row(r: dict) -> str:
 def table(result: dict) -> str:
     gemm = ", ".join(f"{v:.1f} ({k})" for k, v in result["gemm_gflops"].items())
     lines = [f"**{result['device']}**: dense GEMM GFLOP/s {gemm}; forward kernel {result['kernel']}, update "
-             f"{result['update_precision']}; batch 64, paper_cnn (P = 18,050), sequential update", "", HEADER,
-             "|" + " --- |" * 12]
+             f"{result['update_precision']}; batch {result.get('batch', 64)}, paper_cnn (P = 18,050), sequential "
+             "update. Host: time until "
+             "the call returns. Errors: normwise against float64 (forward: 64 members; update: its increment on "
+             "1024 parameters, same outputs)", "", HEADER, "|" + " --- |" * COLUMNS]
     lines += [format_row(r) for r in result["rows"]]
     if any(r.get("naive_extrapolated") for r in result["rows"]):
         lines += ["", "~: the naive loop measured at a smaller J and extrapolated linearly in J."]
@@ -315,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also time one epoch (a fraction of it, extrapolated: default 0.1 on GPU, 0.002 on CPU)")
     ap.add_argument("--epoch-J", type=int, default=5000, help="J of the epoch timing (5000)")
     ap.add_argument("--markdown", default=None, help="also write the tables to this Markdown file")
+    ap.add_argument("--jsonl", default=None, help="append each row to this file as a JSON line as soon as measured")
     args = ap.parse_args(argv)
 
     devices = []
@@ -339,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         eki_J = args.eki_J if args.eki_J is not None else (2000 if gpu else 500)
         result = bench_device(dev, sizes, args.repeats, args.naive_budget, precisions, args.chunk_size, args.batch,
                               args.compile, args.kernel, args.update_precision, eki_J, epoch, args.epoch_J, naive_J,
-                              say)
+                              say, args.jsonl)
         results.append(result)
         cnn = [r for r in result["rows"] if r["what"].startswith("paper_cnn")]
         if cnn:

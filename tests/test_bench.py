@@ -50,3 +50,20 @@ def test_list_is_cached_and_says_where_its_rate_comes_from(cli):
     t0 = time.perf_counter()
     again = cli("list")
     assert again.stdout == first.stdout and time.perf_counter() - t0 < 1.0
+
+
+def test_bench_rows_carry_host_times_errors_and_stream_to_jsonl(capsys, tmp_path):
+    """Each row has the host's share of the forward and the iteration, the forward's and the
+    update's error against float64 (fp32 on this CPU: fp32 accuracy), and is appended to the
+    JSON-lines file as soon as it is measured (one line per row, the epoch last)."""
+    jsonl = tmp_path / "rows.jsonl"
+    assert main(["--device", "cpu", "--sizes", "6,9", "--repeats", "1", "--eki-J", "0", "--naive-budget", "0.05",
+                 "--batch", "5", "--epoch", "0.001", "--epoch-J", "6", "--jsonl", str(jsonl)]) == 0
+    out = capsys.readouterr().out
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [(r["what"], r["J"]) for r in rows] == [("paper_cnn fp32", 6), ("paper_cnn fp32", 9), ("epoch", 6)]
+    for r in rows[:2]:
+        assert r["route"] == "torch" and 0 < r["fwd_host_ms"] and 0 < r["tot_host_ms"]
+        assert r["fwd_err"] < 1e-5 and r["upd_err"] < 1e-3
+        assert f"| {r['fwd_err']:.1e} | {r['upd_err']:.1e} |" in out
+    assert "batch 5," in out and "forward ms (host)" in out

@@ -137,7 +137,8 @@ class EnsembleConfig:
     # Members per batched forward call; null: 16 on CPU (intermediates stay in cache); on CUDA the
     # fastest of a few sizes within a memory budget, timed once per device, model and batch size.
     chunk_size: Optional[int] = None
-    # fp32: IEEE fp32; tf32 / bf16: tensor cores (accumulation in fp32); outputs always fp32.
+    # fp32: fp32 accuracy (IEEE, or 3xTF32 tensor cores in the fused kernels); tf32 / bf16: tensor
+    # cores (accumulation in fp32); outputs always fp32. docs/gpu.md.
     precision: Precision = Precision.fp32
     # The update's large GEMMs: fp32 (IEEE) or tf32 (tensor cores); the small factors are fp64.
     update_precision: Precision = Precision.fp32

@@ -4,7 +4,8 @@ the costs; call them through that module).
 This file is executed as a fresh module once per mode (compiled, or Triton's interpreter when
 ``TRITON_INTERPRET=1``), because ``@triton.jit`` chooses the mode when it decorates. For the
 same reason the kernels call only Triton builtins and jit functions of this file (see _sum).
-Constexpr codes: ACT 0 logistic, 1 relu, 2 tanh; PREC 0 IEEE fp32, 1 tf32, 2 bf16, 3 tf32x3.
+Constexpr codes: ACT 0 logistic, 1 relu, 2 tanh; PREC 0 IEEE fp32, 1 tf32, 2 bf16, 3 tf32x3;
+EMULATE: interpreter mode (tensor-core operand rounding emulated, see _mma).
 """
 
 import triton
@@ -44,20 +45,52 @@ def _round_bf16(x):
 
 
 @triton.jit
-def _mma(a, b, acc, PREC: tl.constexpr, EMULATE_BF16: tl.constexpr):
+def _tf32_trunc(x):
+    """fp32 x with its 13 low mantissa bits cleared: the tf32 value the tensor cores read from
+    an fp32 operand (kept in fp32)."""
+    u = x.to(tl.uint32, bitcast=True)
+    return (u & 0xFFFFE000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _tf32_round(x):
+    """fp32 x rounded to the nearest tf32 value, ties away from zero (cvt.rna.tf32.f32, what the
+    3xTF32 split uses for its high part), kept in fp32."""
+    u = x.to(tl.uint32, bitcast=True)
+    return ((u + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _mma(a, b, acc, PREC: tl.constexpr, EMULATE: tl.constexpr):
     """acc + a @ b with fp32 accumulation. PREC: 0 IEEE fp32, 1 tf32, 2 bf16 operands,
-    3 tf32x3 (three tf32 products: about fp32 accuracy on the tensor cores)."""
+    3 tf32x3 (three tf32 products: about fp32 accuracy on the tensor cores).
+
+    EMULATE (the interpreter, whose tl.dot computes every mode in fp32) rounds the operands as
+    the tensor cores do and multiplies the rounded values exactly in fp32 (a product of two
+    tf32 or two bf16 values fits in fp32): bf16 to nearest even; tf32 by truncation; tf32x3 as
+    Triton splits it, a = big + small with big = tf32 to nearest, small = a - big read as tf32,
+    acc + small_a big_b + big_a small_b + big_a big_b."""
     if PREC == 2:
-        if EMULATE_BF16:                       # interpreter: bf16 values, fp32 products (exact)
+        if EMULATE:
             a = _round_bf16(a.to(tl.float32))
             b = _round_bf16(b.to(tl.float32))
             r = tl.dot(a, b, acc, input_precision="ieee")
         else:
             r = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
     elif PREC == 1:
-        r = tl.dot(a, b, acc, input_precision="tf32")
+        if EMULATE:
+            r = tl.dot(_tf32_trunc(a), _tf32_trunc(b), acc, input_precision="ieee")
+        else:
+            r = tl.dot(a, b, acc, input_precision="tf32")
     elif PREC == 3:
-        r = tl.dot(a, b, acc, input_precision="tf32x3")
+        if EMULATE:
+            a_big = _tf32_round(a)
+            b_big = _tf32_round(b)
+            small = tl.dot(_tf32_trunc(a - a_big), b_big, input_precision="ieee")
+            small = tl.dot(a_big, _tf32_trunc(b - b_big), small, input_precision="ieee")
+            r = tl.dot(a_big, b_big, acc + small, input_precision="ieee")
+        else:
+            r = tl.dot(a, b, acc, input_precision="tf32x3")
     else:
         r = tl.dot(a, b, acc, input_precision="ieee")
     return r
@@ -67,7 +100,7 @@ def _mma(a, b, acc, PREC: tl.constexpr, EMULATE_BF16: tl.constexpr):
 def conv1_pool_act_kernel(
     x_ptr, w_ptr, h_ptr,            # x (B, 784) fp32; W rows; h (Jc, B, 144, 10)
     M, N, stride_w, stride_h,       # M = B*144, N = Jc*10, row stride of W, B*1440
-    ACT: tl.constexpr, PREC: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    ACT: tl.constexpr, PREC: tl.constexpr, EMULATE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)   # m = b*144 + 12*i + k
@@ -93,14 +126,14 @@ def conv1_pool_act_kernel(
         a_mask = m_ok[:, None] & t_ok[None, :]
         # conv1.weight[c, 0, u, v] of each column's member: a (BLOCK_K taps x BLOCK_N) tile
         w = tl.load(w_col[None, :] + rt[:, None], mask=t_ok[:, None] & n_ok[None, :], other=0.0)
-        acc00 = _mma(tl.load(a_ptrs, mask=a_mask, other=0.0), w, acc00, PREC, EMULATE_BF16)
-        acc01 = _mma(tl.load(a_ptrs + 1, mask=a_mask, other=0.0), w, acc01, PREC, EMULATE_BF16)
-        acc10 = _mma(tl.load(a_ptrs + 28, mask=a_mask, other=0.0), w, acc10, PREC, EMULATE_BF16)
-        acc11 = _mma(tl.load(a_ptrs + 29, mask=a_mask, other=0.0), w, acc11, PREC, EMULATE_BF16)
+        acc00 = _mma(tl.load(a_ptrs, mask=a_mask, other=0.0), w, acc00, PREC, EMULATE)
+        acc01 = _mma(tl.load(a_ptrs + 1, mask=a_mask, other=0.0), w, acc01, PREC, EMULATE)
+        acc10 = _mma(tl.load(a_ptrs + 28, mask=a_mask, other=0.0), w, acc10, PREC, EMULATE)
+        acc11 = _mma(tl.load(a_ptrs + 29, mask=a_mask, other=0.0), w, acc11, PREC, EMULATE)
     # 2x2 max-pool, then the activation (act(max) = max(act) for a non-decreasing act)
     hv = _act(tl.maximum(tl.maximum(acc00, acc01), tl.maximum(acc10, acc11)), ACT)
     if PREC == 2:
-        if EMULATE_BF16:
+        if EMULATE:
             hv = _round_bf16(hv)                               # as the GPU's cast rounds
     # h[member, b, i, k, c], channels-last per member
     h_ptrs = h_ptr + member[None, :] * stride_h + (rm * 10)[:, None] + c[None, :]
@@ -126,7 +159,7 @@ def _fc_class(fc_ptr, f_off, f_mask, o00, o01, o10, o11, POOL: tl.constexpr):
 def conv2_act_fc_kernel(
     h_ptr, w_ptr, out_ptr,          # h (Jc, B, 144, 10); W rows; logits (Jc, B, 10) fp32
     Jc, B, stride_w, stride_h, n_blocks,  # members, images, row stride of W, B*1440, cdiv(B, IMGS)
-    ACT: tl.constexpr, POOL: tl.constexpr, PREC: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    ACT: tl.constexpr, POOL: tl.constexpr, PREC: tl.constexpr, EMULATE: tl.constexpr,
     IMGS: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -157,12 +190,16 @@ def conv2_act_fc_kernel(
         w = tl.load(w2_ptr + (ro * 250)[None, :] + ((kwc % 10) * 25 + kh * 5 + kwc // 10)[:, None],
                     mask=k_ok[:, None] & o_ok[None, :], other=0.0)
         # im2col tile: h[2i + dy + kh, 2k + dx + kw, c] = a_base + 120*kh + 10*kw + c + shift
+        # kk and kk + 1 (kk even) are neighbours in h at an 8-byte aligned address (every term
+        # of the offset is even, h is 16-byte aligned and B*1440 a multiple of 16): compiled for
+        # sm_90 the gather copies pairs (8-byte cp.async; 16 bytes cannot be proven: 50 and the
+        # shift 10 are not multiples of 4)
         a_ptrs = a_base[:, None] + (kh * 120 + kwc)[None, :]
         a_mask = r_ok[:, None] & k_ok[None, :]
-        acc00 = _mma(tl.load(a_ptrs, mask=a_mask, other=0.0), w, acc00, PREC, EMULATE_BF16)
-        acc01 = _mma(tl.load(a_ptrs + 10, mask=a_mask, other=0.0), w, acc01, PREC, EMULATE_BF16)
-        acc10 = _mma(tl.load(a_ptrs + 120, mask=a_mask, other=0.0), w, acc10, PREC, EMULATE_BF16)
-        acc11 = _mma(tl.load(a_ptrs + 130, mask=a_mask, other=0.0), w, acc11, PREC, EMULATE_BF16)
+        acc00 = _mma(tl.load(a_ptrs, mask=a_mask, other=0.0), w, acc00, PREC, EMULATE)
+        acc01 = _mma(tl.load(a_ptrs + 10, mask=a_mask, other=0.0), w, acc01, PREC, EMULATE)
+        acc10 = _mma(tl.load(a_ptrs + 120, mask=a_mask, other=0.0), w, acc10, PREC, EMULATE)
+        acc11 = _mma(tl.load(a_ptrs + 130, mask=a_mask, other=0.0), w, acc11, PREC, EMULATE)
     # fc, fused: logits[img, n] = sum over (position, channel) of o * fc.weight[n]
     fc_ptr = w_ptr + member * stride_w + 5250                  # fc.weight of the member
     rp = tl.arange(0, 16)                                      # 4i + k

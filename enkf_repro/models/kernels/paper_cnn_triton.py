@@ -75,12 +75,14 @@ At J = 5000 and B = 64 (320,000 member-images) that is 0.45 TFLOP of tensor-core
 3.7 GB of h traffic in fp32 (1.8 GB in bf16) if h goes through HBM; sizing the chunk so that
 its h fits in L2 (:func:`recommended_chunk`) turns the read half into L2 hits.
 
-Precision (``precision``): ``"fp32"`` IEEE fp32 products (``input_precision="ieee"``: on the
-CUDA cores, so 0.45 TFLOP at J = 5000 takes at least ~7 ms at an H200's 67 TFLOP/s),
-``"tf32"`` TensorFloat-32 tensor cores, ``"bf16"`` operands rounded to bfloat16 (h stored in
-bf16), ``"tf32x3"`` each product as three tf32 products (about fp32 accuracy, on the tensor
-cores: the candidate for fp32 runs if IEEE is too slow). Accumulation is always fp32 and
-outputs are always fp32; the activations and fc run in fp32 in every mode.
+Precision (``precision``, the kernel mode): ``"fp32"`` IEEE fp32 products
+(``input_precision="ieee"``: on the CUDA cores, so 0.45 TFLOP at J = 5000 takes at least ~7 ms
+at an H200's 67 TFLOP/s), ``"tf32x3"`` each product as three tf32 products on the tensor cores
+(a = big + small; small*big + big*small + big*big: fp32 accuracy, 1e-5 normwise), ``"tf32"``
+TensorFloat-32 tensor cores, ``"bf16"`` operands rounded to bfloat16 (h stored in bf16).
+Accumulation is always fp32 and outputs are always fp32; the activations and fc run in fp32 in
+every mode. The engine's ``ensemble.precision=fp32`` is the faster of ``tf32x3`` and ``fp32``
+that meets :data:`TOLERANCE` (:data:`ROUTES`, :func:`select_mode`).
 
 Memory and chunking: a chunk of Jc members needs h (Jc*B*1440 values) besides its output, so
 the caller evaluates the ensemble a chunk at a time (:func:`forward` does it, with
@@ -88,10 +90,16 @@ the caller evaluates the ensemble a chunk at a time (:func:`forward` does it, wi
 
 Kernels are built on first use, once per mode: compiled for the GPU, or for Triton's CPU
 interpreter when ``TRITON_INTERPRET=1`` is set at that time (both can coexist in one process).
-The interpreter's ``tl.dot`` mishandles bfloat16 operands and its fp32 -> bf16 cast truncates,
-so in interpreter mode the bf16 path rounds the operands to bf16 (to nearest even, as the GPU
-does) and multiplies them as fp32, which gives the same products (a product of two bf16 values
-is exact in fp32) with fp32 accumulation. The interpreter computes tf32 and tf32x3 as fp32.
+The interpreter's ``tl.dot`` computes every mode in fp32 (and mishandles bfloat16 operands), so
+in interpreter mode the kernels emulate the tensor cores' operand rounding and multiply the
+rounded values exactly in fp32: bf16 to nearest even (h rounded as the GPU's cast does), tf32 by
+truncation (what the tensor cores read from an fp32 operand), tf32x3 as Triton splits it
+(``_mma`` in the kernel file). The interpreter's errors are therefore those of the GPU's operand
+rounding, with exact products and fp32 accumulation in a different order.
+
+Before a GPU launch Triton builds a small C launcher (a C compiler, Python.h, libcuda.so.1):
+:func:`launcher_prerequisites` names what is missing; :data:`TESTED_TRITON` lists the releases
+the kernels were tested with (:func:`untested_triton`).
 """
 
 from __future__ import annotations
@@ -161,26 +169,36 @@ class Conv2Config:
 
 
 # Every configuration allowed here is run by tests/test_kernels.py (interpreter; on GPU with
-# -m gpu). Add one only together with its test coverage.
+# -m gpu). Add one only together with its test coverage. What each compiles to for sm_90 (tile,
+# shared memory, registers, spills, load widths): scripts/sm90_report.py, docs/gpu.md.
 CONV1_CONFIGS = (
     Conv1Config(block_m=64, block_n=64, block_k=32, num_warps=4),    # tensor cores
     Conv1Config(block_m=128, block_n=64, block_k=32, num_warps=8),   # tensor cores
-    Conv1Config(block_m=32, block_n=64, block_k=16, num_warps=4),    # IEEE fp32 (CUDA cores)
-    Conv1Config(block_m=64, block_n=64, block_k=16, num_warps=8),    # IEEE fp32 (CUDA cores)
+    Conv1Config(block_m=64, block_n=64, block_k=16, num_warps=8),    # IEEE fp32 (CUDA cores), default
+    Conv1Config(block_m=32, block_n=64, block_k=16, num_warps=4),    # IEEE fp32: spills 16 bytes on sm_90
 )
 CONV2_CONFIGS = (
     Conv2Config(images=1, block_k=64, num_warps=4, num_stages=2),
     Conv2Config(images=2, block_k=64, num_warps=4, num_stages=2),
-    Conv2Config(images=4, block_k=64, num_warps=8, num_stages=2),
-    Conv2Config(images=4, block_k=32, num_warps=4, num_stages=3),
+    Conv2Config(images=4, block_k=64, num_warps=8, num_stages=2),   # m64n16 per warp group; IEEE fp32 default
+    Conv2Config(images=4, block_k=32, num_warps=4, num_stages=3),   # tensor-core default: m64n32
+    Conv2Config(images=8, block_k=32, num_warps=8, num_stages=2),   # m64n32 per warp group
 )
+
+# The kernel modes that give each precision of the engine (``ensemble.precision``), the first
+# being the default where nothing was measured: fp32 means fp32 accuracy, by three tf32
+# products on the tensor cores or IEEE products on the CUDA cores, whichever is faster.
+ROUTES = {"fp32": ("tf32x3", "fp32"), "tf32": ("tf32",), "bf16": ("bf16",)}
+# Normwise error of the logits against float64 (max |got - ref| / max |ref|) that each kernel
+# mode is held to, on the GPU and in the interpreter's emulation of the tensor cores.
+TOLERANCE = {"fp32": 1e-5, "tf32x3": 1e-5, "tf32": 5e-3, "bf16": 2e-2}
 
 _TUNED: dict[tuple, tuple[Conv1Config, Conv2Config]] = {}
 
 
 def candidate_configs(precision: str) -> tuple[tuple[Conv1Config, ...], tuple[Conv2Config, ...]]:
-    """The configurations :func:`tune` tries for a precision (all are allowed and tested with
-    every precision). IEEE fp32 runs ``tl.dot`` on the CUDA cores, which holds a whole K-step of
+    """The configurations :func:`tune` tries for a kernel mode (all are allowed and tested with
+    every mode). IEEE fp32 runs ``tl.dot`` on the CUDA cores, which holds a whole K-step of
     both operands in registers: kernel A's 32-tap steps spill there (compiled for sm_90), so
     fp32 gets the 16-tap ones and the tensor-core modes the 32-tap ones."""
     _prec_code(precision)
@@ -190,23 +208,40 @@ def candidate_configs(precision: str) -> tuple[tuple[Conv1Config, ...], tuple[Co
 
 def default_configs(batch: int, precision: str = "fp32",
                     pool_conv2: bool = False) -> tuple[Conv1Config, Conv2Config]:
-    """The configurations used when none is given: those :func:`tune` found for this batch
-    size, precision and pooling if it ran in this process, else a heuristic: the first of
-    :func:`candidate_configs` for kernel A; for kernel B 4 images per program on the tensor
-    cores, 2 with IEEE fp32 (with 4, a few registers spill on the CUDA cores), fewer for
-    batches that small. None of these defaults spills registers when compiled for sm_90
-    (tests/test_kernels.py checks it)."""
+    """The configurations used when none is given: those :func:`tune` found (or
+    :func:`use_configs` set) for this batch size, mode and pooling in this process, else a
+    heuristic: the first of :func:`candidate_configs` for kernel A; for kernel B, with batches
+    of 4 images or more, 4 images per program: on the tensor cores with 4 warps (one warp group
+    owns the whole m64n32 tile, 108 KB of shared memory in tf32: two programs per SM), with
+    IEEE fp32 with 8 warps (with 4, or 2 images, or 8 images, registers spill on the CUDA cores
+    under Triton 3.6 or 3.8); 1 image per program for smaller batches. None of these defaults
+    spills registers when compiled for sm_90 (tests/test_kernels.py checks it)."""
     tuned = _TUNED.get((batch, precision, bool(pool_conv2)))
     if tuned is not None:
         return tuned
     conv1 = candidate_configs(precision)[0][0]
-    if batch >= 4 and precision != "fp32":
-        conv2 = CONV2_CONFIGS[2]
-    elif batch >= 2:
-        conv2 = CONV2_CONFIGS[1]
-    else:
+    if batch < 4:
         conv2 = CONV2_CONFIGS[0]
+    elif precision == "fp32":
+        conv2 = CONV2_CONFIGS[2]
+    else:
+        conv2 = CONV2_CONFIGS[3]
     return conv1, conv2
+
+
+def use_configs(batch: int, precision: str, pool_conv2: bool, configs: tuple[Conv1Config, Conv2Config]) -> None:
+    """Make ``configs`` the :func:`default_configs` of this batch size, mode and pooling (the
+    engine sets what it measured or read from its cache)."""
+    _prec_code(precision)
+    _TUNED[(batch, precision, bool(pool_conv2))] = configs
+
+
+def config_by_name(name: str) -> Conv1Config | Conv2Config:
+    """The allowed configuration called ``name`` (KeyError for any other)."""
+    for c in CONV1_CONFIGS + CONV2_CONFIGS:
+        if c.name == name:
+            return c
+    raise KeyError(name)
 
 
 # -- availability and kernel construction ------------------------------------------------------
@@ -227,6 +262,83 @@ def available() -> bool:
     except ImportError:
         return False
     return torch.cuda.is_available() or interpreting()
+
+
+# Triton releases these kernels were tested with (interpreter tests, sm_90 compilation; see
+# scripts/triton_compat.sh); the engine does not trust the kernels with any other.
+TESTED_TRITON = ("3.6", "3.8")
+
+
+def triton_version() -> str | None:
+    """The installed Triton's version, or None."""
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
+def untested_triton() -> str | None:
+    """Why the installed Triton is not trusted (a version the kernels were not tested with), or None."""
+    v = triton_version()
+    if v is None:
+        return "Triton is not installed"
+    if ".".join(v.split(".")[:2]) not in TESTED_TRITON:
+        return f"Triton {v} is not one of the tested releases {', '.join(TESTED_TRITON)}"
+    return None
+
+
+def launcher_prerequisites() -> list[str]:
+    """What Triton needs to build its kernel launcher at the first launch on a GPU and is
+    missing here, one phrase each (empty: all there): a C compiler (``$CC``, gcc or clang),
+    the Python headers (Python.h), libcuda.so.1 (the driver), and the ptxas it compiles with."""
+    import shutil
+    import sysconfig
+
+    missing = []
+    try:
+        from triton import knobs
+    except ImportError:
+        return ["Triton"]
+    if knobs.build.impl is None:
+        cc = os.environ.get("CC")
+        if cc:
+            if shutil.which(cc) is None:
+                missing.append(f"the C compiler CC={cc}")
+        elif shutil.which("gcc") is None and shutil.which("clang") is None:
+            missing.append("a C compiler (gcc or clang, or set CC)")
+        scheme = sysconfig.get_default_scheme()
+        scheme = "posix_prefix" if scheme == "posix_local" else scheme
+        include = sysconfig.get_paths(scheme=scheme)["include"]
+        if not os.path.isfile(os.path.join(include, "Python.h")):
+            missing.append(f"the Python headers (Python.h in {include}; install python3-dev)")
+    if not _libcuda_found():
+        missing.append("libcuda.so.1 (the NVIDIA driver library; run ldconfig or set TRITON_LIBCUDA_PATH)")
+    try:
+        ptxas = knobs.nvidia.ptxas.path
+    except Exception as e:  # noqa: BLE001 - any failure to locate it is the message
+        missing.append(f"ptxas ({_first_line(e)})")
+    else:
+        if not ptxas or not os.path.isfile(ptxas):
+            missing.append("ptxas (Triton's NVIDIA backend; set TRITON_PTXAS_PATH)")
+    return missing
+
+
+def _libcuda_found() -> bool:
+    try:
+        from triton.backends.nvidia.driver import libcuda_dirs
+    except ImportError:
+        return False
+    fn = getattr(libcuda_dirs, "__wrapped__", libcuda_dirs)   # not the cached verdict
+    try:
+        return bool(fn())
+    except Exception:  # noqa: BLE001 - Triton asserts when it finds none
+        return False
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 _KERNELS: dict[bool, SimpleNamespace] = {}
@@ -256,7 +368,7 @@ def _build() -> SimpleNamespace:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return SimpleNamespace(conv1=module.conv1_pool_act_kernel, conv2=module.conv2_act_fc_kernel,
-                           emulate_bf16=mode == "interpreted")
+                           emulate=mode == "interpreted")
 
 
 # -- host side -----------------------------------------------------------------------------------
@@ -324,7 +436,7 @@ def conv1_pool_act(W: torch.Tensor, x: torch.Tensor, activation: str = "logistic
         raise ValueError(f"chunk of {Jc} members is too large for one launch; use smaller chunks")
     k = _kernels()
     k.conv1[grid](xp, W, h, M, N, W.stride(0), B * H_PER_IMAGE,
-                  ACT=_act_code(activation), PREC=_prec_code(precision), EMULATE_BF16=k.emulate_bf16,
+                  ACT=_act_code(activation), PREC=_prec_code(precision), EMULATE=k.emulate,
                   BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return h
@@ -353,7 +465,7 @@ def conv2_act_fc(W: torch.Tensor, h: torch.Tensor, activation: str = "logistic",
     k = _kernels()
     k.conv2[(Jc * n_blocks,)](h, W, logits, Jc, B, W.stride(0), B * H_PER_IMAGE, n_blocks,
                               ACT=_act_code(activation), POOL=bool(pool_conv2),
-                              PREC=_prec_code(precision), EMULATE_BF16=k.emulate_bf16,
+                              PREC=_prec_code(precision), EMULATE=k.emulate,
                               IMGS=cfg.images, BLOCK_K=cfg.block_k,
                               num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return logits
@@ -387,25 +499,45 @@ def forward(U: torch.Tensor, x: torch.Tensor, activation: str = "logistic", pool
             conv1_config: Conv1Config | None = None,
             conv2_config: Conv2Config | None = None) -> torch.Tensor:
     """Logits (J, B, 10) fp32 of all members U (J, P), a chunk of ``chunk`` members at a time
-    (default :func:`recommended_chunk`); one h buffer is reused by all chunks."""
+    (default :func:`recommended_chunk`); one h buffer is reused by all chunks. Arguments are
+    checked once, then each chunk is two launches and nothing else (the host cost of a forward
+    is about two Triton launches per chunk)."""
     _check_members(U, pool_conv2)
+    act, prec = _act_code(activation), _prec_code(precision)
     xp = prepare(x)
     J, B = U.shape[0], xp.shape[0]
-    cs = max(1, min(J, chunk or recommended_chunk(B, precision)))
     out = torch.empty(J, B, 10, device=U.device, dtype=torch.float32)
+    if J == 0 or B == 0:
+        return out
+    cs = max(1, min(J, chunk or recommended_chunk(B, precision)))
+    c1, c2 = default_configs(B, precision, pool_conv2)
+    c1, c2 = conv1_config or c1, conv2_config or c2
+    M = B * 144
+    if _cdiv(cs * 10, c1.block_n) > 65535:
+        raise ValueError(f"chunk of {cs} members is too large for one launch; use smaller chunks")
     h = torch.empty(cs, B, 12, 12, 10, device=U.device, dtype=h_dtype(precision))
+    k = _kernels()
+    n_blocks = _cdiv(B, c2.images)
+    stride_w, stride_h = U.stride(0), B * H_PER_IMAGE
+    kw1 = dict(ACT=act, PREC=prec, EMULATE=k.emulate, BLOCK_M=c1.block_m, BLOCK_N=c1.block_n,
+               BLOCK_K=c1.block_k, num_warps=c1.num_warps, num_stages=c1.num_stages)
+    kw2 = dict(ACT=act, POOL=bool(pool_conv2), PREC=prec, EMULATE=k.emulate, IMGS=c2.images,
+               BLOCK_K=c2.block_k, num_warps=c2.num_warps, num_stages=c2.num_stages)
     for s in range(0, J, cs):
         n = min(cs, J - s)
-        forward_chunk(U[s: s + n], xp, activation, pool_conv2, precision, conv1_config, conv2_config,
-                      h=h[:n], out=out[s: s + n])
+        W = U[s: s + n]
+        k.conv1[(_cdiv(M, c1.block_m), _cdiv(n * 10, c1.block_n))](xp, W, h, M, n * 10, stride_w, stride_h, **kw1)
+        k.conv2[(n * n_blocks,)](h, W, out[s: s + n], n, B, stride_w, stride_h, n_blocks, **kw2)
     return out
 
 
 def tune(U: torch.Tensor, x: torch.Tensor, activation: str = "logistic", pool_conv2: bool = False,
-         precision: str = "fp32", chunk: int | None = None) -> dict:
+         precision: str = "fp32", chunk: int | None = None, remember: bool = True) -> dict:
     """Time the :func:`candidate_configs` of each kernel on CUDA for one chunk of U (the first
-    ``chunk`` members), remember the fastest pair for this batch size, precision and pooling
-    (:func:`default_configs` returns it from then on) and return the timings in ms."""
+    ``chunk`` members) in one kernel mode, remember the fastest pair for this batch size, mode
+    and pooling (:func:`default_configs` returns it from then on; not with ``remember=False``)
+    and return the timings in ms. A candidate that fails to compile or launch (e.g. out of
+    shared memory on a smaller GPU) is skipped and its one-line reason kept under "failed"."""
     if not U.is_cuda or interpreting():
         raise RuntimeError("tune needs CUDA tensors and compiled (not interpreted) kernels")
     from triton.testing import do_bench
@@ -414,15 +546,79 @@ def tune(U: torch.Tensor, x: torch.Tensor, activation: str = "logistic", pool_co
     B = xp.shape[0]
     W = U[: max(1, min(U.shape[0], chunk or recommended_chunk(B, precision)))]
     c1s, c2s = candidate_configs(precision)
-    h = conv1_pool_act(W, xp, activation, precision, c1s[0])
+    failed: dict[str, str] = {}
+
+    def bench(fn, name):
+        try:
+            fn()
+            torch.cuda.synchronize()
+            return do_bench(fn)
+        except Exception as e:  # noqa: BLE001 - a configuration that cannot run here is skipped
+            failed[name] = _first_line(e)
+            return None
+
+    h = torch.empty(W.shape[0], B, 12, 12, 10, device=W.device, dtype=h_dtype(precision))
     out = torch.empty(W.shape[0], B, 10, device=W.device)
-    t1 = {c: do_bench(lambda c=c: conv1_pool_act(W, xp, activation, precision, c, out=h)) for c in c1s}
-    t2 = {c: do_bench(lambda c=c: conv2_act_fc(W, h, activation, pool_conv2, precision, c, out=out))
+    t1 = {c: bench(lambda c=c: conv1_pool_act(W, xp, activation, precision, c, out=h), c.name) for c in c1s}
+    t1 = {c: t for c, t in t1.items() if t is not None}
+    if not t1:
+        return {"members": W.shape[0], "batch": B, "precision": precision, "failed": failed, "best": None}
+    best1 = min(t1, key=t1.get)
+    conv1_pool_act(W, xp, activation, precision, best1, out=h)
+    t2 = {c: bench(lambda c=c: conv2_act_fc(W, h, activation, pool_conv2, precision, c, out=out), c.name)
           for c in c2s}
-    best = (min(t1, key=t1.get), min(t2, key=t2.get))
-    _TUNED[(B, precision, bool(pool_conv2))] = best
-    return {"members": W.shape[0], "batch": B, "conv1": {c.name: t for c, t in t1.items()},
-            "conv2": {c.name: t for c, t in t2.items()}, "best": (best[0].name, best[1].name)}
+    t2 = {c: t for c, t in t2.items() if t is not None}
+    if not t2:
+        return {"members": W.shape[0], "batch": B, "precision": precision, "failed": failed, "best": None}
+    best = (best1, min(t2, key=t2.get))
+    if remember:
+        use_configs(B, precision, pool_conv2, best)
+    return {"members": W.shape[0], "batch": B, "precision": precision,
+            "conv1": {c.name: t for c, t in t1.items()}, "conv2": {c.name: t for c, t in t2.items()},
+            "best": (best[0].name, best[1].name), "ms": t1[best[0]] + t2[best[1]], "failed": failed}
+
+
+def rel_error(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """Normwise error max |got - ref| / max |ref| (in float64; inf when got is not finite where
+    ref is)."""
+    got, ref = got.double(), ref.double().to(got.device)
+    scale = ref.abs().max().item()
+    err = (got - ref).abs().max().item()
+    if err != err:   # NaN
+        return float("inf")
+    return err / scale if scale > 0 else err
+
+
+def select_mode(U: torch.Tensor, x: torch.Tensor, activation: str, pool_conv2: bool, precision: str,
+                reference: torch.Tensor, chunk: int | None = None) -> dict:
+    """On CUDA: for each kernel mode that gives ``precision`` (:data:`ROUTES`), tune its
+    configurations (:func:`tune`) and check its output on the first ``reference.shape[0]``
+    members against ``reference`` (their float64 logits) at :data:`TOLERANCE`; choose the
+    fastest mode that is accurate enough. Returns {"mode", "conv1", "conv2" (names), "ms",
+    "modes": per-mode timings, errors and failures}; "mode" is None when no mode qualifies."""
+    modes = {}
+    n = reference.shape[0]
+    for mode in ROUTES[precision]:
+        t = tune(U, x, activation, pool_conv2, mode, chunk, remember=False)
+        entry = {"ms": t.get("ms"), "best": t["best"], "failed": t["failed"]}
+        if t["best"] is not None:
+            c1, c2 = (config_by_name(nm) for nm in t["best"])
+            try:
+                got = forward_chunk(U[:n], x, activation, pool_conv2, mode, c1, c2)
+                entry["error"] = rel_error(got, reference)
+            except Exception as e:  # noqa: BLE001
+                entry["failed"]["check"] = _first_line(e)
+                entry["error"] = float("inf")
+            entry["accurate"] = entry["error"] <= TOLERANCE[mode]
+        else:
+            entry["accurate"] = False
+        modes[mode] = entry
+    good = [m for m, e in modes.items() if e["accurate"]]
+    if not good:
+        return {"mode": None, "modes": modes}
+    mode = min(good, key=lambda m: modes[m]["ms"])
+    c1, c2 = modes[mode]["best"]
+    return {"mode": mode, "conv1": c1, "conv2": c2, "ms": modes[mode]["ms"], "modes": modes}
 
 
 def flops_per_member_image(pool_conv2: bool = False) -> dict[str, float]:
@@ -436,9 +632,9 @@ def flops_per_member_image(pool_conv2: bool = False) -> dict[str, float]:
 
 
 __all__ = [
-    "ACTIVATIONS", "CONV1_CONFIGS", "CONV2_CONFIGS", "PRECISIONS", "Conv1Config", "Conv2Config",
-    "available", "candidate_configs", "conv1_pool_act", "conv2_act_fc", "default_configs",
-    "flops_per_member_image",
-    "forward", "forward_chunk", "h_dtype", "interpreting", "num_params", "prepare",
-    "recommended_chunk", "tune",
+    "ACTIVATIONS", "CONV1_CONFIGS", "CONV2_CONFIGS", "PRECISIONS", "ROUTES", "TESTED_TRITON", "TOLERANCE",
+    "Conv1Config", "Conv2Config", "available", "candidate_configs", "config_by_name", "conv1_pool_act",
+    "conv2_act_fc", "default_configs", "flops_per_member_image", "forward", "forward_chunk", "h_dtype",
+    "interpreting", "launcher_prerequisites", "num_params", "prepare", "recommended_chunk", "rel_error",
+    "select_mode", "triton_version", "tune", "untested_triton", "use_configs",
 ]
