@@ -41,8 +41,9 @@ def test_figure9_on_letter_folders(cli, tmp_path):
     assert proc.returncode == 0, proc.stderr
     with Image.open(out / "smoke" / "fig9" / "fig9.png") as im:
         assert im.size[0] > 400
+    # read after the paper's epoch of 60,000 letters: these runs see 64 images
     nums = _paper_numbers("9", out / "smoke" / "fig9")
-    assert all(v is not None and 0 <= v <= 100 for v in nums.values()), nums
+    assert all(v[0] is None and "not reached" in v[1] for v in nums.values()), nums
 
 
 @pytest.mark.parametrize("rule", ["as_run", "printed"])
@@ -90,6 +91,7 @@ def test_figure10_fixed_and_adaptive(cli, synthetic_root, tmp_path, rule):
     with Image.open(fig_dir / "fig10.png") as im:
         assert im.size[0] > 500
     nums = _paper_numbers("10", fig_dir)
-    assert nums["final test error, adaptive - fixed (points)"] is not None
+    gap, where = nums["test error there, adaptive - fixed (points)"]
+    assert math.isfinite(gap) and where == f"at it {wide.index.max()}"   # where the adaptive run ends
     assert nums["ensemble size J at the end, adaptive"] == J
-    assert all(v is None or math.isfinite(v) for v in nums.values())
+    assert all(v is None or math.isfinite(v if not isinstance(v, tuple) else v[0]) for v in nums.values())

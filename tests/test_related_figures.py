@@ -126,11 +126,12 @@ def test_tiny_thesis_end_to_end(synthetic_root, tmp_path):
     assert set(df["series"]) == {"ienk", "sgd", "nag", "adam"}
     ienk = df[(df["series"] == "ienk") & (df["metric"] == "test_error")]
     assert ienk["iteration"].tolist() == [0, 2, 4] and ienk["pass"].max() == 2
+    # 2 epochs of 2 batches of 16 synthetic images: the thesis's 10 epochs of 60,000 are not reached
     values = [p.measure(df, None) for p in get_figure("thesis").paper_numbers]
-    assert all(v is not None and 0 <= v <= 1 for v in values)
+    assert all(v[0] is None and v[1].startswith("not reached: the run ends at the paper's epoch") for v in values)
     for claim in get_figure("thesis").claims:
         evidence, holds = claim.check(df, None)
-        assert holds in (True, False) and "test_error" in evidence and "epoch 2" in evidence
+        assert holds is None and "not decided" in evidence
 
 
 @pytest.mark.parametrize("args", [["optimizer=haber", "model=dnn2", "optimizer.ensemble_size=6"],
@@ -162,9 +163,10 @@ def test_thesis_plans_use_the_thesis_settings():
         assert by["sgd"].optimizer.momentum == 0.0 and by["nag"].optimizer.nesterov
 
 
-def final_rows(values: dict[str, float], models=("dnn1",), seeds=1) -> pd.DataFrame:
+def final_rows(values: dict[str, float], models=("dnn1",), seeds=1, images: int = 600_000) -> pd.DataFrame:
     """Tidy rows of finished runs: for each series its accuracy (fraction) at the last
-    evaluation, a worse one earlier (the checks must read the last)."""
+    evaluation, after ``images`` training images (the thesis's 10 epochs of 60,000 by default),
+    and a worse one earlier (the checks must read the last)."""
     rows = []
     for series, acc in values.items():
         for seed in range(seeds):
@@ -172,8 +174,8 @@ def final_rows(values: dict[str, float], models=("dnn1",), seeds=1) -> pd.DataFr
             model = series.split("-")[0] if "-" in series else "mlp"
             for it, a in ((0, 0.1), (10, acc)):
                 rows.append({"series": series, "run_dir": run, "iteration": it, "epoch": it / 5, "pass": it / 5,
-                             "model": model,
-                             "metric": "test_error", "value": 100.0 * (1.0 - a)})
+                             "model": model, "batch_size": images // 10, "metric": "test_error",
+                             "value": 100.0 * (1.0 - a)})
     return pd.DataFrame(rows)
 
 
@@ -198,10 +200,12 @@ def test_eki_table_claims():
 def test_thesis_claims():
     (ev_a, adam), (ev_c, close) = judge("thesis", final_rows({"ienk": 0.80, "sgd": 0.81, "adam": 0.9}, seeds=2))
     assert adam is True and close is True
-    assert ev_a.startswith("Adam 0.9000 vs IEnK 0.8000, final test accuracy (metric test_error")
-    assert "epoch 2" in ev_a and "mean over 2/2 runs" in ev_a and "the thesis: 0.9699 vs 0.886" in ev_a
+    assert ev_a == "Adam 0.9000 vs IEnK 0.8000, after 10 epochs, mean over 2/2 runs; the thesis: 0.9699 vs 0.886"
     assert "IEnK - SGD = -0.0100" in ev_c
     _, (_, close) = judge("thesis", final_rows({"ienk": 0.70, "sgd": 0.81, "adam": 0.9}))
     assert close is False                                    # 11 points apart
     (ev, adam), (_, close) = judge("thesis", final_rows({"ienk": 0.95, "sgd": 0.94}))
     assert adam is None and "missing" in ev and close is True
+    # runs that end before the thesis's 10 epochs (here after 2 of them) decide nothing
+    (ev, adam), (ev_c, close) = judge("thesis", final_rows({"ienk": 0.80, "sgd": 0.81, "adam": 0.9}, images=120_000))
+    assert adam is None and close is None and "not reached: the run ends at the paper's epoch 2" in ev

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
+from .nested import flatten
 from .schema import METHOD_SECTIONS, OPTIMIZER_SCHEMAS, MethodConfig
 
 # Keys that do not change the numbers a run produces: excluded from the run's identity.
@@ -84,23 +85,11 @@ def config_hash(cfg: DictConfig | Mapping) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-def flat(d: Mapping, prefix: str = "") -> dict:
-    """A nested mapping as {dotted key: leaf value}."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, Mapping) and v:
-            out.update(flat(v, key))
-        else:
-            out[key] = v
-    return out
-
-
 def changed_settings(cfg: DictConfig | Mapping, base: DictConfig | Mapping) -> dict:
     """{dotted key: value} of the settings of ``cfg`` that change its numbers and differ from
     ``base`` (the defaults of the same group choices): what a sweep varied, in the CSV and in
     the names of single runs. The seed is left out (it has its own column)."""
-    a, b = flat(semantic_config(cfg)), flat(semantic_config(base))
+    a, b = flatten(semantic_config(cfg)), flatten(semantic_config(base))
     return {k: v for k, v in a.items() if k != "seed" and (k not in b or b[k] != v)}
 
 

@@ -30,25 +30,34 @@ class Variant:
 
 @dataclass(frozen=True)
 class PaperNumber:
-    """A number the paper (or a seed) reports, and how to read the same quantity off our runs."""
+    """A number the paper (or a related work) reports, and how to read the same quantity off our
+    runs, in the paper's unit (``paper_units.py``)."""
 
-    quantity: str                      # e.g. "test error at it 500, logistic J=5000 (%)"
+    quantity: str                      # e.g. "test error (%) after 500 iterations, logistic J=5000"
     paper: float | str
-    measure: Callable | None = None    # (df, cfg) -> float | None
+    measure: Callable | None = None    # (df, cfg) -> float | (float, where read) | None
 
 
 @dataclass(frozen=True)
 class Claim:
     """A finding of the paper (or of the related work) as a check on any run's rows.
 
+    ``sentence``: what the paper says (its words in quotes where they are known);
+    ``text``: what is checked; ``unit``: the unit the statement is read in (optimiser steps, the
+    paper's epochs of 60,000 images, images seen); ``threshold``: the number that decides.
     ``check(df, cfg)`` returns ``(evidence, holds)``: one line of what the runs show (the numbers
     it rests on, with where they were read) and True / False, or None when these runs cannot
-    decide it (a series missing, too few evaluations). Checks compare quantities within the run
-    (one method against another, early against late), so they are meaningful at any scale.
+    decide it (a series missing, a run that does not reach the point the statement speaks of:
+    the evidence then says how far it got). ``diagnose(df, cfg)``, when given, says what the
+    runs show about why the claim does not hold (a measured mechanism), for the report.
     """
 
     text: str
     check: Callable   # (df, cfg) -> (str, bool | None)
+    sentence: str = ""
+    unit: str = ""
+    threshold: str = ""
+    diagnose: Callable | None = None   # (df, cfg) -> str | None
 
 
 @dataclass

@@ -8,6 +8,7 @@ import pandas as pd
 
 from ..config.schema import name_of
 from ..errors import ConfigError
+from .base import Variant
 
 
 def runs_where(df: pd.DataFrame, **cols) -> pd.DataFrame:
@@ -57,3 +58,8 @@ def at_fraction(df: pd.DataFrame, metric: str, fraction: float) -> float | None:
         target = fraction * run["epoch"].max()
         vals.append(float(run.loc[(run["epoch"] - target).abs().idxmin(), "value"]))
     return sum(vals) / len(vals)
+
+
+def single_variant(cfg, s) -> list[Variant]:
+    """One series: the optimizer of the figure's preset (Figures 3, 4, 6, 7)."""
+    return [Variant(str(cfg.optimizer.name))]

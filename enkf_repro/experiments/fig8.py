@@ -16,8 +16,9 @@ import pandas as pd
 
 from ..config.schema import Activation, FigureSettings, name_of
 from .base import Claim, Figure, PaperNumber, Variant, register
-from .common import curve, runs_where, value_at
+from .common import curve, runs_where
 from .draw import COLORS, band, caption, metric
+from .paper_units import error_after, paper_epochs
 
 ACT_LABEL = {"logistic": "logistic", "relu": "ReLU", "tanh": "tanh"}
 
@@ -65,34 +66,35 @@ def plot(df: pd.DataFrame, cfg):
     return fig
 
 
-def _at(df: pd.DataFrame, which: str, j: int):
-    """(value, "it N, J=j") of the first evaluation after 0 or the last one; None if absent."""
-    value = value_at(df, "test_error", which)
-    if value is None:
+def _with_pe(err: pd.DataFrame) -> pd.DataFrame:
+    return err.assign(pe=paper_epochs(err))
+
+
+def _at(d: pd.DataFrame, when: str, j: int):
+    """The test error after 500 iterations (``"it500"``) or after the paper's epoch (``"epoch"``:
+    60,000 images, 7,504 iterations at r = 8); see paper_units.error_after."""
+    return error_after(d, steps=500, label=f"J={j}") if when == "it500" else error_after(d, epochs=1.0, label=f"J={j}")
+
+
+def plateau(d: pd.DataFrame) -> float | None:
+    """Mean test error over the second half of the paper's epoch (the evaluations between 30,000
+    and 60,000 images), mean over runs: the level a curve stagnates at; None when a run ends
+    before the epoch does."""
+    d = _with_pe(curve(d))
+    if d.empty or (d.groupby("run_dir")["pe"].max() < 0.95).any():
         return None
-    c = curve(df)
-    c = c[c["iteration"] > 0]
-    it = int(c["iteration"].min() if which == "first" else c["iteration"].max())
-    return value, f"it {it}, J={j}"
+    # the epoch ends with its last, partial batch counted whole: 938 x 64 = 60,032 images
+    vals = [float(r.loc[(r["pe"] >= 0.5) & (r["pe"] <= 1.001), "value"].mean()) for _, r in d.groupby("run_dir")]
+    return sum(vals) / len(vals)
 
 
-def plateau(df: pd.DataFrame) -> float | None:
-    """Mean test error over the second half of each run's evaluations (after 0), mean over runs:
-    the level a curve stagnates at."""
-    c = curve(df)
-    c = c[c["iteration"] > 0]
-    vals = [float(r.loc[r["iteration"] >= r["iteration"].max() / 2, "value"].mean())
-            for _, r in c.groupby("run_dir")]
-    return sum(vals) / len(vals) if vals else None
-
-
-def _measure(act: str, which: str):
+def _measure(act: str, when: str):
     def f(df, cfg):
         err = metric(df, "test_error")
         if err.empty:
             return None
         j = main_ensemble_size(err)
-        return _at(runs_where(err, activation=act, ensemble_size=j), which, j)
+        return _at(runs_where(err, activation=act, ensemble_size=j), when, j)
 
     return f
 
@@ -102,52 +104,62 @@ def _logistic(df):
     return err[err["activation"] == "logistic"]
 
 
-def _measure_size(rank: str, which: str):
+def _measure_size(rank: str, when: str):
     def f(df, cfg):
         err = _logistic(df)
         sizes = sorted(err["ensemble_size"].astype(int).unique())
         if not sizes:
             return None
         j = {"smallest": sizes[0], "main": main_ensemble_size(metric(df, "test_error")), "largest": sizes[-1]}[rank]
-        if which == "plateau":
+        if when == "plateau":
             v = plateau(runs_where(err, ensemble_size=j))
-            return None if v is None else (v, f"mean over the second half of the run, J={j}")
-        return _at(runs_where(err, ensemble_size=j), which, j)
+            return (None, "not reached: the run ends before the paper's epoch") if v is None else \
+                (v, f"mean over the second half of the epoch, J={j}")
+        return _at(runs_where(err, ensemble_size=j), when, j)
 
     return f
 
 
-def _finals(df) -> dict[tuple[str, int], float]:
-    """Final test error (mean over seeds) per (activation, J)."""
+def _finals(df) -> tuple[dict[tuple[str, int], float], str]:
+    """Test error after the paper's epoch (mean over seeds) per (activation, J) whose runs reach
+    it, and a note on the ones that do not."""
     err = metric(df, "test_error")
-    out = {}
+    out, short = {}, []
     for (act, j), d in err.groupby(["activation", err["ensemble_size"].astype(int)]):
-        v = value_at(d, "test_error", "last")
-        if v is not None:
-            out[(str(act), int(j))] = v
-    return out
+        got = _at(d, "epoch", int(j))
+        if got is not None and got[0] is not None:
+            out[(str(act), int(j))] = got[0]
+        elif got is not None:
+            short.append(f"{act} J={j}: {got[1]}")
+    return out, "; ".join(short)
+
+
+EPOCH_UNIT = "the paper's epoch (60,000 images = 7,504 EnKF iterations at r = 8)"
 
 
 def _claim_activations(df, cfg):
-    finals = _finals(df)
+    finals, short = _finals(df)
     err = metric(df, "test_error")
     if err.empty:
         return "no runs", None
     j = main_ensemble_size(err)
     got = {a: finals.get((a, j)) for a in ("logistic", "relu", "tanh")}
     if any(v is None for v in got.values()):
-        return f"activations run at J={j}: {sorted(a for a, v in got.items() if v is not None)}", None
+        present = sorted(a for a, v in got.items() if v is not None)
+        return (f"the three activations at J={j} after the paper's epoch are needed; there: {present}"
+                + (f"; {short}" if short else "")), None
     lo, re_, ta = got["logistic"], got["relu"], got["tanh"]
-    evidence = f"final test error at J={j}: logistic {lo:.2f} %, ReLU {re_:.2f} %, tanh {ta:.2f} %"
+    evidence = f"test error after the epoch at J={j}: logistic {lo:.2f} %, ReLU {re_:.2f} %, tanh {ta:.2f} %"
     return evidence, bool(abs(lo - re_) <= 1.0 and ta > max(lo, re_))
 
 
 def _claim_falls_with_J(df, cfg):
-    finals = {j: v for (a, j), v in _finals(df).items() if a == "logistic"}
+    finals, short = _finals(df)
+    finals = {j: v for (a, j), v in finals.items() if a == "logistic"}
     if len(finals) < 2:
-        return "fewer than two ensemble sizes", None
+        return "fewer than two ensemble sizes reach the paper's epoch" + (f" ({short})" if short else ""), None
     js = sorted(finals)
-    evidence = "final test error (logistic) " + ", ".join(f"J={j}: {finals[j]:.2f} %" for j in js)
+    evidence = "test error after the epoch (logistic) " + ", ".join(f"J={j}: {finals[j]:.2f} %" for j in js)
     return evidence, bool(all(finals[a] > finals[b] for a, b in zip(js, js[1:])))
 
 
@@ -157,29 +169,31 @@ def _claim_smallest_plateaus(df, cfg):
     if len(js) < 2:
         return "fewer than two ensemble sizes", None
     small = plateau(runs_where(err, ensemble_size=js[0]))
-    large = value_at(runs_where(err, ensemble_size=js[-1]), "test_error", "last")
-    evidence = (f"J={js[0]} stagnates at {small:.2f} % (mean over the second half of the run); "
-                f"J={js[-1]} ends at {large:.2f} %")
-    return evidence, bool(small > 2 * large)
+    large = _at(runs_where(err, ensemble_size=js[-1]), "epoch", js[-1])
+    if small is None or large is None or large[0] is None:
+        return f"J={js[0]} and J={js[-1]} over the paper's whole epoch are needed (the runs end before it)", None
+    evidence = (f"J={js[0]} stagnates at {small:.2f} % (mean over the second half of the epoch); "
+                f"J={js[-1]} ends at {large[0]:.2f} %")
+    return evidence, bool(small > 2 * large[0])
 
 
 def _claim_early_gain(df, cfg):
-    """Most of the gain (initial error -> final) is there at the first evaluation (it 500 in the paper)."""
+    """Most of the gain (initial error -> after the epoch) is there after 500 iterations."""
     err = metric(df, "test_error")
     if err.empty:
         return "no runs", None
     j = main_ensemble_size(err)
     parts, ok = [], []
     for act, d in runs_where(err, ensemble_size=j).groupby("activation"):
-        c = d.sort_values("iteration")
-        start = float(c[c["iteration"] == 0]["value"].mean())
-        first = value_at(c, "test_error", "first")
-        last = value_at(c, "test_error", "last")
-        if first is None or last is None or start <= last:
+        start = float(d[d["iteration"] == 0]["value"].mean())
+        first, last = _at(d, "it500", j), _at(d, "epoch", j)
+        if first is None or last is None or first[0] is None or last[0] is None:
+            return f"{act} at J={j}: iteration 500 and the end of the paper's epoch are needed " \
+                f"({(first or last or (None, ''))[1]})", None
+        if start <= last[0]:
             continue
-        share = (start - first) / (start - last)
-        it = int(c[c["iteration"] > 0]["iteration"].min())
-        parts.append(f"{act} {100 * share:.0f} % of the gain by it {it} of {int(c['iteration'].max())}")
+        share = (start - first[0]) / (start - last[0])
+        parts.append(f"{act} {100 * share:.0f} % of the gain by it 500")
         ok.append(bool(share >= 0.5))
     if not ok:
         return "no run improved", None
@@ -193,24 +207,29 @@ register(Figure(
     variants=variants, plot=plot, varies=("model.activation", "optimizer.ensemble_size"),
     label=lambda cfg, series: f"{name_of(cfg.model.activation)}-J{cfg.optimizer.ensemble_size}",
     paper_numbers=(
-        PaperNumber("test error (%) at first evaluation (it 500), logistic", 6.11, _measure("logistic", "first")),
-        PaperNumber("test error (%) at first evaluation (it 500), ReLU", 6.56, _measure("relu", "first")),
-        PaperNumber("test error (%) at first evaluation (it 500), tanh", 8.15, _measure("tanh", "first")),
-        PaperNumber("test error (%) after the epoch, logistic", 3.8, _measure("logistic", "last")),
-        PaperNumber("test error (%) after the epoch, ReLU", 3.75, _measure("relu", "last")),
-        PaperNumber("test error (%) after the epoch, tanh", 4.51, _measure("tanh", "last")),
+        PaperNumber("test error (%) after 500 iterations, logistic", 6.11, _measure("logistic", "it500")),
+        PaperNumber("test error (%) after 500 iterations, ReLU", 6.56, _measure("relu", "it500")),
+        PaperNumber("test error (%) after 500 iterations, tanh", 8.15, _measure("tanh", "it500")),
+        PaperNumber("test error (%) after the epoch, logistic", 3.8, _measure("logistic", "epoch")),
+        PaperNumber("test error (%) after the epoch, ReLU", 3.75, _measure("relu", "epoch")),
+        PaperNumber("test error (%) after the epoch, tanh", 4.51, _measure("tanh", "epoch")),
         PaperNumber("test error (%) the smallest J (100) stagnates at (paper: around 47 % with a few "
                     "hundred members)", 47.0, _measure_size("smallest", "plateau")),
-        PaperNumber("test error (%) after the epoch, J = 5000", 3.8, _measure_size("main", "last")),
-        PaperNumber("test error (%) after the epoch, largest J (10000)", 3.0, _measure_size("largest", "last")),
+        PaperNumber("test error (%) after the epoch, J = 5000", 3.8, _measure_size("main", "epoch")),
+        PaperNumber("test error (%) after the epoch, largest J (10000)", 3.0, _measure_size("largest", "epoch")),
     ),
     claims=(
-        Claim("Logistic and ReLU end within 1 point of each other, tanh worse (Figure 8 left)",
-              _claim_activations),
-        Claim("The test error falls with J (Figure 8 right)", _claim_falls_with_J),
-        Claim("The smallest J stagnates far above the largest (more than twice its error)",
-              _claim_smallest_plateaus),
-        Claim("Most of the gain comes by the first evaluation (iteration 500 of 7504 in the paper)",
-              _claim_early_gain),
+        Claim("after the epoch logistic and ReLU are within 1 point of each other and tanh is worse",
+              _claim_activations, sentence="logistic 3.8 %, ReLU 3.75 %, tanh 4.51 % after the epoch (Figure 8 left)",
+              unit=EPOCH_UNIT, threshold="logistic and ReLU at most 1 point apart, tanh above both"),
+        Claim("the test error after the epoch falls with J", _claim_falls_with_J,
+              sentence="J = 100 / 5000 / 10000: ~47 % / 3.8 % / 3.0 % (Figure 8 right)", unit=EPOCH_UNIT,
+              threshold="strictly lower at each larger J"),
+        Claim("the smallest J stagnates far above the largest", _claim_smallest_plateaus,
+              sentence="\"with a few hundred ensembles the test error stagnates around 47 %\" (Figure 8 right)",
+              unit=EPOCH_UNIT, threshold="mean over the epoch's second half > 2 x the largest J's final error"),
+        Claim("most of the gain comes by iteration 500", _claim_early_gain,
+              sentence="6.11 / 6.56 / 8.15 % after 500 iterations, 3.8 / 3.75 / 4.51 % after the epoch (Figure 8 left)",
+              unit="EnKF iterations; " + EPOCH_UNIT, threshold="(start - it 500) >= 1/2 (start - end of the epoch)"),
     ),
 ))

@@ -36,12 +36,17 @@ class Measured:
 
 @dataclass(frozen=True)
 class Judged:
-    """A claim of the paper judged on these runs: the evidence (one line) and whether it holds
-    (None: these runs cannot decide it)."""
+    """A claim of the paper judged on these runs: the paper's statement, what is checked, in which
+    unit and against which threshold, the evidence (one line), whether it holds (None: these runs
+    cannot decide it) and, when it does not, what the runs show about why (``why``)."""
 
     claim: str
     evidence: str
     holds: bool | None
+    sentence: str = ""
+    unit: str = ""
+    threshold: str = ""
+    why: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,7 @@ def measure(fig: Figure, cfg: DictConfig, df: pd.DataFrame) -> list[Measured]:
         if isinstance(ours, tuple):  # (value, "where it was read: iteration, J, ...")
             ours, context = ours
         if ours is None:
-            out.append(Measured(pn.quantity, pn.paper, note="not in these runs"))
+            out.append(Measured(pn.quantity, pn.paper, note=context or "not in these runs"))
         else:
             out.append(Measured(pn.quantity, pn.paper, ours, context))
     return out
@@ -104,15 +109,19 @@ def judge(fig: Figure, cfg: DictConfig, df: pd.DataFrame) -> list[Judged]:
     """Every ``Claim`` of ``fig`` checked on the rows ``df`` of its runs."""
     out = []
     for claim in fig.claims:
+        about = {"sentence": claim.sentence, "unit": claim.unit, "threshold": claim.threshold}
         if df.empty:
-            out.append(Judged(claim.text, "no runs", None))
+            out.append(Judged(claim.text, "no runs", None, **about))
             continue
+        why = None
         try:
             evidence, holds = claim.check(df, cfg)
             holds = None if holds is None else bool(holds)
+            if holds is False and claim.diagnose is not None:
+                why = claim.diagnose(df, cfg)
         except Exception as e:  # a check bug must not hide the report
             evidence, holds = f"not checked ({type(e).__name__}: {e})", None
-        out.append(Judged(claim.text, evidence, holds))
+        out.append(Judged(claim.text, evidence, holds, why=why, **about))
     return out
 
 

@@ -38,6 +38,11 @@ def _difference(paper, ours, note: str) -> str:
     return "qualitative: see the figure"
 
 
+def cell(text) -> str:
+    """A Markdown table cell: its pipes escaped, on one line."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def report_markdown(scale: str, command: str, stamp: str, machine: str, datasets: Sequence[str],
                     figures: Sequence[FigureFindings]) -> str:
     """REPORT.md: the paper's claims judged on these runs, the paper's numbers beside ours, then
@@ -55,11 +60,18 @@ def report_markdown(scale: str, command: str, stamp: str, machine: str, datasets
     held = sum(j.holds is True for _, j in verdicts)
     failed = sum(j.holds is False for _, j in verdicts)
     lines += ["## The paper's claims, judged on this run", "",
-              f"{held} hold, {failed} do not, {len(verdicts) - held - failed} not decided by these runs. Each check "
-              "compares quantities within this run (method against method, early against late), so it means "
-              "something at any scale.", "",
-              "| figure | claim | evidence in this run | holds? |", "| --- | --- | --- | --- |"]
-    lines += [f"| {fid} | {j.claim} | {j.evidence} | {VERDICT[j.holds]} |" for fid, j in verdicts]
+              f"{held} hold, {failed} do not, {len(verdicts) - held - failed} not decided by these runs. Each claim "
+              "is read in the unit the paper states it in (optimiser steps, the paper's epochs of 60,000 images, "
+              "images seen); a run that does not reach the point a claim speaks of leaves it not decided and says "
+              "how far it got.", "",
+              "| figure | the paper | checked here | unit | threshold | evidence in this run | holds? |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["| " + " | ".join(cell(c) for c in (fid, j.sentence, j.claim, j.unit, j.threshold, j.evidence,
+                                                  VERDICT[j.holds])) + " |" for fid, j in verdicts]
+    whys = [(fid, j) for fid, j in verdicts if j.holds is False and j.why]
+    if whys:
+        lines += ["", "What the runs show where a claim does not hold:", ""]
+        lines += [f"- Figure {fid}, {j.claim}: {j.why}." for fid, j in whys]
     lines += ["", "## Paper versus this run", "",
               "| figure | quantity | paper reports | this run | difference |", "| --- | --- | --- | --- | --- |"]
     for f in figures:
@@ -74,7 +86,8 @@ def report_markdown(scale: str, command: str, stamp: str, machine: str, datasets
                 diff = _difference(m.paper, m.value, m.note)
                 if f.stand_in and m.value is not None:
                     diff += f"; on {f.stand_in}"
-            lines.append(f"| {f.figure.id} | {m.quantity} | {number(m.paper)} | {shown} | {diff} |")
+            cells = (f.figure.id, m.quantity, number(m.paper), shown, diff)
+            lines.append("| " + " | ".join(cell(c) for c in cells) + " |")
     lines.append("")
     for f in figures:
         fig = f.figure

@@ -106,15 +106,6 @@ def keep(flats: Mapping[str, Mapping[str, Any]], filters: Filters) -> list[str]:
     return [d for d, f in flats.items() if all(any(matches(f.get(k), v) for v in vals) for k, vals in filters)]
 
 
-def _flat(d, prefix=""):
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else k
-        if isinstance(v, dict):
-            yield from _flat(v, key)
-        else:
-            yield key, v
-
-
 def _drop(d: dict, path: str) -> None:
     *parents, last = path.split(".")
     for p in parents:
@@ -149,7 +140,7 @@ def select_runs(df: pd.DataFrame, fig: Figure, overrides: Iterable[str]) -> pd.D
         latest = df.groupby("_group")["mtime"].max().idxmax()
         chosen = next(d for d in kept if group[d] == latest)
         other = next(d for d in kept if group[d] != latest)
-        a, b = dict(_flat(semantic_config(configs[chosen]))), dict(_flat(semantic_config(configs[other])))
+        a, b = flat_config(semantic_config(configs[chosen])), flat_config(semantic_config(configs[other]))
         diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k != "seed"
                 and not any(k == v or k.startswith(v + ".") for v in fig.varies)]
         shown = ", ".join(f"{k}: {a.get(k)} (drawn) vs {b.get(k)}" for k in diff[:3])

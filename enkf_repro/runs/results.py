@@ -16,6 +16,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from ..config.identity import config_hash
+from ..config.nested import flatten
 from ..config.overrides import did_you_mean
 from ..errors import ConfigError
 
@@ -125,17 +126,10 @@ def parse_rows(raw: bytes) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(raw), dtype={"figure": str, "series": str, "run_id": str})
 
 
-def flat_config(config: Mapping, prefix: str = "") -> dict[str, Any]:
-    """``{"optimizer": {"gamma": 0.01}}`` -> ``{"optimizer.gamma": 0.01}``; lists become tuples, so
-    that every value can be grouped on."""
-    out: dict[str, Any] = {}
-    for k, v in config.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, Mapping):
-            out.update(flat_config(v, key))
-        else:
-            out[key] = tuple(v) if isinstance(v, list) else v
-    return out
+def flat_config(config: Mapping) -> dict[str, Any]:
+    """``{"optimizer": {"gamma": 0.01}}`` -> ``{"optimizer.gamma": 0.01}`` (config/nested.py's
+    flattening), lists as tuples and empty sections left out, so that every value can be grouped on."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in flatten(config).items() if v != {}}
 
 
 def config_key(key: str, flats: Iterable[Mapping[str, Any]]) -> str:
