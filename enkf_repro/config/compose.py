@@ -61,7 +61,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     ones are the launcher's and left out), validated for types and names but not ranges
     (``validate``). ``cfg.overrides`` records them. Sweep syntax (``a=1,2``) is for
     ``enkf-repro run -m``; here it is an error."""
-    return copy.deepcopy(_compose(tuple(o for o in overrides if not is_hydra_override(o))))
+    return _compose(tuple(o for o in overrides if not is_hydra_override(o))).copy()   # copy(): nested nodes too
 
 
 @functools.lru_cache(maxsize=256)
