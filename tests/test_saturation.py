@@ -335,3 +335,19 @@ def test_figures_4_7_and_6_render(tmp_path):
     bare = plot_one_epoch(one, compose_run(["figure=fig6", "scale=smoke"]), "Figure 6", {})   # no marks
     assert not any(t.get_text().startswith("paper") for t in bare.axes[0].get_legend().get_texts())
     plt.close(bare)
+
+
+def test_a_collapse_back_to_chance_is_diagnosed():
+    """Adam at sigma = 3 dipping to 76 % and then falling back to chance with a test loss of ln 10:
+    the claim does not hold and the diagnosis says what the runs show."""
+    errs = [90, 76, 88] + [90.2] * 48
+    df = errors_frame({("adam", 3.0): errs, ("adam", 1.0): [90] + [3] * 50, ("sgd", 1.0): [90] * 51,
+                       ("adam", 3.0, "adam-sigma3-shared"): errs})
+    loss = df[df.metric == "test_error"].assign(metric="test_loss", value=math.log(10))
+    df = pd.concat([df, loss], ignore_index=True)
+    late = next(c for c in get_figure("5").claims if c.text.startswith("Adam at sigma = 3 (a fresh"))
+    evidence, holds = late.check(df, None)
+    assert holds is False and "never (lowest 76.0 %, 1 dip(s) below 80 % that did not last)" in evidence
+    assert late.diagnose(df, None) == (
+        "adam-sigma3: best test error 76.0 % at the paper's epoch 1 (step 938), 90.2 % at the paper's epoch 50, "
+        "final test loss 2.3026 = ln 10 to 0.01: the outputs no longer depend on the input")

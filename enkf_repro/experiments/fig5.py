@@ -29,6 +29,7 @@ from .paper_units import (
     check_learns_late,
     check_learns_sooner,
     check_no_learning,
+    diagnose_learning,
     measure_best_accuracy,
     measure_error_at,
     measure_first_learning,
@@ -115,12 +116,13 @@ register(Figure(
               unit="the paper's epochs (60,000 images)", threshold="test accuracy > 95 % at an evaluation by epoch 10"),
         Claim(f"Adam at sigma = 3 (a fresh optimizer) learns only late: sustained learning starts after epoch {LATE} "
               f"and within {EPOCHS}", check_learns_late(ADAM3, LATE, EPOCHS), sentence=LATE_SENTENCE,
-              unit="the paper's epochs (60,000 images)", threshold=f"{LEARNS}; its start after epoch {LATE}"),
+              unit="the paper's epochs (60,000 images)", threshold=f"{LEARNS}; its start after epoch {LATE}",
+              diagnose=diagnose_learning(ADAM3, EPOCHS)),
         Claim(f"Adam at sigma = 3 from the sigma = 1 run's optimizer state (the published script) learns only late: "
               f"sustained learning starts after epoch {LATE} and within {EPOCHS}",
               check_learns_late(SHARED, LATE, EPOCHS),
               sentence=LATE_SENTENCE, unit="the paper's epochs (60,000 images)",
-              threshold=f"{LEARNS}; its start after epoch {LATE}"),
+              threshold=f"{LEARNS}; its start after epoch {LATE}", diagnose=diagnose_learning(SHARED, EPOCHS)),
         Claim("Adam learns sooner at sigma = 1 than at sigma = 3", check_learns_sooner(ADAM1, ADAM3, EPOCHS),
               sentence="Figure 5: Adam at sigma = 1 learns within 10 epochs, at sigma = 3 only after ~28",
               unit="the paper's epochs (60,000 images)", threshold=f"the start of sustained learning ({LEARNS})"),

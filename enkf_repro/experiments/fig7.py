@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from .base import Claim, Figure, PaperNumber, register
 from .common import single_variant
-from .instrument_rows import epoch_images, epoch_value, iteration_range, layer_rows, measure_epoch
+from .instrument_rows import epoch_images, epoch_value, iteration_range, layer_rows, measure_epoch, per_epoch
 from .paper_units import (
     LEARNS,
     PAPER_IMAGES,
     check_learns_late,
     check_no_learning,
+    diagnose_learning,
     measure_best_accuracy,
     measure_error_at,
     measure_first_learning,
@@ -66,6 +67,23 @@ def c_rises(df, cfg):
     return f"layer 1 mean activation {a[0]:.4f} ({a[1]}) -> {b[0]:.4f} ({b[1]})", bool(b[0] > a[0])
 
 
+def why_not_late(df, cfg) -> str | None:
+    """The test-error history, and layer 2's activations per epoch: a layer whose units all sit at
+    one value (std near 0) passes nothing on."""
+    text = diagnose_learning(ADAM, EPOCHS)(df, cfg)
+    std = per_epoch(df, "act_std", 2)
+    mean = per_epoch(df, "act_mean", 2)
+    if std.empty or mean.empty:
+        return text
+    s, m = std.groupby("ep")["value"].mean(), mean.groupby("ep")["value"].mean()
+    low = s[s < 0.05]
+    layer2 = (f"layer 2's activation std {s.iloc[0]:.3f} in epoch 0, {s.iloc[-1]:.3f} in epoch {s.index[-1]}, mean "
+              f"{m.iloc[0]:.3f} -> {m.iloc[-1]:.3f}")
+    if not low.empty:
+        layer2 += f"; below 0.05 from epoch {int(low.index[0])} (0-based): its units sit at one value"
+    return "; ".join(p for p in (text, layer2) if p)
+
+
 FIGURE = register(Figure(
     id="7", config="fig7", settings=ManyEpochsSettings,
     title="Adam at sigma = 3 over 50 epochs: gradients per iteration and activations per epoch",
@@ -96,7 +114,8 @@ FIGURE = register(Figure(
         Claim(f"Adam at sigma = 3 learns only late: sustained learning starts after epoch {LATE} and within "
               f"{EPOCHS}", check_learns_late(ADAM, LATE, EPOCHS),
               sentence="learns after epoch 28, up to 84 % (Figure 7)",
-              unit="the paper's epochs (60,000 images)", threshold=f"{LEARNS}; its start after epoch {LATE}"),
+              unit="the paper's epochs (60,000 images)", threshold=f"{LEARNS}; its start after epoch {LATE}",
+              diagnose=why_not_late),
         Claim("Adam's layer-1 mean activation rises from the first epoch to epoch 40", c_rises,
               sentence="layer 1's mean activation goes from 0.49 (epoch 1) to 0.56 (epoch 40) (Figure 7)",
               unit="the paper's epochs (60,000 images)", threshold="higher in epoch 40 than in epoch 1"),

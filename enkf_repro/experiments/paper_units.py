@@ -303,3 +303,33 @@ def error_after(d: pd.DataFrame, *, steps: int | None = None, epochs: float | No
     if not reached:
         return None, f"not reached: the run ends at {epochs_text(d['pe'].max())}"
     return value, f"it {int(d.loc[(d['pe'] - pe).abs().idxmin(), 'iteration'])} = {epochs_text(pe)}{tail}"
+
+
+def diagnose_learning(select: dict, until: float):
+    """Why a run did not learn as the paper says: its best test error and when, where it ended,
+    and whether its final test loss is ln 10 (the softmax outputs no longer depend on the input:
+    a network that has stopped carrying information, with no numerical failure)."""
+    def diagnose(df, cfg):
+        err = errors(df, **select)
+        if err.empty:
+            return None
+        loss = metric(df, "test_loss")
+        for k, v in select.items():
+            if v is not None:
+                loss = loss[loss[k].astype(str) == str(v)]
+        parts = []
+        for run_dir, run in by_run(err[err["pe"] <= until + 1e-9]):
+            best = run.loc[run["value"].idxmin()]
+            last = run.iloc[-1]
+            text = (f"{_name(select)}: best test error {best['value']:.1f} % at {epochs_text(best['pe'])} (step "
+                    f"{int(best['iteration'])}), {last['value']:.1f} % at {epochs_text(last['pe'])}")
+            lrun = loss[loss["run_dir"] == run_dir].sort_values("iteration")
+            if not lrun.empty:
+                final = float(lrun["value"].iloc[-1])
+                text += f", final test loss {final:.4f}"
+                if abs(final - np.log(10)) < 0.01:
+                    text += " = ln 10 to 0.01: the outputs no longer depend on the input"
+            parts.append(text)
+        return "; ".join(parts) or None
+
+    return diagnose
