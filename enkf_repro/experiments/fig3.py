@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .base import Claim, Figure, PaperNumber, register
 from .common import single_variant
-from .instrument_rows import BLOCK, EPOCH_STEPS, SETTLE_RULE, check_settles, last_move, window_mean
+from .instrument_rows import EPOCH_STEPS, SETTLE_RULE, check_settles, diagnose_settles, window_mean
 from .paper_units import LEARNS, check_no_learning, epochs_text, errors
 from .saturation_panels import LayerMarks, plot_one_epoch
 
@@ -45,20 +45,6 @@ def m_final_error(df, cfg):
     return float(last["value"].mean()), f"step {int(last['iteration'].max())} = {epochs_text(last['pe'].max())}"
 
 
-def why_not_settled(df, cfg) -> str | None:
-    """Which statistic still moves after step 200, when and by how much."""
-    parts = []
-    for name, layer in SETTLE:
-        move = last_move(df, name, layer, SETTLE_AT)
-        check = check_settles(((name, layer),), SETTLE_AT, True)(df, cfg)
-        if move is None or check[1] is not False:
-            continue
-        step, size = move
-        parts.append(f"layer {layer} {name.replace('act_', '')}: the largest change between consecutive {BLOCK}-step "
-                     f"means after step {SETTLE_AT} is {size:.3f}, at steps {step - BLOCK + 1}-{step}")
-    return "; ".join(parts) or None
-
-
 register(Figure(
     id="3", config="fig3",
     title="SGD at sigma = 1: activations saturate (one epoch)",
@@ -77,6 +63,7 @@ register(Figure(
         Claim(f"the layer-1 and layer-2 activation mean and std settle by step {SETTLE_AT}",
               check_settles(SETTLE, SETTLE_AT, expect=True),
               sentence="the activations \"saturate close to 200 iterations\"",
-              unit="optimiser steps (938 in the paper's epoch)", threshold=SETTLE_RULE, diagnose=why_not_settled),
+              unit="optimiser steps (938 in the paper's epoch)", threshold=SETTLE_RULE,
+              diagnose=diagnose_settles(SETTLE, SETTLE_AT)),
     ),
 ))

@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from .base import Claim, Figure, PaperNumber, register
 from .common import single_variant
-from .instrument_rows import EPOCH_STEPS, SETTLE_RULE, check_settles, overall, start_value, window_mean
+from .instrument_rows import (
+    EPOCH_STEPS,
+    SETTLE_RULE,
+    check_settles,
+    diagnose_settles,
+    overall,
+    start_value,
+    window_mean,
+)
 from .saturation_panels import LayerMarks, plot_one_epoch
 
 # per layer: (first iteration, end of the epoch), (mean, std) over the epoch
@@ -66,6 +74,7 @@ register(Figure(
               check_settles((("act_mean", 2),), 400, expect=True),
               sentence="layer 2's mean activation goes from 0.47 to 0.5 and is flat from about iteration 400 "
                        "(Figure 6)",
-              unit="optimiser steps (938 in the paper's epoch)", threshold=SETTLE_RULE),
+              unit="optimiser steps (938 in the paper's epoch)", threshold=SETTLE_RULE,
+              diagnose=diagnose_settles((("act_mean", 2),), 400)),
     ),
 ))

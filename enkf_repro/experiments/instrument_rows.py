@@ -231,3 +231,20 @@ def measure_run_mean(name: str, layer: int, epochs: int):
         return float(e.groupby("run_dir")["value"].mean().mean()), f"mean over {n} of the paper's {epochs} epochs"
 
     return f
+
+
+def diagnose_settles(stats: tuple[tuple[str, int], ...], at: int):
+    """Where the statistics that do not settle by step ``at`` still move: the largest change
+    between consecutive block means after it, and its steps."""
+    def diagnose(df, cfg) -> str | None:
+        parts = []
+        for name, layer in stats:
+            move = last_move(df, name, layer, at)
+            if move is None or check_settles(((name, layer),), at, True)(df, cfg)[1] is not False:
+                continue
+            step, size = move
+            parts.append(f"layer {layer} {name.replace('act_', '')}: the largest change between consecutive "
+                         f"{BLOCK}-step means after step {at} is {size:.3f}, at steps {step - BLOCK + 1}-{step}")
+        return "; ".join(parts) or None
+
+    return diagnose
