@@ -78,6 +78,7 @@ class Figure:
     # None: the series itself
     label: Callable | None = None
     settings: type = FigureSettings   # the figure's settings dataclass (per scale)
+    notes: str = ""                   # what the report says about the figure's settings, beside its runs
 
     def settings_of(self, cfg) -> Any:
         """The figure's typed settings at ``cfg``'s scale (an instance of ``self.settings``)."""

@@ -91,6 +91,11 @@ LATE_SENTENCE = "with sigma = 3 Adam learns only after about 28-30 epochs, up to
 
 register(Figure(
     id="5", config="fig5", settings=Fig5Settings,
+    notes="The published script built each optimizer once and reused it across its sigma values, so its Adam at "
+          "sigma = 3 probably started from the sigma = 1 run's final moments and step count. The series "
+          "`adam-sigma3-shared` runs that setting (`optimizer.state_from`: the final optimizer state of the "
+          "`adam-sigma1` run, the weights drawn afresh) beside the fresh `adam-sigma3`; the two late-learning claims "
+          "above say which of them, if either, learns only after epoch ~28.",
     title="SGD and Adam at sigma = 1 and 3: test error over 50 epochs",
     description="SGD / Adam at sigma=1 and 3, 50 epochs: test error per epoch (and Adam at sigma=3 from the "
                 "sigma=1 run's optimizer state)",

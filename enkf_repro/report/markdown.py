@@ -92,6 +92,8 @@ def report_markdown(scale: str, command: str, stamp: str, machine: str, datasets
     for f in figures:
         fig = f.figure
         lines += [f"## Figure {fig.id}: {fig.title}", "", fig.description, ""]
+        if fig.notes:
+            lines += [fig.notes, ""]
         if f.differences:
             lines += ["Not the paper's setting: " + "; ".join(f.differences) + ".", ""]
         if f.image is None:
