@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .base import Claim, Figure, PaperNumber, register
 from .common import single_variant
-from .instrument_rows import EPOCH_STEPS, SETTLE_RULE, check_settles, diagnose_settles, window_mean
+from .instrument_rows import EPOCH_STEPS, SETTLE_RULE, check_settles, diagnose_settles, measure_window
 from .paper_units import LEARNS, check_no_learning, epochs_text, errors
 from .saturation_panels import LayerMarks, plot_one_epoch
 
@@ -27,14 +27,6 @@ SGD = {"optimizer": "sgd", "init_sigma": 1.0}
 def plot(df, cfg):
     marks = {l: LayerMarks(level=PAPER[l], level_label="paper (MNIST), end of the epoch") for l in PAPER}
     return plot_one_epoch(df, cfg, "Figure 3", marks)
-
-
-def m_end(name: str, layer: int):
-    def f(df, cfg):
-        v = window_mean(df, name, layer, *END)
-        return None if v is None else (v, f"mean over steps {END[0] + 1}-{END[1]}")
-
-    return f
 
 
 def m_final_error(df, cfg):
@@ -52,7 +44,7 @@ register(Figure(
     variants=single_variant, plot=plot,
     paper_numbers=tuple(
         PaperNumber(f"layer {l} activation {stat} at the end of the epoch (mean over its last 10 % of steps)",
-                    PAPER[l][k], m_end(f"act_{stat}", l))
+                    PAPER[l][k], measure_window(f"act_{stat}", l, *END))
         for l in (1, 2, 3) for k, stat in enumerate(("mean", "std"))) + (
         PaperNumber("SGD test error (%) after the epoch (paper: does not learn)", "no learning", m_final_error),
     ),

@@ -16,9 +16,9 @@ from .instrument_rows import (
     SETTLE_RULE,
     check_settles,
     diagnose_settles,
+    measure_window,
     overall,
     start_value,
-    window_mean,
 )
 from .saturation_panels import LayerMarks, plot_one_epoch
 
@@ -37,14 +37,6 @@ def m_start(layer: int):
     return lambda df, cfg: start_value(df, "act_mean", layer)
 
 
-def m_end(layer: int):
-    def f(df, cfg):
-        v = window_mean(df, "act_mean", layer, *END)
-        return None if v is None else (v, f"mean over steps {END[0] + 1}-{END[1]}")
-
-    return f
-
-
 def m_overall(layer: int, k: int):
     def f(df, cfg):
         o = overall(df, layer)
@@ -61,7 +53,8 @@ register(Figure(
     paper_numbers=tuple(
         n for l, ((a, b), (m, sd)) in PAPER.items() for n in (
             PaperNumber(f"layer {l} mean activation at the first iteration", a, m_start(l)),
-            PaperNumber(f"layer {l} mean activation at the end of the epoch (its last 10 % of steps)", b, m_end(l)),
+            PaperNumber(f"layer {l} mean activation at the end of the epoch (its last 10 % of steps)", b,
+                        measure_window("act_mean", l, *END)),
             PaperNumber(f"layer {l} activation mean over the epoch (all iterations pooled)", m, m_overall(l, 0)),
             PaperNumber(f"layer {l} activation std over the epoch (all iterations pooled)", sd, m_overall(l, 1)),
         )),

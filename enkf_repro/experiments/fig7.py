@@ -13,10 +13,17 @@ from __future__ import annotations
 
 from .base import Claim, Figure, PaperNumber, register
 from .common import single_variant
-from .instrument_rows import epoch_images, epoch_value, iteration_range, layer_rows, measure_epoch, per_epoch
+from .instrument_rows import (
+    epoch_images,
+    epoch_value,
+    iteration_range,
+    layer_rows,
+    measure_epoch,
+    other_epochs,
+    per_epoch,
+)
 from .paper_units import (
     LEARNS,
-    PAPER_IMAGES,
     check_learns_late,
     check_no_learning,
     diagnose_learning,
@@ -40,11 +47,10 @@ def plot(df, cfg):
 def m_grad_extent(epochs: set[int]):
     """The largest |per-iteration mean gradient| of layer 1 in the (0-based) iteration ``epochs``."""
     def f(df, cfg):
-        images = epoch_images(df)
-        if images is None:
+        if epoch_images(df) is None:
             return None
-        if abs(images - PAPER_IMAGES) > 64:
-            return None, f"not read: the run's epochs hold {images:,.0f} images, the paper's {PAPER_IMAGES:,}"
+        if (other := other_epochs(df)) is not None:
+            return other
         got = iteration_range(df, "grad_mean", 1, epochs)
         if got is None:
             return None, "not logged: epochs " + ", ".join(map(str, sorted(epochs))) + " have no per-iteration rows"
@@ -59,9 +65,8 @@ def c_rises(df, cfg):
     a, b = epoch_value(df, "act_mean", 1, 0), epoch_value(df, "act_mean", 1, 39)
     if layer_rows(df, "act_mean", 1).empty:
         return "no act_mean rows for layer 1", None
-    images = epoch_images(df)
-    if images is not None and abs(images - PAPER_IMAGES) > 64:
-        return f"the run's epochs hold {images:,.0f} images, the paper's {PAPER_IMAGES:,} (not decided)", None
+    if (other := other_epochs(df)) is not None:
+        return f"{other[1]} (not decided)", None
     if a is None or b is None:
         return "the run does not reach the paper's epoch 40 (not decided)", None
     return f"layer 1 mean activation {a[0]:.4f} ({a[1]}) -> {b[0]:.4f} ({b[1]})", bool(b[0] > a[0])

@@ -195,17 +195,25 @@ def epoch_images(df: pd.DataFrame) -> float | None:
     return float(round(steps) * pd.to_numeric(d["batch_size"]).iloc[0])
 
 
+def other_epochs(df: pd.DataFrame) -> tuple[None, str] | None:
+    """(None, why) when the runs' epochs are not the paper's (60,000 images), else None: per-epoch
+    statistics are read on the paper's epochs only."""
+    from .paper_units import PAPER_IMAGES
+
+    images = epoch_images(df)
+    if images is not None and abs(images - PAPER_IMAGES) > 64:
+        return None, f"not read: the run's epochs hold {images:,.0f} images, the paper's {PAPER_IMAGES:,}"
+    return None
+
+
 def measure_epoch(name: str, layer: int, epoch: int):
     """A measure: ``name``'s value at ``layer`` in the paper's 0-based ``epoch`` (the run's own
     epochs are the paper's when they hold its 60,000 images; otherwise not read)."""
     def f(df, cfg):
-        from .paper_units import PAPER_IMAGES
-
-        images = epoch_images(df)
-        if images is None:
+        if epoch_images(df) is None:
             return None
-        if abs(images - PAPER_IMAGES) > 64:
-            return None, f"not read: the run's epochs hold {images:,.0f} images, the paper's {PAPER_IMAGES:,}"
+        if (other := other_epochs(df)) is not None:
+            return other
         got = epoch_value(df, name, layer, epoch)
         if got is None:
             ends = int(pd.to_numeric(df["pass"]).max())
@@ -215,17 +223,23 @@ def measure_epoch(name: str, layer: int, epoch: int):
     return f
 
 
+def measure_window(name: str, layer: int, lo: int, hi: int):
+    """A measure: ``name`` at ``layer`` averaged over the steps lo < step <= hi."""
+    def f(df, cfg):
+        v = window_mean(df, name, layer, lo, hi)
+        return None if v is None else (v, f"mean over steps {lo + 1}-{hi}")
+
+    return f
+
+
 def measure_run_mean(name: str, layer: int, epochs: int):
     """A measure: ``name``'s epoch values at ``layer`` averaged over the paper's first ``epochs``."""
     def f(df, cfg):
-        from .paper_units import PAPER_IMAGES
-
         e = per_epoch(df, name, layer)
-        images = epoch_images(df)
-        if e.empty or images is None:
+        if e.empty or epoch_images(df) is None:
             return None
-        if abs(images - PAPER_IMAGES) > 64:
-            return None, f"not read: the run's epochs hold {images:,.0f} images, the paper's {PAPER_IMAGES:,}"
+        if (other := other_epochs(df)) is not None:
+            return other
         e = e[e["ep"] < epochs]
         n = int(e["ep"].nunique())
         return float(e.groupby("run_dir")["value"].mean().mean()), f"mean over {n} of the paper's {epochs} epochs"

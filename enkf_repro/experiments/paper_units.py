@@ -143,39 +143,33 @@ def _firsts(ls: list[Learning]) -> str:
                                                                if x.dips else "") + ")" for x in ls)
 
 
-def check_no_learning(select: dict, until: float, rows=None):
-    """"Does not learn" within the paper's first ``until`` epochs: no sustained learning up to
-    there (``rows(df, cfg)`` picks the test-error rows; default: ``errors(df, **select)``)."""
+def check_learning(select: dict, until: float, learns: bool, rows=None):
+    """"Learns" (``learns``) or "does not learn" within the paper's first ``until`` epochs:
+    sustained learning that starts by then, or none (``rows(df, cfg)`` picks the test-error rows;
+    default: ``errors(df, **select)``). Decided once the runs reach ``until`` or, before, once one
+    of them has learned."""
     def check(df, cfg):
         err = rows(df, cfg) if rows else errors(df, **select)
         ls = learning(err, until)
         if not ls:
             return f"no test-error rows of {_name(select)}", None
         text = f"{_name(select)} up to {epochs_text(until)}: {_firsts(ls)}; {_reach(ls)}"
-        if any(x.at is not None for x in ls):
-            return text, False
+        learned = [x.at is not None for x in ls]
+        if (all(learned) if learns else any(learned)):
+            return text, learns
         if all(x.ends >= until * 0.95 for x in ls):
-            return text, True
+            return text, not learns
         return text + " (not decided: the run does not reach that point)", None
 
     return check
+
+
+def check_no_learning(select: dict, until: float, rows=None):
+    return check_learning(select, until, False, rows)
 
 
 def check_learns_by(select: dict, until: float, rows=None):
-    """"Learns within ``until`` epochs": sustained learning that starts by the paper's epoch ``until``."""
-    def check(df, cfg):
-        err = rows(df, cfg) if rows else errors(df, **select)
-        ls = learning(err, until)
-        if not ls:
-            return f"no test-error rows of {_name(select)}", None
-        text = f"{_name(select)} up to {epochs_text(until)}: {_firsts(ls)}; {_reach(ls)}"
-        if all(x.at is not None for x in ls):
-            return text, True
-        if all(x.ends >= until * 0.95 for x in ls):
-            return text, False
-        return text + " (not decided: the run does not reach that point)", None
-
-    return check
+    return check_learning(select, until, True, rows)
 
 
 def check_accuracy_within(select: dict, until: float, accuracy: float):
