@@ -152,6 +152,7 @@ class EnKFConfig(MethodConfig):
 
     neutral = {"inflation": InflationConfig()}   # added later; off reproduces the earlier runs
     positive = ("gamma",)
+    noise_key = "gamma"         # the key of Gamma = gamma * I (1 when a noise covariance is given)
 
     def check(self, cfg) -> None:
         check_ensemble_size(self)
@@ -190,12 +191,11 @@ class EnKF(EnsembleMethod):
             out["last"] = self.U[-1]
         return out
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        G = self.forward(self.U, x)
-
+    def tell(self, G: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """(1) from the members' outputs G (J, B, C) on the targets y (B, C)."""
         def update(U, G):
             enkf_update_(U, G, y, self.gamma, self.mode)
-            return 0.5 * float(((G - y) ** 2).sum((1, 2)).mean()) / x.shape[0]
+            return 0.5 * float(((G - y) ** 2).sum((1, 2)).mean()) / G.shape[1]
 
         with self.update_scope():
             misfit, nbad = self.apply_update(self.U, G, update)
