@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..config.schema import Cost, MethodConfig, RunSize
 from ..errors import ConfigError
-from .base import Method, MethodContext, backprop_cost, register_method
+from .base import Method, MethodContext, backprop_cost, backprop_memory, register_method
 from .instrument import Instrument
 
 
@@ -41,6 +41,9 @@ class BackpropConfig(MethodConfig):
 
     def cost(self, run: RunSize) -> Cost:
         return backprop_cost(run)
+
+    def memory(self, run: RunSize) -> float:
+        return backprop_memory(run)
 
 
 @dataclass

@@ -158,6 +158,25 @@ def ensemble_cost(J: int, run: RunSize, repetitions: int = 1) -> Cost:
     return Cost(flops, iterations, "step")
 
 
+def ensemble_memory(J: int, run: RunSize, copies: float = 1.0) -> float:
+    """Bytes an ensemble method holds on its device besides the forward's intermediates (the
+    ``memory(run)`` of a method config; runs/cost.py adds the data and the forward): ``copies``
+    J x P fp32 matrices (the ensemble; a momentum copy, a noise draw), the outputs (J x d in fp32
+    and fp64, d = B C), the factors W, Z (J x d, fp64), the small solve (min(J, d)^2, fp64) and
+    the update's column blocks (two J x block temporaries of linalg.BLOCK_ELEMENTS)."""
+    from .linalg import BLOCK_ELEMENTS
+
+    d = run.batch_size * run.classes
+    return (4.0 * copies * J * run.params + 28.0 * J * d + 8.0 * min(J, d) ** 2
+            + 8.0 * min(J * run.params, BLOCK_ELEMENTS))
+
+
+def backprop_memory(run: RunSize, states: int = 2) -> float:
+    """Bytes of one network trained by backpropagation: its parameters, their gradients and
+    ``states`` optimizer buffers per parameter (momentum; Adam's two moments), fp32."""
+    return 4.0 * (2 + states) * run.params
+
+
 def backprop_cost(run: RunSize) -> Cost:
     """One network trained by backpropagation: forward and backward, about 3 B f FLOPs per
     mini-batch, plus the evaluations."""

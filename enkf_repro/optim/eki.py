@@ -85,7 +85,7 @@ import torch
 from ..config.schema import Cost, MethodConfig, RunSize
 from ..config.validate import check
 from ..errors import DivergenceError
-from .base import EnsembleMethod, MethodContext, check_ensemble_size, ensemble_cost, register_method
+from .base import EnsembleMethod, MethodContext, check_ensemble_size, ensemble_cost, ensemble_memory, register_method
 from .enkf import kalman_factors
 from .failure import NonfinitePolicy
 from .inflation import InflationConfig, check_inflation
@@ -337,6 +337,11 @@ class EKIConfig(MethodConfig):
     def cost(self, run: RunSize) -> Cost:
         """J networks forward and the update per mini-batch (``base.ensemble_cost``)."""
         return ensemble_cost(self.ensemble_size, run)
+
+    def memory(self, run: RunSize) -> float:
+        """The ensemble, u_{n-1} for momentum, a prior draw for (R) and additive inflation."""
+        copies = 1 + (self.momentum != Momentum.none) + self.randomize + (self.inflation.additive is not None)
+        return ensemble_memory(self.ensemble_size, run, copies)
 
 
 class EKI(Scheduled, EnsembleMethod):

@@ -69,7 +69,7 @@ from ..config.schema import Cost, MethodConfig, RunSize
 from ..config.validate import check
 from ..errors import DivergenceError
 from ._noise import noise_variance
-from .base import EnsembleMethod, MethodContext, check_ensemble_size, ensemble_cost, register_method
+from .base import EnsembleMethod, MethodContext, check_ensemble_size, ensemble_cost, ensemble_memory, register_method
 from .eki import eki_frobenius
 from .failure import NonfinitePolicy
 from .inflation import InflationConfig, check_inflation
@@ -195,6 +195,10 @@ class ETKIConfig(MethodConfig):
     def cost(self, run: RunSize) -> Cost:
         """J networks forward and the update per mini-batch (``base.ensemble_cost``)."""
         return ensemble_cost(self.ensemble_size, run)
+
+    def memory(self, run: RunSize) -> float:
+        """The ensemble and the update (``base.ensemble_memory``), a noise draw for additive inflation."""
+        return ensemble_memory(self.ensemble_size, run, 1 + (self.inflation.additive is not None))
 
 
 class ETKI(Scheduled, EnsembleMethod):

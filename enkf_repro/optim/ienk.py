@@ -44,7 +44,14 @@ from ..config.schema import Cost, MethodConfig, RunSize
 from ..config.validate import check
 from ..errors import DivergenceError
 from ..models.base import ModelSpec, glorot_std
-from .base import MethodContext, SingleNetworkMethod, check_ensemble_size, ensemble_cost, register_method
+from .base import (
+    MethodContext,
+    SingleNetworkMethod,
+    check_ensemble_size,
+    ensemble_cost,
+    ensemble_memory,
+    register_method,
+)
 
 
 def layer_blocks(model: ModelSpec) -> list[tuple[int, int, float]]:
@@ -152,6 +159,10 @@ class IEnKSimpleConfig(MethodConfig):
         if self.mode == IEnKMode.sample:
             return Cost(cost.flops, run.batches * run.batch_size, "sample")
         return cost
+
+    def memory(self, run: RunSize) -> float:
+        """The K perturbations and the networks evaluated (at most K per layer plus one; counted as 4 layers)."""
+        return ensemble_memory(4 * self.ensemble_size + 1, run, 2)
 
 
 class IEnKSimple(SingleNetworkMethod):
