@@ -275,14 +275,14 @@ def _train(cfg, rd: RunWriter, label: str, comm: Comm, data: Data, model: ModelS
                     misfit = last.get("train_misfit", last.get("train_loss"))
                     if misfit is not None:
                         bar.note("misfit" if "train_misfit" in last else "loss", misfit)
-                    if loggers:
-                        loggers.log(st.iteration, last)
                     finished = method.finished
                     at_end = (finished or st.iteration >= st.budget
                               or (st.batch + 1 >= batches.total and st.rep >= st.r))
                     if st.iteration % eval_every == 0 or at_end:
-                        evaluate(last, final=at_end)
+                        evaluate(last, final=at_end)       # its rows carry this step's scalars
                         bar.total = st.budget
+                    elif loggers:
+                        loggers.log(st.iteration, last)
                     extra = method.rows(st.iteration, batches.epoch_of(progress_at()))
                     if extra:
                         rd.log({"elapsed_s": round(rd.elapsed(), 3), **row} for row in extra)

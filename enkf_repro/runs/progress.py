@@ -27,7 +27,8 @@ def _number(value) -> float:
 
 def noted(values: dict) -> str:
     """``misfit 0.0123, test error 12.3 %`` from the noted (label -> (value, unit))."""
-    return ", ".join(f"{label} {_number(v):.4g}{' ' + unit if unit else ''}" for label, (v, unit) in values.items())
+    items = sorted(values.items(), key=lambda kv: kv[0].startswith("test"))    # the training misfit first
+    return ", ".join(f"{label} {_number(v):.4g}{' ' + unit if unit else ''}" for label, (v, unit) in items)
 
 
 class LogLines:
