@@ -122,8 +122,10 @@ def logger_names(value: Any) -> list[str]:
     """``logger=`` as a list of names: ``"tensorboard"``, ``"tensorboard+mlflow"``, a list; checked."""
     if value is None:
         return []
-    names = [str(v) for v in value] if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not \
-        isinstance(value, str) else [n for n in str(value).replace(",", "+").split("+")]
+    if isinstance(value, str):
+        names = value.replace(",", "+").split("+")
+    else:                                       # a list (or an OmegaConf ListConfig)
+        names = [str(v) for v in value]
     names = [n.strip() for n in names if n.strip()]
     for n in names:
         if n not in LOGGERS:
