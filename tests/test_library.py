@@ -408,3 +408,23 @@ def test_library_errors_are_grouped_and_name_the_owner():
     assert "adaptive.*" in msg and "inflation.*" in msg
     names = msg.split("options: ", 1)[1]
     assert ", enabled," not in names and ", v," not in names and "ambiguous" not in msg
+
+
+def test_a_command_line_run_starts_from_a_kept_ensemble_by_its_run_id(cli, synthetic_root, tmp_path):
+    from enkf_repro import read_runs
+
+    common = ["run", "scale=smoke", "optimizer=etki", "optimizer.ensemble_size=6", "train.max_batches=3",
+              "train.eval_every=3", "dataset=mnist", f"dataset.root={synthetic_root}", f"out_dir={tmp_path}",
+              "progress=false"]
+    cli(*common, check=True)
+    (first,) = (tmp_path / "smoke" / "runs").iterdir()
+    run_id = first.name.rsplit("-", 1)[1]
+    assert torch.load(first / "ensemble.pt", weights_only=True)["ensemble"].shape[0] == 6
+    cli(*common, f"ensemble_from={run_id}", check=True)
+    df = read_runs(tmp_path)
+    err = df[df.metric == "test_error"]
+    a = err[err.run_dir == str(first)].sort_values("iteration")["value"].iloc[-1]
+    b = err[(err.run_dir != str(first)) & (err.iteration == 0)]["value"].item()
+    assert a == b                                       # the second run starts where the first ended
+    bad = cli(*common, "ensemble_from=0123456789ab")
+    assert bad.returncode == 2 and "ensemble_from='0123456789ab' is not allowed: a finished run's id" in bad.stderr
