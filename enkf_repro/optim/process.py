@@ -41,7 +41,7 @@ from ..errors import ConfigError
 from ..models.base import ModelSpec
 from ..models.ensemble import EnsembleForward, resolve_device
 from ..models.forward_map import ObservedSpec, PriorSpec
-from .base import METHODS, Method, get_method, make_method
+from .base import METHODS, EnsembleMethod, Method, get_method, make_method
 from .observation import Noise, as_noise
 from .predictive import Prediction, predict
 from .schedulers import StepScheduler
@@ -233,12 +233,17 @@ class EnsembleKalmanProcess:
     @ensemble.setter
     def ensemble(self, U: Any) -> None:
         self.method.set_ensemble(torch.as_tensor(U))
+        if isinstance(self.method, EnsembleMethod):           # J follows the given members
+            self.config.optimizer.ensemble_size = int(self.method.ensemble_size)
         self._pending = None
 
     @property
     def mean(self) -> torch.Tensor:
         """The evaluated network (P,): the ensemble mean (or the single network)."""
-        return self.method.eval_params()[""]
+        U = self.method.ensemble
+        if U is None or hasattr(self.method, "full_ensemble"):  # backprop; the mean over the ranks
+            return self.method.eval_params()[""]
+        return U.mean(0)
 
     @property
     def scheduler(self) -> StepScheduler | None:
