@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto", help="cpu, cuda, or auto (CPU, plus CUDA when present)")
     ap.add_argument("--sizes", default=None, help="comma-separated J values (default: 100,500,1000 on CPU; "
                                                  "1000,5000,10000,20000 on GPU)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats per row after a warm-up; the median (3)")
     ap.add_argument("--naive-budget", type=float, default=40.0,
                     help="seconds the naive baseline may take per size on CPU (extrapolated above)")
     ap.add_argument("--naive-J", type=int, default=None,
@@ -380,10 +380,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precisions", default=None,
                     help="forward precisions, comma-separated (default: fp32 on CPU; fp32,tf32,bf16 on GPU)")
     ap.add_argument("--precision", default=None, help=argparse.SUPPRESS)   # the former single-precision flag
-    ap.add_argument("--update-precision", default="fp32", choices=["fp32", "tf32"])
-    ap.add_argument("--kernel", default="auto", choices=["auto", "triton", "torch"])
-    ap.add_argument("--chunk-size", type=int, default=None)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--update-precision", default="fp32", choices=["fp32", "tf32"],
+                    help="the update's large GEMMs: IEEE fp32 or TensorFloat-32 tensor cores (fp32)")
+    ap.add_argument("--kernel", default="auto", choices=["auto", "triton", "torch"],
+                    help="the forward: fused Triton kernels, the PyTorch path, or auto (Triton on CUDA when it "
+                         "matches the PyTorch path)")
+    ap.add_argument("--chunk-size", type=int, default=None,
+                    help="members per batched forward call (default: 16 on CPU, timed on CUDA)")
+    ap.add_argument("--batch", type=int, default=64, help="images per mini-batch B (64, the paper's)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the per-chunk forward")
     ap.add_argument("--eki-J", type=int, default=None,
                     help="J of the EKI dnn2 row (default 2000 on GPU, 500 on CPU; 0 skips it)")

@@ -22,10 +22,12 @@ commands:
   plot figure=ID [overrides]    draw <out_dir>/<scale>/fig<ID>/fig<ID>.png and .pdf from its CSVs
   compare by=KEY[,KEY] [where=KEY=VALUE ...] [out_dir=DIR] [scale=S] [metric=M]
                                 group a sweep's runs by config keys: mean +/- std plot, final-value table
-  list                          every figure id, what it shows, and its cost at each scale
+  list [device=cuda] [rate=60T] every figure id, what it shows, its cost at each scale on this CPU
+                                and a planned device (memory per run, a total)
   bench [--help]                time the ensemble engine against the naive loop (table)
-  reproduce [scale=smoke|paper] [figures=1,8,...]
-                                run, plot and report every figure (REPORT.md)
+  reproduce [scale=smoke|paper] [figures=1,8,...] [dry_run=true] [device=cuda] [rate=60T]
+                                run, plot and report every figure (REPORT.md); dry_run: the plan, its
+                                time at the device's measured or given rate and memory per run
 
 common overrides: scale=smoke|paper  dataset=mnist|fashion_mnist|notmnist  dataset.root=DIR
   dataset.test_only=true  device=auto|cpu|cuda  seed=N  out_dir=DIR  init.sigma=S
@@ -77,7 +79,10 @@ def plot_command(args: list[str]) -> int:
 
     figs = [o for o in overrides if key(o) == "figure"]
     if not figs:
-        raise ConfigError("figure", None, "plot needs figure=ID (see `enkf-repro list`)")
+        from .experiments.base import figure_ids
+
+        raise ConfigError.line("plot needs figure=ID, one of " + ", ".join(figure_ids()) + " (`enkf-repro list` "
+                               "says what each shows)")
     filters = [o for o in overrides if key(o) != "figure"]
     compose_with = [o for o in filters if "," not in o.split("=", 1)[-1] or o.split("=", 1)[-1].startswith("[")]
     for name in figs[0].split("=", 1)[1].split(","):
@@ -128,11 +133,23 @@ def compare_command(args: list[str]) -> int:
     return 0
 
 
+def _rate(overrides: list[str]) -> tuple[list[str], str | None]:
+    """(the overrides without ``rate=``, its value): the FLOP/s of the plans of ``list`` and ``reproduce``."""
+    rest, rate = [], None
+    for o in overrides:
+        if o.split("=", 1)[0] == "rate":
+            rate = o.split("=", 1)[1]
+        else:
+            rest.append(o)
+    return rest, rate
+
+
 def list_command(args: list[str]) -> int:
-    """``enkf-repro list [overrides]``: print the table of every figure and its cost."""
+    """``enkf-repro list [device=cuda] [rate=60T] [overrides]``: print the table of every figure and its cost."""
     from .report.listing import figure_table
 
-    print(figure_table(_overrides(args)))
+    overrides, rate = _rate(_overrides(args))
+    print(figure_table(overrides, rate) if rate else figure_table(overrides))
     return 0
 
 
@@ -144,9 +161,10 @@ def bench_command(args: list[str]) -> int:
 
 
 def parse_reproduce(args: list[str]) -> tuple[list[str], list[str] | None, bool]:
-    """(overrides, figures or None for all, dry run) of a ``reproduce`` command line."""
+    """(overrides, figures or None for all, dry run) of a ``reproduce`` command line (``rate=``
+    is :func:`_rate`'s)."""
     scale, figures, rest, dry = "paper", None, [], False
-    for a in _overrides(args):
+    for a in _rate(_overrides(args))[0]:
         key, _, value = a.partition("=")
         if key == "dry_run":
             if value.lower() not in ("true", "false", "1", "0"):
@@ -170,7 +188,7 @@ def reproduce_command(args: list[str]) -> int:
     overrides, figures, dry_run = parse_reproduce(args)
     from .report.reproduce import reproduce, reproduce_config
 
-    reproduce(reproduce_config(overrides), figures, dry_run=dry_run)
+    reproduce(reproduce_config(overrides), figures, dry_run=dry_run, rate=_rate(_overrides(args))[1])
     return 0
 
 

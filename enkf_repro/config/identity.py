@@ -20,7 +20,7 @@ from .schema import METHOD_SECTIONS, OPTIMIZER_SCHEMAS, MethodConfig
 
 # Keys that do not change the numbers a run produces: excluded from the run's identity.
 NON_SEMANTIC = {"device", "out_dir", "restart", "checkpoint_every", "progress", "only", "figure", "scale",
-                "distributed", "overrides", "time_budget"}
+                "distributed", "overrides", "time_budget", "keep_ensemble", "threads", "logger", "logger_dir"}
 NON_SEMANTIC_NESTED = {"dataset": {"root", "download"},
                        "ensemble": {"chunk_size", "compile", "kernel"}}
 # Settings added after runs were made, at the value that reproduces the earlier numbers exactly:
@@ -32,6 +32,8 @@ NEUTRAL = {
     "dataset": {"fingerprint": None},
     "model": {"target": None, "kwargs": {}, "fingerprint": None},
 }
+# Top-level settings added later, at the value that reproduces the earlier runs.
+NEUTRAL_TOP = {"task": "classification", "noise": None, "ensemble_from": None}
 
 
 def _drop_neutral(node: dict, neutral: Mapping) -> dict:
@@ -62,7 +64,7 @@ def to_plain(cfg: DictConfig) -> dict:
 def semantic_config(cfg: DictConfig | Mapping) -> dict:
     """The part of ``cfg`` that changes a run's numbers, as plain Python."""
     plain = to_plain(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
-    out = {k: v for k, v in plain.items() if k not in NON_SEMANTIC}
+    out = _drop_neutral({k: v for k, v in plain.items() if k not in NON_SEMANTIC}, NEUTRAL_TOP)
     schema = method_schema(out.get("optimizer"))
     reads = schema.reads if schema is not None else ()
     for key in METHOD_SECTIONS:            # read only by some methods: part of those methods' identity

@@ -82,6 +82,11 @@ class ScaleName(str, Enum):
     smoke = "smoke"
 
 
+class Task(str, Enum):
+    classification = "classification"  # integer labels, one-hot targets; test_error in %
+    regression = "regression"          # real-valued targets (N, D); test_error is the RMSE
+
+
 @dataclass
 class DatasetConfig:
     name: DatasetName = DatasetName.mnist
@@ -238,6 +243,26 @@ class Config:
     # The command-line overrides this config was composed with (set by ``compose``): they win
     # over a figure's per-series settings. Not part of the run identity.
     overrides: List[str] = field(default_factory=list)
+    # What the targets are: class labels (the paper) or real values (N, D) given to enkf_repro.train;
+    # the methods' outputs, losses and the evaluation follow it (optim/process.py).
+    task: Task = Task.classification
+    # Observation-noise covariance of one sample's D outputs for the ensemble Kalman methods: null
+    # (gamma * I, the method's optimizer.gamma), D variances, or a D x D matrix (whitened once by its
+    # Cholesky factor; the method's gamma is then 1). optim/observation.py.
+    noise: Optional[Any] = None
+    # Start the ensemble from a saved one: a run id (a finished run under out_dir) or the path of a
+    # run folder or of its ensemble.pt (null: drawn from the init prior).
+    ensemble_from: Optional[str] = None
+    # Keep the final ensemble in the run folder (ensemble.pt): null keeps it up to 256 MiB, true
+    # always, false never. Not part of the run identity.
+    keep_ensemble: Optional[bool] = None
+    # torch's CPU threads for the run (null: $OMP_NUM_THREADS when set, else the cores available to
+    # this process). Lower it on a machine shared with other jobs. Not part of the run identity.
+    threads: Optional[int] = None
+    # Live logging besides the CSV (the record): csv (nothing more), tensorboard, mlflow, or several
+    # ("tensorboard+mlflow" or a list); runs/loggers.py. logger_dir: where (null: <out_dir>/<scale>/<name>).
+    logger: Any = "csv"
+    logger_dir: Optional[str] = None
 
 
 def name_of(value: Any) -> str:

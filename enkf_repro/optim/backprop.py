@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Optional
 
 import torch
@@ -19,21 +20,30 @@ import torch.nn.functional as F
 
 from ..config.schema import Cost, MethodConfig, RunSize
 from ..errors import ConfigError
-from .base import Method, MethodContext, backprop_cost, register_method
+from .base import Method, MethodContext, backprop_cost, backprop_memory, register_method
 from .instrument import Instrument
+
+
+class BackpropLoss(str, Enum):
+    cross_entropy = "cross_entropy"  # classification: cross-entropy of the logits
+    mse = "mse"                      # real-valued targets: 1/2 |f(x) - y|^2 per sample, mean over the batch
 
 
 class BackpropConfig(MethodConfig):
     """What SGD and Adam declare alike: their runs log the instrumentation (``instrument.*``),
-    ``state_from`` came later (null, a fresh optimizer, reproduces the earlier runs), and a step
-    is one network's forward and backward pass."""
+    ``state_from`` and ``loss`` came later (null, a fresh optimizer, and cross_entropy reproduce the
+    earlier runs), and a step is one network's forward and backward pass."""
 
-    neutral = {"state_from": None}
+    neutral = {"state_from": None, "loss": BackpropLoss.cross_entropy}
+    regression = {"loss": BackpropLoss.mse}
     positive = ("lr",)
     reads = ("instrument",)
 
     def cost(self, run: RunSize) -> Cost:
         return backprop_cost(run)
+
+    def memory(self, run: RunSize) -> float:
+        return backprop_memory(run)
 
 
 @dataclass
@@ -49,6 +59,7 @@ class SGDConfig(BackpropConfig):
     # starts from, with freshly initialised weights: the published script built each optimizer
     # once and reused it across its sigma sweep (null: a fresh optimizer, the default)
     state_from: Optional[str] = None
+    loss: BackpropLoss = BackpropLoss.cross_entropy
 
     def make(self, params) -> torch.optim.Optimizer:
         """A new torch optimizer over ``params`` (never reused across runs)."""
@@ -66,6 +77,7 @@ class AdamConfig(BackpropConfig):
     beta2: float = 0.999
     weight_decay: float = 0.0
     state_from: Optional[str] = None   # as SGDConfig.state_from
+    loss: BackpropLoss = BackpropLoss.cross_entropy
 
     def make(self, params) -> torch.optim.Optimizer:
         """A new torch optimizer over ``params`` (never reused across runs)."""
@@ -97,11 +109,13 @@ class Backprop(Method):
                                    batches.data_fraction)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        labels = y.argmax(1)
         self.opt.zero_grad(set_to_none=True)
         with self.inst.capture() if self.inst is not None else contextlib.nullcontext():
             logits = self.net(x)
-        loss = F.cross_entropy(logits, labels)
+        if self.config.loss == BackpropLoss.mse:
+            loss = 0.5 * ((logits - y) ** 2).sum(1).mean()
+        else:
+            loss = F.cross_entropy(logits, y.argmax(1))
         loss.backward()
         self.step_count += 1
         if self.inst is not None:

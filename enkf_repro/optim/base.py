@@ -12,8 +12,17 @@ device, and the other sections of the run config it may read): ``Method(opt, ctx
 :func:`make_method` builds one from a run config. It is driven by the one training loop
 (``runs/loop.py``):
 
-* ``step(x, y) -> dict`` does one iteration on the images x (B, ...) and one-hot targets
-  y (B, C) and returns scalars to log at the next evaluation;
+* ``step(x, y) -> dict`` does one iteration on the inputs x (B, ...) and the targets y (B, C):
+  one-hot labels, or real values for ``task=regression`` (and whitened by the noise covariance,
+  ``optim/observation.py``, when one is given); it returns scalars to log at the next evaluation.
+  For the ensemble Kalman methods it is ``tell(forward(ask(), x), y)``:
+* ``ask() -> (J', P)`` the parameter vectors whose forward-map outputs the next ``tell`` needs
+  (the ensemble; EKI's momentum point; the perturbed networks of haber and ienk_simple), and
+  ``tell(outputs, y) -> dict`` the update from their outputs (J', B, C) (the raw forward map:
+  a method applies its own softmax where its config says so). What lets a user evaluate the
+  forward map outside PyTorch (``optim/process.py``); the backprop methods have neither;
+* ``ensemble`` the members (J, P) a method keeps (None for backprop; single-network methods:
+  their network, (1, P)), and ``set_ensemble(U)`` to start from given members (a saved ensemble);
 * ``eval_params() -> {suffix: theta}`` the networks to evaluate (flat parameter vectors; the
   suffix names the metric, ``test_error`` for "" and ``test_error_<suffix>`` otherwise);
 * ``diagnostics() -> dict`` scalars logged at every evaluation;
@@ -149,6 +158,25 @@ def ensemble_cost(J: int, run: RunSize, repetitions: int = 1) -> Cost:
     return Cost(flops, iterations, "step")
 
 
+def ensemble_memory(J: int, run: RunSize, copies: float = 1.0) -> float:
+    """Bytes an ensemble method holds on its device besides the forward's intermediates (the
+    ``memory(run)`` of a method config; runs/cost.py adds the data and the forward): ``copies``
+    J x P fp32 matrices (the ensemble; a momentum copy, a noise draw), the outputs (J x d in fp32
+    and fp64, d = B C), the factors W, Z (J x d, fp64), the small solve (min(J, d)^2, fp64) and
+    the update's column blocks (two J x block temporaries of linalg.BLOCK_ELEMENTS)."""
+    from .linalg import BLOCK_ELEMENTS
+
+    d = run.batch_size * run.classes
+    return (4.0 * copies * J * run.params + 28.0 * J * d + 8.0 * min(J, d) ** 2
+            + 8.0 * min(J * run.params, BLOCK_ELEMENTS))
+
+
+def backprop_memory(run: RunSize, states: int = 2) -> float:
+    """Bytes of one network trained by backpropagation: its parameters, their gradients and
+    ``states`` optimizer buffers per parameter (momentum; Adam's two moments), fp32."""
+    return 4.0 * (2 + states) * run.params
+
+
 def backprop_cost(run: RunSize) -> Cost:
     """One network trained by backpropagation: forward and backward, about 3 B f FLOPs per
     mini-batch, plus the evaluations."""
@@ -175,6 +203,29 @@ class Method:
 
     def attach(self, batches) -> None:
         """Called once by the loop before training (or resuming) with the run's batch stream."""
+
+    def ask(self) -> torch.Tensor:
+        """The parameter vectors (J', P) whose forward-map outputs the next :meth:`tell` takes."""
+        raise ConfigError("method", self.config.name, "an ensemble Kalman method for ask() / tell(): "
+                          f"{self.config.name} trains by backpropagation, through step(x, y)")
+
+    def tell(self, outputs: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """The update from the outputs (J', B, C) of the last :meth:`ask`'s rows on targets y (B, C)."""
+        raise ConfigError("method", self.config.name, "an ensemble Kalman method for ask() / tell(): "
+                          f"{self.config.name} trains by backpropagation, through step(x, y)")
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """One iteration: ``tell(forward(ask(), x), y)``."""
+        return self.tell(self.forward(self.ask(), x), y)
+
+    @property
+    def ensemble(self) -> torch.Tensor | None:
+        """The members (J, P) the method keeps (None: it trains one network by backpropagation)."""
+        return None
+
+    def set_ensemble(self, U: torch.Tensor) -> None:
+        """Start from the members U (J, P) (a saved ensemble)."""
+        raise ConfigError("ensemble_from", "set", f"null: {self.config.name} keeps no ensemble")
 
     def on_epoch_end(self) -> None:
         """Called by the loop after the step that completes an epoch, before its evaluation."""
@@ -248,6 +299,20 @@ class EnsembleMethod(Method):
     def ensemble_size(self) -> int:
         return self.U.shape[0]
 
+    def ask(self) -> torch.Tensor:
+        return self.U
+
+    @property
+    def ensemble(self) -> torch.Tensor:
+        return self.U
+
+    def set_ensemble(self, U: torch.Tensor) -> None:
+        """Start from the members U (J, P) (J may differ from ``ensemble_size``)."""
+        P = self.U.shape[1]
+        if U.dim() != 2 or U.shape[1] != P or U.shape[0] < 2:
+            raise ConfigError("ensemble", f"a tensor of shape {tuple(U.shape)}", f"an ensemble (J, {P}), J >= 2")
+        self.U = U.detach().to(device=self.U.device, dtype=self.U.dtype).clone()
+
     def eval_params(self) -> dict[str, torch.Tensor]:
         return {"": self.U.mean(0)}
 
@@ -272,6 +337,18 @@ class SingleNetworkMethod(Method):
 
     def eval_params(self) -> dict[str, torch.Tensor]:
         return {"": self.theta}
+
+    @property
+    def ensemble(self) -> torch.Tensor:
+        return self.theta.unsqueeze(0)
+
+    def set_ensemble(self, U: torch.Tensor) -> None:
+        """Start from the network U (P,) or (1, P), or from the mean of the members U (J, P)."""
+        U = U.detach().reshape(-1, self.theta.shape[0]) if U.numel() % self.theta.shape[0] == 0 else U
+        if U.dim() != 2 or U.shape[1] != self.theta.shape[0]:
+            raise ConfigError("ensemble", f"a tensor of shape {tuple(U.shape)}",
+                              f"a network ({self.theta.shape[0]},) or members (J, {self.theta.shape[0]})")
+        self.theta = U.mean(0).to(device=self.theta.device, dtype=self.theta.dtype)
 
     def diagnostics(self) -> dict[str, float]:
         return {"ensemble_size": self.K}

@@ -182,6 +182,11 @@ class DistributedEnKF(EnKF):
     def ensemble_size(self) -> int:
         return self.J
 
+    def set_ensemble(self, U: torch.Tensor) -> None:
+        """Start from the whole ensemble U (J, P), the same on every rank: each keeps its rows."""
+        super().set_ensemble(U)
+        self._keep_rows(self.U)
+
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         comm, rank = self.comm, self.comm.rank
         G_k = self.forward(self.U, x)                                  # my members' outputs (J_k, B, C)

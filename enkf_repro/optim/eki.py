@@ -85,7 +85,7 @@ import torch
 from ..config.schema import Cost, MethodConfig, RunSize
 from ..config.validate import check
 from ..errors import DivergenceError
-from .base import EnsembleMethod, MethodContext, check_ensemble_size, ensemble_cost, register_method
+from .base import EnsembleMethod, MethodContext, check_ensemble_size, ensemble_cost, ensemble_memory, register_method
 from .enkf import kalman_factors
 from .failure import NonfinitePolicy
 from .inflation import InflationConfig, check_inflation
@@ -322,6 +322,8 @@ class EKIConfig(MethodConfig):
                "update_form": EKIUpdate.auto, "gamma": 1.0, "dt": 1.0, "terminate_at": 1.0,
                "on_terminate": OnTerminate.stop, "misfit_clock": MisfitClock.run}
     positive = ("h0", "eps", "random_gamma0", "random_tau", "gamma", "dt", "terminate_at")
+    noise_key = "gamma"                        # 1 when a noise covariance is given (optim/observation.py)
+    regression = {"loss": EKILoss.mse}         # real-valued targets: Psi = |G - y|^2 / 2 on the raw outputs
 
     def check(self, cfg) -> None:
         check_ensemble_size(self)
@@ -335,6 +337,11 @@ class EKIConfig(MethodConfig):
     def cost(self, run: RunSize) -> Cost:
         """J networks forward and the update per mini-batch (``base.ensemble_cost``)."""
         return ensemble_cost(self.ensemble_size, run)
+
+    def memory(self, run: RunSize) -> float:
+        """The ensemble, u_{n-1} for momentum, a prior draw for (R) and additive inflation."""
+        copies = 1 + (self.momentum != Momentum.none) + self.randomize + (self.inflation.additive is not None)
+        return ensemble_memory(self.ensemble_size, run, copies)
 
 
 class EKI(Scheduled, EnsembleMethod):
@@ -384,12 +391,12 @@ class EKI(Scheduled, EnsembleMethod):
             eki_kalman_step_(U, G, y, self.gamma, h)
         return {"h": h, "d_norm": d_norm, "loss": psi}
 
-    def outputs(self, V: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        G = self.forward(V, x)
-        return torch.softmax(G, -1) if self.loss == "cross_entropy" else G
-
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        self.recent.add(x, y)
+        self.recent.add(x, y)            # the samples the best member is ranked on
+        return super().step(x, y)
+
+    def ask(self) -> torch.Tensor:
+        """The members the step is taken from: u_n, or with momentum v_n = u_n + lambda_n (u_n - u_{n-1})."""
         lam = nesterov_coefficient(self.n, self.coef) if self.momentum else 0.0
         if self.momentum and self.randomize:
             # fresh noise every step: only the mean's displacement carries momentum
@@ -397,19 +404,22 @@ class EKI(Scheduled, EnsembleMethod):
             if self.prev is not None and lam > 0:
                 self.U.add_(lam * (mean - self.prev))
             self.prev = mean
-            V = self.U
         elif self.momentum:
             if self.prev is None:
                 self.prev = self.U.clone()
             # v_n = u_n + lam (u_n - u_{n-1}), built in u_{n-1}'s buffer
             V = self.prev.mul_(-lam).add_(self.U, alpha=1.0 + lam)
             self.prev = self.U
-        else:
-            V = self.U
-        G = self.outputs(V, x)
+            self.U = V
+        return self.U
+
+    def tell(self, G: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """(1) on the members of the last :meth:`ask` from their raw outputs G (J, B, C) (softmax
+        applied here for ``loss=cross_entropy``), then the (R) noise."""
+        if self.loss == "cross_entropy":
+            G = torch.softmax(G, -1)
         with self.update_scope():
-            info, nbad = self.apply_update(V, G, lambda Vg, Gg: self._update(Vg, Gg, y))
-        self.U = V
+            info, nbad = self.apply_update(self.U, G, lambda Vg, Gg: self._update(Vg, Gg, y))
         self.last = {"step_size": info["h"], "d_norm": info["d_norm"]}
         if self.scheduler.name == "data_misfit":
             self.last["algorithm_time"] = self.scheduler.time
@@ -420,8 +430,12 @@ class EKI(Scheduled, EnsembleMethod):
         elif self.randomize:
             randomize_(self.U, self._prior_noise(), self.spread(self.n + 1) * self.prior_std)
         self.n += 1
-        out = {"train_loss": float(info["loss"].mean()) / x.shape[0]}   # per sample, mean over members
+        out = {"train_loss": float(info["loss"].mean()) / G.shape[1]}   # per sample, mean over members
         return {**out, "nonfinite_step": nbad} if nbad else out
+
+    def set_ensemble(self, U: torch.Tensor) -> None:
+        super().set_ensemble(U)
+        self.prev = None                 # momentum starts over from the given members
 
     def _prior_noise(self) -> torch.Tensor:
         """Standard normal (J, P) from the run's generator (times ``prior_std``: xi_j ~ the prior)."""

@@ -34,7 +34,7 @@ import torch
 from ..config.schema import Cost, MethodConfig, RunSize
 from ..config.validate import check
 from .adaptive import AdaptiveConfig, AdaptiveSchedule, FixedSchedule, check_adaptive, resize_ensemble
-from .base import EnsembleMethod, MethodContext, check_ensemble_size, ensemble_cost, register_method
+from .base import EnsembleMethod, MethodContext, check_ensemble_size, ensemble_cost, ensemble_memory, register_method
 from .failure import NonfinitePolicy
 from .inflation import InflationConfig, check_inflation
 from .linalg import apply_low_rank_, cholesky_jittered
@@ -152,6 +152,7 @@ class EnKFConfig(MethodConfig):
 
     neutral = {"inflation": InflationConfig()}   # added later; off reproduces the earlier runs
     positive = ("gamma",)
+    noise_key = "gamma"         # the key of Gamma = gamma * I (1 when a noise covariance is given)
 
     def check(self, cfg) -> None:
         check_ensemble_size(self)
@@ -163,6 +164,12 @@ class EnKFConfig(MethodConfig):
     def cost(self, run: RunSize) -> Cost:
         """J networks forward and the update, r times per mini-batch (``base.ensemble_cost``)."""
         return ensemble_cost(self.ensemble_size, run, self.repetitions)
+
+    def memory(self, run: RunSize) -> float:
+        """The ensemble at its largest J (Algorithm 1 may grow it to b_u) and the update
+        (``base.ensemble_memory``), with a noise draw for additive inflation."""
+        J = max(self.ensemble_size, self.adaptive.b_u) if self.adaptive.enabled else self.ensemble_size
+        return ensemble_memory(J, run, 1 + (self.inflation.additive is not None))
 
 
 class EnKF(EnsembleMethod):
@@ -190,12 +197,11 @@ class EnKF(EnsembleMethod):
             out["last"] = self.U[-1]
         return out
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        G = self.forward(self.U, x)
-
+    def tell(self, G: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """(1) from the members' outputs G (J, B, C) on the targets y (B, C)."""
         def update(U, G):
             enkf_update_(U, G, y, self.gamma, self.mode)
-            return 0.5 * float(((G - y) ** 2).sum((1, 2)).mean()) / x.shape[0]
+            return 0.5 * float(((G - y) ** 2).sum((1, 2)).mean()) / G.shape[1]
 
         with self.update_scope():
             misfit, nbad = self.apply_update(self.U, G, update)

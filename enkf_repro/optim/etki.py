@@ -69,7 +69,7 @@ from ..config.schema import Cost, MethodConfig, RunSize
 from ..config.validate import check
 from ..errors import DivergenceError
 from ._noise import noise_variance
-from .base import EnsembleMethod, MethodContext, check_ensemble_size, ensemble_cost, register_method
+from .base import EnsembleMethod, MethodContext, check_ensemble_size, ensemble_cost, ensemble_memory, register_method
 from .eki import eki_frobenius
 from .failure import NonfinitePolicy
 from .inflation import InflationConfig, check_inflation
@@ -184,6 +184,8 @@ class ETKIConfig(MethodConfig):
     inflation: InflationConfig = field(default_factory=InflationConfig)
 
     positive = ("gamma", "dt", "h0", "eps", "terminate_at")
+    noise_key = "gamma"                            # 1 when a noise covariance is given (optim/observation.py)
+    regression = {"outputs": ETKIOutputs.logits}   # real-valued targets: the raw outputs
 
     def check(self, cfg) -> None:
         check_ensemble_size(self)
@@ -193,6 +195,10 @@ class ETKIConfig(MethodConfig):
     def cost(self, run: RunSize) -> Cost:
         """J networks forward and the update per mini-batch (``base.ensemble_cost``)."""
         return ensemble_cost(self.ensemble_size, run)
+
+    def memory(self, run: RunSize) -> float:
+        """The ensemble and the update (``base.ensemble_memory``), a noise draw for additive inflation."""
+        return ensemble_memory(self.ensemble_size, run, 1 + (self.inflation.additive is not None))
 
 
 class ETKI(Scheduled, EnsembleMethod):
@@ -229,8 +235,9 @@ class ETKI(Scheduled, EnsembleMethod):
             out["d_norm"] = d_norm
         return out
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        G = self.forward(self.U, x)
+    def tell(self, G: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """One step (1) from the members' raw outputs G (J, B, C) (softmax applied here for
+        ``outputs=softmax``) on the targets y (B, C)."""
         if self.softmax:
             G = torch.softmax(G, -1)
         with self.update_scope():
@@ -238,7 +245,7 @@ class ETKI(Scheduled, EnsembleMethod):
         self.last = {"step_size": info["dt"], **({"d_norm": info["d_norm"]} if "d_norm" in info else {})}
         if self.scheduler.name == "data_misfit":
             self.last["algorithm_time"] = self.scheduler.time
-        out = {"train_misfit": info["misfit"] / x.shape[0]}   # 1/2 |y - G|^2 per sample, mean over members
+        out = {"train_misfit": info["misfit"] / G.shape[1]}   # 1/2 |y - G|^2 per sample, mean over members
         return {**out, "nonfinite_step": nbad} if nbad else out
 
     def diagnostics(self) -> dict[str, float]:

@@ -30,7 +30,14 @@ import torch
 
 from ..config.schema import Cost, MethodConfig, RunSize
 from ..errors import DivergenceError
-from .base import MethodContext, SingleNetworkMethod, check_ensemble_size, ensemble_cost, register_method
+from .base import (
+    MethodContext,
+    SingleNetworkMethod,
+    check_ensemble_size,
+    ensemble_cost,
+    ensemble_memory,
+    register_method,
+)
 from .linalg import cholesky_jittered
 
 
@@ -71,6 +78,7 @@ class HaberConfig(MethodConfig):
     output: HaberOutput = HaberOutput.softmax
 
     positive = ("sigma", "alpha", "gamma")
+    regression = {"output": HaberOutput.logits}   # real-valued targets: the raw outputs
 
     def check(self, cfg) -> None:
         check_ensemble_size(self)
@@ -79,6 +87,10 @@ class HaberConfig(MethodConfig):
         """K perturbed networks forward and the update per mini-batch, counted like an ensemble
         of K (``base.ensemble_cost``)."""
         return ensemble_cost(self.ensemble_size, run)
+
+    def memory(self, run: RunSize) -> float:
+        """The K perturbations and the K + 1 networks evaluated (two K x P matrices)."""
+        return ensemble_memory(self.ensemble_size + 1, run, 2)
 
 
 class Haber(SingleNetworkMethod):
@@ -93,19 +105,24 @@ class Haber(SingleNetworkMethod):
         self.sigma, self.alpha, self.gamma = opt.sigma, opt.alpha, opt.gamma
         self.softmax = opt.output == HaberOutput.softmax
         self.theta = ctx.model.init(1, ctx.init, ctx.generator, ctx.device)[0]
+        self.omega: torch.Tensor | None = None   # the perturbations of the last ask()
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def ask(self) -> torch.Tensor:
+        """(K + 1, P): theta, then theta + omega_k with K fresh perturbations omega_k ~ N(0, sigma^2 I)."""
         P = self.theta.shape[0]
-        omega = torch.randn(self.K, P, generator=self.generator, device=self.theta.device,
-                            dtype=self.theta.dtype) * self.sigma
-        members = torch.cat([self.theta.unsqueeze(0), self.theta + omega])
-        F = self.forward(members, x)
+        self.omega = torch.randn(self.K, P, generator=self.generator, device=self.theta.device,
+                                 dtype=self.theta.dtype) * self.sigma
+        return torch.cat([self.theta.unsqueeze(0), self.theta + self.omega])
+
+    def tell(self, F: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """(1) from the raw outputs F (K + 1, B, C) of the last :meth:`ask`'s networks (softmax
+        applied here for ``output=softmax``)."""
         if self.softmax:
             F = torch.softmax(F, -1)
         if not bool(torch.isfinite(F).all()):
             raise DivergenceError("haber: non-finite network outputs")
-        self.theta = haber_step(self.theta, omega, F[0], F[1:], y, self.alpha, self.gamma)
-        return {"train_misfit": 0.5 * float(((F[0] - y) ** 2).sum()) / x.shape[0]}
+        self.theta = haber_step(self.theta, self.omega, F[0], F[1:], y, self.alpha, self.gamma)
+        return {"train_misfit": 0.5 * float(((F[0] - y) ** 2).sum()) / F.shape[1]}
 
 
 register_method("haber", HaberConfig, Haber)

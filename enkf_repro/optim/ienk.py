@@ -25,6 +25,10 @@ per sample (L layers) all evaluated at the same theta, and each layer updated wi
 ``optimizer.mode=batch`` (an option, not the thesis): one update per mini-batch with the c_k of
 (1) summed over its samples (with the same lr, roughly the first-order effect of B per-sample
 steps).
+
+``optimizer.output=logits`` (for real-valued targets, ``task=regression``): p are the raw outputs
+and the gradient in (1) is that of the Gaussian misfit 1/2 |p_0 - y|^2, c_k = <p_k - p_0, p_0 - y>
+(with a noise covariance, on the whitened outputs: optim/observation.py).
 """
 
 from __future__ import annotations
@@ -40,7 +44,14 @@ from ..config.schema import Cost, MethodConfig, RunSize
 from ..config.validate import check
 from ..errors import DivergenceError
 from ..models.base import ModelSpec, glorot_std
-from .base import MethodContext, SingleNetworkMethod, check_ensemble_size, ensemble_cost, register_method
+from .base import (
+    MethodContext,
+    SingleNetworkMethod,
+    check_ensemble_size,
+    ensemble_cost,
+    ensemble_memory,
+    register_method,
+)
 
 
 def layer_blocks(model: ModelSpec) -> list[tuple[int, int, float]]:
@@ -62,9 +73,11 @@ def layer_blocks(model: ModelSpec) -> list[tuple[int, int, float]]:
     return out
 
 
-def ienk_coefficients(p_pert: torch.Tensor, p0: torch.Tensor, Y: torch.Tensor, delta: float = 0.005) -> torch.Tensor:
-    """c_k of (1), summed over the samples: p_pert (M, B, C), p0 (B, C), Y (B, C) -> (M,)."""
-    w = -Y.to(p0.dtype) / (p0 + delta)
+def ienk_coefficients(p_pert: torch.Tensor, p0: torch.Tensor, Y: torch.Tensor, delta: float = 0.005,
+                      gaussian: bool = False) -> torch.Tensor:
+    """c_k of (1), summed over the samples: p_pert (M, B, C), p0 (B, C), Y (B, C) -> (M,).
+    ``gaussian``: the gradient p_0 - y of 1/2 |p_0 - y|^2 in place of -y / (p_0 + delta)."""
+    w = p0 - Y.to(p0.dtype) if gaussian else -Y.to(p0.dtype) / (p0 + delta)
     return ((p_pert - p0.unsqueeze(0)) * w.unsqueeze(0)).sum((1, 2))
 
 
@@ -108,6 +121,11 @@ class Perturb(str, Enum):
     per_layer = "per_layer"  # K perturbations of one layer at a time (1 + K L networks per sample)
 
 
+class IEnKOutput(str, Enum):
+    softmax = "softmax"  # the thesis: class probabilities, cross-entropy gradient -y / (p + delta)
+    logits = "logits"    # the raw outputs, Gaussian misfit gradient p - y (real-valued targets)
+
+
 class IEnKMode(str, Enum):
     sample = "sample"  # the thesis: one update per training sample, in order
     batch = "batch"    # one update per mini-batch (coefficients summed over its samples)
@@ -123,8 +141,11 @@ class IEnKSimpleConfig(MethodConfig):
     delta: float = 0.005
     mode: IEnKMode = IEnKMode.sample
     perturb: Perturb = Perturb.joint
+    output: IEnKOutput = IEnKOutput.softmax
 
     positive = ("lr",)
+    neutral = {"output": IEnKOutput.softmax}      # added later; the thesis's softmax reproduces the earlier runs
+    regression = {"output": IEnKOutput.logits}    # real-valued targets: the raw outputs, Gaussian misfit
 
     def check(self, cfg) -> None:
         check_ensemble_size(self)
@@ -139,6 +160,10 @@ class IEnKSimpleConfig(MethodConfig):
             return Cost(cost.flops, run.batches * run.batch_size, "sample")
         return cost
 
+    def memory(self, run: RunSize) -> float:
+        """The K perturbations and the networks evaluated (at most K per layer plus one; counted as 4 layers)."""
+        return ensemble_memory(4 * self.ensemble_size + 1, run, 2)
+
 
 class IEnKSimple(SingleNetworkMethod):
     """``optimizer=ienk_simple``: (1)-(2) per training sample (``mode=sample``, the thesis) or
@@ -152,32 +177,48 @@ class IEnKSimple(SingleNetworkMethod):
         self.K, self.lr, self.delta = opt.ensemble_size, opt.lr, opt.delta
         self.per_sample = opt.mode == IEnKMode.sample
         self.joint = opt.perturb == Perturb.joint
+        self.gaussian = opt.output == IEnKOutput.logits
+        self.noise: torch.Tensor | None = None   # the perturbations of the last ask()
         self.blocks = layer_blocks(ctx.model)
         self.theta = ctx.model.init(1, ctx.init, ctx.generator, ctx.device)[0]
         self.std = torch.empty_like(self.theta)
         for a, b, s in self.blocks:
             self.std[a:b] = s
 
-    def _update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """(1)-(2) on the samples x (one, or a mini-batch); returns the summed cross-entropy of the
-        unperturbed network before the update (a tensor: no device sync per sample)."""
-        noise = torch.randn(self.K, self.theta.shape[0], generator=self.generator, device=self.theta.device,
-                            dtype=self.theta.dtype).mul_(self.std)
+    def ask(self) -> torch.Tensor:
+        """The perturbed networks of one update: (1 + K, P) (``joint``) or (1 + K L, P) (``per_layer``),
+        theta first, with fresh perturbations (each layer's Glorot std)."""
+        self.noise = torch.randn(self.K, self.theta.shape[0], generator=self.generator, device=self.theta.device,
+                                 dtype=self.theta.dtype).mul_(self.std)
         if self.joint:
-            p = torch.softmax(self.forward(joint_members(self.theta, noise), x), -1)
-            c = ienk_coefficients(p[1:], p[0], y, self.delta)
-            ienk_joint_update_(self.theta, noise, c, self.lr)
+            return joint_members(self.theta, self.noise)
+        return perturbed_members(self.theta, self.noise, self.blocks)
+
+    def _tell(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(1)-(2) from the raw outputs of the last :meth:`ask`'s networks on the samples of y (one,
+        or a mini-batch); returns the summed loss of the unperturbed network before the update (a
+        tensor: no device sync per sample): the cross-entropy, or 1/2 |p_0 - y|^2 for ``output=logits``."""
+        p = out if self.gaussian else torch.softmax(out, -1)
+        c = ienk_coefficients(p[1:], p[0], y, self.delta, self.gaussian)
+        if self.joint:
+            ienk_joint_update_(self.theta, self.noise, c, self.lr)
         else:
-            p = torch.softmax(self.forward(perturbed_members(self.theta, noise, self.blocks), x), -1)
-            c = ienk_coefficients(p[1:], p[0], y, self.delta)
-            ienk_update_(self.theta, noise, c, self.blocks, self.lr)
+            ienk_update_(self.theta, self.noise, c, self.blocks, self.lr)
+        if self.gaussian:
+            return 0.5 * ((p[0] - y) ** 2).sum()
         return -(y * torch.log(p[0] + 1e-12)).sum()
+
+    def tell(self, out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        loss = self._tell(out, y)
+        if not bool(torch.isfinite(self.theta).all()):
+            raise DivergenceError("ienk_simple: non-finite parameters (diverged)")
+        return {"train_loss": float(loss) / y.shape[0]}
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         if self.per_sample:
-            loss = sum(self._update(x[s: s + 1], y[s: s + 1]) for s in range(x.shape[0]))
+            loss = sum(self._tell(self.forward(self.ask(), x[s: s + 1]), y[s: s + 1]) for s in range(x.shape[0]))
         else:
-            loss = self._update(x, y)
+            loss = self._tell(self.forward(self.ask(), x), y)
         if not bool(torch.isfinite(self.theta).all()):     # checked once per mini-batch
             raise DivergenceError("ienk_simple: non-finite parameters (diverged)")
         return {"train_loss": float(loss) / x.shape[0]}

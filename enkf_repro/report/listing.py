@@ -1,4 +1,6 @@
-"""``list``: every figure, what it shows, and the cost of its runs at each scale, as a table.
+"""``list``: every figure, what it shows, and the cost of its runs at each scale, as a table: on
+this CPU and on a planned device (``device=cuda``: a GPU's time from its measured or given rate
+``rate=``, and the largest run's memory there), with a total row.
 
 Planning every figure at both scales composes about 160 run configs and needs torch (the
 methods' schemas) and the figure modules: a few seconds. :func:`figure_table` keeps the table in
@@ -15,8 +17,6 @@ from typing import Sequence
 from ..config.overrides import config_dir
 from ..config.paths import cache_dir, rates_file
 
-GPU_ASSUMED = 100e12   # FLOP/s assumed for a GPU when none was measured
-
 
 def _flops(f: float) -> str:
     for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
@@ -31,8 +31,8 @@ def duration(s: float) -> str:
     return "<1 s" if s < 1 else "~" + progress_duration(s)
 
 
-def _cache_key(overrides: Sequence[str]) -> str:
-    h = hashlib.sha1(" ".join(overrides).encode())
+def _cache_key(overrides: Sequence[str], rate) -> str:
+    h = hashlib.sha1((" ".join(overrides) + f"|rate={rate}").encode())
     pkg = Path(__file__).resolve().parents[1]
     for root in (pkg, config_dir()):
         for p in sorted(root.rglob("*")):
@@ -45,19 +45,29 @@ def _cache_key(overrides: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def _table(overrides: list[str]) -> str:
-    """The table of :func:`figure_table`, planned afresh (every figure at both scales)."""
+def plan_device(overrides: Sequence[str]) -> str:
+    """The device the estimates are for: ``device=cuda`` (or cpu) among the overrides, else a
+    GPU when this machine has one, else the CPU."""
     import torch
 
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.lstrip("+") == "device" and value in ("cpu", "cuda"):
+            return value
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _table(overrides: list[str], rate=None) -> str:
+    """The table of :func:`figure_table`, planned afresh (every figure at both scales)."""
     from ..config.compose import compose
     from ..experiments.base import FIGURES, figure_ids
-    from ..runs.cost import cached_rate, estimate_flops, estimate_seconds, measured_rate
+    from ..runs.cost import bytes_text, device_rate, estimate_flops, estimate_memory, estimate_seconds
     from ..runs.runner import plan
 
-    cpu_rate, cpu_src = measured_rate(torch.device("cpu"))
-    gpu = cached_rate("cuda")
-    gpu_rate, gpu_src = gpu if gpu is not None else (GPU_ASSUMED, "assumed (no GPU measured here)")
-    rows = []
+    device = plan_device(overrides)
+    cpu_rate, cpu_src = device_rate("cpu", rate if device == "cpu" else None)
+    dev_rate, dev_src = (cpu_rate, cpu_src) if device == "cpu" else device_rate(device, rate)
+    rows, totals = [], {"smoke": [0, 0.0, 0.0, 0.0, 0.0], "paper": [0, 0.0, 0.0, 0.0, 0.0]}
     for fid in figure_ids():
         fig = FIGURES[fid]
         costs = []
@@ -68,30 +78,47 @@ def _table(overrides: list[str]) -> str:
             specs = plan(compose(fig.applicable(overrides) + [f"figure={fig.config}", f"scale={scale}"]))
             flops = sum(estimate_flops(s.cfg) for s in specs)
             cpu = sum(estimate_seconds(s.cfg, cpu_rate, "cpu") for s in specs)
-            gpu_s = sum(estimate_seconds(s.cfg, gpu_rate, "cuda") for s in specs)
-            costs.append(f"{len(specs)} runs, {_flops(flops)} (CPU {duration(cpu)}, GPU {duration(gpu_s)})")
+            dev = sum(estimate_seconds(s.cfg, dev_rate, device) for s in specs) if dev_rate else float("nan")
+            mem = max((estimate_memory(s.cfg, device) for s in specs), default=0.0)
+            t = totals[scale]
+            t[0], t[1], t[2], t[3], t[4] = t[0] + len(specs), t[1] + flops, t[2] + cpu, t[3] + dev, max(t[4], mem)
+            costs.append(_cell(len(specs), flops, cpu, device, dev, mem, bytes_text))
         rows.append((fid, fig.description, *costs))
     lines = ["figure | what it shows | smoke | paper", "--- | --- | --- | ---"]
     lines += [" | ".join(r) for r in rows]
+    lines.append(" | ".join(["total", "every figure"] + [_cell(*totals[s][:3], device, *totals[s][3:], bytes_text)
+                                                         for s in ("smoke", "paper")]))
+    where = (f"{dev_rate / 1e12:.3g} TFLOP/s on {device} ({dev_src})" if dev_rate else f"{device}: {dev_src}")
     lines += ["", f"cost: FLOPs from the cost model (enkf_repro/runs/cost.py) at {cpu_rate / 1e9:.0f} GFLOP/s on "
-              f"this CPU ({cpu_src}) and {gpu_rate / 1e12:.0f} TFLOP/s on a GPU ({gpu_src}), plus a fixed cost "
-              "per step (per sample for IEnK); rough. `enkf-repro bench` measures the rates."]
+              f"this CPU ({cpu_src})" + ("" if device == "cpu" else f" and {where}") + ", plus a fixed cost per step "
+              f"(per sample for IEnK); rough. Memory: the largest run's peak on {device} (data, method state, a "
+              "forward chunk). `enkf-repro list device=cuda rate=60T` plans for a GPU of 60 TFLOP/s; "
+              "`enkf-repro bench` measures the rates."]
     return "\n".join(lines)
 
 
-def figure_table(overrides: Sequence[str] = ()) -> str:
+def _cell(runs: int, flops: float, cpu: float, device: str, dev: float, mem: float, bytes_text) -> str:
+    text = f"{runs} runs, {_flops(flops)} (CPU {duration(cpu)}"
+    if device != "cpu":
+        text += f", {device} {duration(dev) if dev == dev else '?'}"
+    return text + f"; {bytes_text(mem)} per run)"
+
+
+def figure_table(overrides: Sequence[str] = (), rate=None) -> str:
     """The table of every figure: its id, what it shows and, at smoke and at paper scale, its runs,
-    their FLOPs and the estimated time on this CPU and on a GPU, with the composed configs
-    changed by ``overrides`` (``["dataset.test_only=true"]``); then a line on the rates used.
-    Kept in the cache folder and read back while nothing it depends on changed."""
+    their FLOPs, the estimated time on this CPU and on the planned device (``device=cuda`` among
+    the overrides, or this machine's GPU: at ``rate`` FLOP/s (a number or ``"60T"``) or the rate
+    measured here) and the largest run's memory there, then a total row and a line on the rates
+    used; the composed configs changed by ``overrides`` (``["dataset.test_only=true"]``). Kept in
+    the cache folder and read back while nothing it depends on changed."""
     overrides = list(overrides)
-    path = cache_dir() / f"list-{_cache_key(overrides)}.txt"
+    path = cache_dir() / f"list-{_cache_key(overrides, rate)}.txt"
     try:
         return path.read_text()
     except OSError:
         pass
-    text = _table(overrides)
-    path = cache_dir() / f"list-{_cache_key(overrides)}.txt"   # a probe may have just saved a rate
+    text = _table(overrides, rate)
+    path = cache_dir() / f"list-{_cache_key(overrides, rate)}.txt"   # a probe may have just saved a rate
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")

@@ -31,13 +31,13 @@ from ..config.overrides import override_key
 from ..config.schema import name_of
 from ..errors import ConfigError
 from ..experiments.base import FIGURES, Figure, figure_ids, get_figure
-from ..runs.cost import describe, estimate_flops, estimate_seconds, measured_rate
+from ..runs.cost import bytes_text, describe, device_rate, estimate_flops, estimate_memory, estimate_seconds
 from ..runs.folder import figure_dir
 from ..runs.progress import duration
 from ..runs.results import write_text_atomic
 from ..runs.runner import RunSpec, check_runs, execute, plan
 from .findings import dataset_names, figure_findings
-from .markdown import PlannedFigure, plan_table, report_markdown
+from .markdown import report_markdown
 from .render import plot_figure
 
 
@@ -83,8 +83,22 @@ def reproduce_config(overrides: Sequence[str]) -> DictConfig:
     return cfg
 
 
+def plan_text(rows: list[tuple[str, int, int, float, float, float]], device: str) -> str:
+    """The plan of a dry run: per figure (id, runs, to do, FLOPs to do, estimated seconds on
+    ``device``, the largest run's memory there), then the total."""
+    lines = [f"figure | runs | to do | TFLOP to do | estimated on {device} | memory per run (largest)",
+             "--- | --- | --- | --- | --- | ---"]
+    total = ["total", 0, 0, 0.0, 0.0, 0.0]
+    for r in rows:
+        lines.append(f"{r[0]} | {r[1]} | {r[2]} | {r[3] / 1e12:.3g} | {duration(r[4])} | {bytes_text(r[5])}")
+        total = ["total", total[1] + r[1], total[2] + r[2], total[3] + r[3], total[4] + r[4], max(total[5], r[5])]
+    lines.append(f"total | {total[1]} | {total[2]} | {total[3] / 1e12:.3g} | {duration(total[4])} | "
+                 f"{bytes_text(total[5])}")
+    return "\n".join(lines)
+
+
 def reproduce(cfg: DictConfig, figures: Sequence[str] | None = None, out_dir: str | Path | None = None, *,
-              dry_run: bool = False) -> Path:
+              dry_run: bool = False, rate=None) -> Path:
     """Run (or resume, or skip) the runs of ``figures`` (ids such as ``["1", "8"]``; None or empty:
     every figure), plot each figure and write ``<out_dir>/<scale>/REPORT.md``; returns its path.
 
@@ -92,7 +106,9 @@ def reproduce(cfg: DictConfig, figures: Sequence[str] | None = None, out_dir: st
     "dataset.test_only=true"])``): its scale, ``out_dir`` (or ``out_dir`` given here) and
     ``time_budget``, and its overrides (``cfg.overrides``), which every figure's config is
     composed with. ``dry_run``: print the plan and its cost per figure and stop (nothing is run
-    or written; the path returned is where the report would go)."""
+    or written; the path returned is where the report would go). The estimates are for
+    ``cfg.device`` (``auto``: this machine's GPU if any, else its CPU) at ``rate`` FLOP/s (a
+    number or ``"60T"``; default: the rate measured here), with each run's memory there."""
     if out_dir is not None:
         cfg = cfg.copy()
         cfg.out_dir = str(out_dir)
@@ -115,24 +131,30 @@ def reproduce(cfg: DictConfig, figures: Sequence[str] | None = None, out_dir: st
     pending = [s for s in all_specs if not s.folder.done]
     flops = sum(estimate_flops(s.cfg) for s in pending)
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rate, source = measured_rate(device) if pending else (1.0, "")
-    cost = {id(s): estimate_seconds(s.cfg, rate, device.type) for s in pending}   # ETA weights
+    device = name_of(cfg.device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    flops_rate, source = device_rate(device, rate) if pending else (1.0, "")
+    if flops_rate is None and not dry_run:   # weights of the ETA only: the probe of this machine's device
+        flops_rate, source = device_rate("cuda" if torch.cuda.is_available() else "cpu")
+    cost = {id(s): estimate_seconds(s.cfg, flops_rate, device) if flops_rate else float("nan") for s in pending}
     total = sum(cost.values())
     # whole figures first: the cheapest unfinished figure before the next, so a time budget that
     # runs out leaves as many complete figures as it can
     by_fig = {fid: sum(cost[id(s)] for s in pending if s.figure == fid) for fid in ids}
     pending.sort(key=lambda s: (by_fig[s.figure], ids.index(s.figure)))
+    at = f"at {flops_rate / 1e9:.0f} GFLOP/s, {source}" if flops_rate else source
     _say(f"reproduce scale={scale}: {len(figs)} figures, {len(all_specs)} runs "
          f"({len(all_specs) - len(pending)} already finished); to do {flops / 1e12:.3g} TFLOP, "
-         f"estimated {duration(total)} on {device.type} (at {rate / 1e9:.0f} GFLOP/s, {source})")
+         f"estimated {duration(total)} on {device} ({at})")
     if dry_run:
         rows = []
         for fig in figs:
             todo = [s for s in pending if s.figure == fig.id]
-            rows.append(PlannedFigure(fig.id, len(plans[fig.id]), len(todo), sum(estimate_flops(s.cfg) for s in todo),
-                                      sum(cost[id(s)] for s in todo)))
-        _say(plan_table(rows))
+            rows.append((fig.id, len(plans[fig.id]), len(todo), sum(estimate_flops(s.cfg) for s in todo),
+                         sum(cost[id(s)] for s in todo),
+                         max((estimate_memory(s.cfg, device) for s in plans[fig.id]), default=0.0)))
+        _say(plan_text(rows, device))
         return report
 
     outcome = execute(pending, time_budget=cfg.get("time_budget"), weights=cost)

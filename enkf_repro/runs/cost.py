@@ -9,6 +9,13 @@ plus about 4 J d P (the update, d = B C) per iteration, for backprop about 3 B f
 evaluation of n_test f every ``train.eval_every`` iterations. Small models and per-sample methods
 are bound by a fixed cost per step (kernel launches, Python) rather than by arithmetic, added from
 :data:`STEP_OVERHEAD_S`.
+
+Memory (:func:`estimate_memory`): the data on the device (train and test images, fp32), what the
+method holds (its config's ``memory(run)``: the ensemble and its copies, the outputs and the
+update's factors and blocks) and the forward's intermediates (a chunk of members: on CUDA within
+the chunk budget of ``models/ensemble.py``, on CPU 16 members). The rate of a device
+(:func:`device_rate`): a given one (``rate=``, :func:`parse_rate`), else the one measured here
+(``enkf-repro bench``, remembered per device type), else, for the CPU only, a quick probe.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ from omegaconf import DictConfig
 from ..config.paths import rates_file
 from ..config.schema import Cost, RunSize, method_config, name_of
 from ..data.datasets import DATASETS, dataset_sizes
-from ..models.ensemble import precision_scope
+from ..errors import ConfigError
+from ..models.ensemble import CPU_CHUNK, CUDA_BUDGET_BYTES, precision_scope
 from ..models.registry import build_model
 
 # Seconds of fixed cost per step (kernel launches, Python), on top of the FLOPs: small models and
@@ -68,6 +76,58 @@ def estimate_cost(cfg: DictConfig) -> Cost:
     return method_config(cfg.optimizer).cost(run_size(cfg))
 
 
+IMAGE_BYTES = 28 * 28 * 4 + 8    # one image of the built-in datasets on the device (fp32) and its label
+
+
+def estimate_memory(cfg: DictConfig, device: str = "cuda") -> float:
+    """Peak bytes of one run on ``device`` (module docstring): data, method state, forward chunk."""
+    size = run_size(cfg)
+    opt = method_config(cfg.optimizer)
+    state = opt.memory(size) if hasattr(opt, "memory") else 4.0 * getattr(opt, "ensemble_size", 1) * size.params
+    data = IMAGE_BYTES * (dataset_sizes(cfg.dataset, files=False)[0] + size.test_size)
+    members = int(getattr(opt, "ensemble_size", 1))
+    model = build_model(cfg.model)
+    per_member = model.activation_bytes(size.batch_size)
+    chunk = min(members, CPU_CHUNK) * per_member if device != "cuda" else min(members * per_member, CUDA_BUDGET_BYTES)
+    evaluation = model.activation_bytes(int(cfg.train.eval_batch_size))
+    return float(data + state + chunk + evaluation)
+
+
+def bytes_text(n: float) -> str:
+    """``1.2 GiB``, ``340 MiB``."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+_RATE_UNITS = {"": 1.0, "k": 1e3, "g": 1e9, "t": 1e12, "p": 1e15}
+
+
+def parse_rate(text) -> float:
+    """FLOP/s from ``6e13``, ``60T``, ``60 TFLOP/s``, ``800G``; ConfigError otherwise."""
+    import re
+
+    s = str(text).strip().lower().replace(" ", "").replace("flop/s", "").replace("flops", "").replace("flop", "")
+    m = re.fullmatch(r"(\d+(?:\.\d*)?(?:e[+-]?\d+)?)([kgtp]?)", s)
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError("rate", text, "a rate in FLOP/s > 0, e.g. rate=60T (60 TFLOP/s), rate=800G or rate=6e13")
+    return float(m.group(1)) * _RATE_UNITS[m.group(2)]
+
+
+def device_rate(device: str, rate=None) -> tuple[float | None, str]:
+    """(FLOP/s, where it comes from) for estimates on ``device`` (cpu / cuda): ``rate`` when given,
+    else the one measured here, else (cpu) a quick probe; (None, why) for a GPU never measured here."""
+    if rate not in (None, ""):
+        return parse_rate(rate), "given"
+    if device == "cpu":
+        return measured_rate(torch.device("cpu"))
+    got = cached_rate(device)
+    if got is not None:
+        return got
+    return None, f"no {device} rate measured here: give rate= (e.g. rate=60T) or run `enkf-repro bench` on the GPU"
+
+
 # -- measuring the machine ------------------------------------------------------------------------
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -104,10 +164,11 @@ def describe(device: torch.device) -> str:
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
     cpu = platform.processor() or "cpu"
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
     return f"{cpu}, {torch.get_num_threads()} threads"

@@ -8,6 +8,7 @@
 ``metrics.csv.gz`` the same rows once the run finished (gzip, reproducible bytes)
 ``checkpoint.pt``  while unfinished: everything a rerun resumes from
 ``params.pt``      the trained networks (flat parameter vectors) and the method's final state
+``ensemble.pt``    the final ensemble (J x P) of an ensemble method, when kept (``keep_ensemble``)
 ``done.json``      the summary; it marks the run finished (or diverged)
 ``run.lock``       held while a process trains the run
 =================  =======================================================================
@@ -64,6 +65,7 @@ ROWS = "metrics.csv"
 ROWS_GZ = "metrics.csv.gz"
 CHECKPOINT = "checkpoint.pt"
 PARAMS = "params.pt"
+ENSEMBLE = "ensemble.pt"
 DONE = "done.json"
 LOCK = "run.lock"
 
@@ -221,9 +223,10 @@ class RunFolder:
             writer.writerow([keep.get(i, v) for i, v in enumerate(row)])
         _write_bytes_atomic(self.path / ROWS_GZ, gzip_bytes(out.getvalue().encode()))
         (self.path / ROWS).unlink(missing_ok=True)
-        if source.has_params():
-            shutil.copyfile(source.path / PARAMS, self.path / (PARAMS + ".tmp"))
-            os.replace(self.path / (PARAMS + ".tmp"), self.path / PARAMS)
+        for name in (PARAMS, ENSEMBLE):
+            if (source.path / name).is_file():
+                shutil.copyfile(source.path / name, self.path / (name + ".tmp"))
+                os.replace(self.path / (name + ".tmp"), self.path / name)
         self.write_summary({**source.summary(), "reused_from": str(source.path)})
 
     # -- training ----------------------------------------------------------------------------
@@ -297,7 +300,7 @@ class RunWriter:
         self.stop_requested = False
         self._check_config(cfg)
         if restart:
-            for name in (CHECKPOINT, DONE, ROWS, ROWS_GZ, PARAMS):
+            for name in (CHECKPOINT, DONE, ROWS, ROWS_GZ, PARAMS, ENSEMBLE):
                 (self.path / name).unlink(missing_ok=True)
         write_text_atomic(self.path / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
         (self.path / ROWS_GZ).unlink(missing_ok=True)   # from a finish cut short: the CSV is the record

@@ -10,7 +10,9 @@ as an integer, which a config group cannot take); ``figure=8,9`` works with ``-m
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import sys
 
@@ -150,6 +152,35 @@ def hydra_task(cfg) -> None:
         sys.exit(e.exit_code)
 
 
+def clean_help(text: str) -> str:
+    """Hydra's ``--help`` for ``enkf-repro run``: the structured schemas registered beside the YAML
+    options (``optimizer: ... eki_schema``, ``figure_settings``) are not choices; drop them."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("figure_settings:"):
+            continue
+        if line.startswith("optimizer:"):
+            names = [n.strip() for n in line.split(":", 1)[1].split(",")]
+            line = "optimizer: " + ", ".join(n for n in names if n and not n.endswith("_schema"))
+        out.append(line.replace("launch is powered by Hydra.", "enkf-repro run is powered by Hydra."))
+    return "\n".join(out) + ("\n" if text.endswith("\n") else "")
+
+
+def with_owner(e: ConfigError) -> ConfigError:
+    """A key of another method's ``optimizer.*`` (``optimizer.h0`` with ``optimizer=enkf``): the
+    error says which methods have it."""
+    from ..config.options import methods_with_key
+
+    key = getattr(e, "key", "") or ""
+    if not key.startswith("optimizer.") or "has no key" not in str(e):
+        return e
+    owners = methods_with_key(key)
+    if not owners:
+        return e
+    return ConfigError.line(f"{e}; {key.split('.', 1)[1]} belongs to " + " and ".join(
+        f"optimizer={o}" for o in owners) + f" (choose it, e.g. optimizer={owners[0]} {key}=...)")
+
+
 def run_main(args: list[str]) -> int:
     """``enkf-repro run [flags] [overrides]``."""
     import hydra
@@ -160,15 +191,23 @@ def run_main(args: list[str]) -> int:
     if len(modes) > 1:
         raise ConfigError("flags", " ".join(modes), "one of -m/--multirun, --cfg, --info, --run at a time "
                           "(to see a sweep's launcher config, use --cfg hydra without -m)")
-    if not (set(flags) & HYDRA_INFO_FLAGS):
-        prevalidate(overrides)
-    elif not set(flags) & {"--help", "-h", "--hydra-help", "--version", "--shell-completion", "-sc"}:
-        plan(compose(_first_values([o for o in overrides if not o.lstrip("+~").startswith("hydra")])))
+    try:
+        if not (set(flags) & HYDRA_INFO_FLAGS):
+            prevalidate(overrides)
+        elif not set(flags) & {"--help", "-h", "--hydra-help", "--version", "--shell-completion", "-sc"}:
+            plan(compose(_first_values([o for o in overrides if not o.lstrip("+~").startswith("hydra")])))
+    except ConfigError as e:
+        raise with_owner(e) from None
     register_configs()
     old_argv = sys.argv
     sys.argv = ["enkf-repro"] + args
+    helping = bool(set(flags) & {"--help", "-h"})
+    buf = io.StringIO()
     try:
-        hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(hydra_task)()
+        with contextlib.redirect_stdout(buf) if helping else contextlib.nullcontext():
+            hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(hydra_task)()
     finally:
         sys.argv = old_argv
+        if helping:
+            sys.stdout.write(clean_help(buf.getvalue()))
     return 0

@@ -17,12 +17,24 @@ written to ``params.pt`` (``{"params": {suffix: theta}, "iteration": n}``), the 
 ``train_run`` builds the data and the model from the config, or takes them ready-made (``data``,
 ``model``): tensors and an ``nn.Module`` given to :func:`enkf_repro.train`, whose identity the
 config carries as fingerprints.
+
+The method is stepped through :class:`~enkf_repro.optim.process.EnsembleKalmanProcess`, the step
+object library users drive themselves (``proc.step(x, y)``: the targets whitened by a noise
+covariance, ``noise=``); the loop keeps everything around it. ``task=regression``: the targets
+are real values (no one-hot), ``test_error`` is the RMSE of the evaluated network's observables
+and ``test_loss`` their mean squared error. At the last evaluation of a classification run of an
+ensemble method the whole ensemble is scored too (``ensemble_nll``, ``ensemble_ece`` in %,
+``optim/predictive.py``), and the final ensemble is kept in ``ensemble.pt`` (``keep_ensemble``).
+``ensemble_from`` starts the ensemble from a saved one. ``threads`` sets torch's CPU threads for
+the run; ``logger`` streams the rows and each step's scalars to live loggers (``runs/loggers.py``).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,14 +44,19 @@ from ..data.batches import Batches
 from ..data.datasets import Data, load_data, subset_test
 from ..errors import ConfigError, DivergenceError
 from ..models.base import ModelSpec
-from ..models.ensemble import EnsembleForward, resolve_device
+from ..models.ensemble import resolve_device
 from ..models.registry import build_model
-from ..optim.base import make_method
+from ..optim.base import EnsembleMethod
 from ..optim.distributed_enkf import DistributedEnKF
+from ..optim.predictive import ensemble_class_scores, network_regression_scores
+from ..optim.process import EnsembleKalmanProcess
 from .comm import Comm, LocalComm
 from .cost import describe
-from .folder import RunFolder, RunWriter
+from .folder import ENSEMBLE, RunFolder, RunWriter, save_atomic
+from .loggers import Loggers, RunInfo, open_loggers
 from .progress import progress
+
+KEEP_ENSEMBLE_BYTES = 256 << 20   # keep_ensemble=null keeps an ensemble up to this size
 
 
 @dataclass
@@ -52,13 +69,56 @@ class LoopState:
     r_next: int = 0      # r for the batches after the current one (0: unchanged)
 
 
-def build_method(cfg, model, device: torch.device, generator: torch.Generator, comm: Comm | None = None):
-    """The method object of ``cfg.optimizer``, built from its typed config and context
-    (``optim.base.make_method``); its rows of the ensemble under ``distributed=true``."""
-    forward = EnsembleForward.from_config(model, cfg.ensemble, device)
+def build_process(cfg, model, device: torch.device, generator: torch.Generator,
+                  comm: Comm | None = None) -> EnsembleKalmanProcess:
+    """The step object of ``cfg.optimizer`` (its method built from its typed config and context,
+    ``optim.base.make_method``; its rows of the ensemble under ``distributed=true``)."""
     if cfg.distributed:
-        return make_method(cfg, model, forward, generator, device, DistributedEnKF, comm=comm)
-    return make_method(cfg, model, forward, generator, device)
+        return EnsembleKalmanProcess.from_config(cfg, model, device, generator, DistributedEnKF, comm=comm)
+    return EnsembleKalmanProcess.from_config(cfg, model, device, generator)
+
+
+def build_method(cfg, model, device: torch.device, generator: torch.Generator, comm: Comm | None = None):
+    """The method object of ``cfg.optimizer`` (:func:`build_process`'s)."""
+    return build_process(cfg, model, device, generator, comm).method
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def run_threads(cfg) -> int:
+    """``threads``: the setting, else ``$OMP_NUM_THREADS`` when set, else :func:`available_cores`."""
+    if cfg.get("threads") is not None:
+        n = int(cfg.threads)
+        if n < 1:
+            raise ConfigError("threads", n, "an integer >= 1, or null for the cores available to this process")
+        return n
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) >= 1 else available_cores()
+
+
+def load_ensemble(out_dir, source: str) -> torch.Tensor:
+    """The ensemble (J, P) that ``ensemble_from`` names: a run id under ``out_dir`` or the path of a
+    run folder or of its ensemble.pt."""
+    path = Path(os.path.expanduser(str(source)))
+    if not path.exists():
+        folder = RunFolder.finished_with_id(out_dir, str(source))
+        path = folder.path if folder is not None else path
+    if path.is_dir():
+        path = path / ENSEMBLE
+    if not path.is_file():
+        raise ConfigError("ensemble_from", source, f"a finished run's id under {out_dir}, or the path of a run folder "
+                          "holding an ensemble.pt or of the file (run an ensemble method with keep_ensemble)")
+    try:
+        U = torch.load(path, map_location="cpu", weights_only=True)["ensemble"]
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same error
+        raise ConfigError("ensemble_from", source, f"a readable ensemble.pt ({type(e).__name__})") from None
+    return U
 
 
 def _scalar(v: Any) -> float:
@@ -75,8 +135,9 @@ def final_state_of(out_dir, run_id: str) -> dict[str, Any]:
     return dict(folder.params().get("state") or {})
 
 
-def check_outputs(model: ModelSpec, data: Data) -> None:
-    """One line when a (custom) network does not map images to one logit per class."""
+def check_outputs(model: ModelSpec, data: Data, regression: bool = False) -> None:
+    """One line when a (custom) network does not map images to one logit per class (or, with
+    ``regression``, to one value per target column)."""
     x = data.train_x[:2]
     try:
         with torch.no_grad():
@@ -86,6 +147,12 @@ def check_outputs(model: ModelSpec, data: Data) -> None:
                                f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
                                ) from None
     want = (x.shape[0], data.num_classes)
+    if regression:
+        want = (x.shape[0],) + tuple(data.train_y.shape[1:])
+        if tuple(out.shape) != want:
+            raise ConfigError.line(f"model {model.name}: outputs (observables) of shape {tuple(out.shape)} for "
+                                   f"{x.shape[0]} inputs; expected {want}, one value per target column")
+        return
     if tuple(out.shape) != want:
         raise ConfigError.line(f"model {model.name}: outputs of shape {tuple(out.shape)} for {x.shape[0]} images "
                                f"of shape {tuple(x.shape[1:])}; expected {want}, one logit per class "
@@ -102,10 +169,22 @@ def train_run(cfg, rd: RunWriter, label: str = "", comm: Comm | None = None, *, 
         device = comm.device
     data = load_data(cfg.dataset, device) if data is None else subset_test(data, cfg.dataset).to(device)
     model = build_model(cfg.model) if model is None else model
+    regression = name_of(cfg.get("task", "classification")) == "regression"
     if name_of(cfg.model.name) == "custom":
-        check_outputs(model, data)
+        check_outputs(model, data, regression)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(run_threads(cfg))
+    try:
+        return _train(cfg, rd, label, comm, data, model, device, regression)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg, rd: RunWriter, label: str, comm: Comm, data: Data, model: ModelSpec, device: torch.device,
+           regression: bool) -> dict[str, Any]:
     generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
-    method = build_method(cfg, model, device, generator, comm)
+    proc = build_process(cfg, model, device, generator, comm)   # the step object users drive too
+    method = proc.method
     shuffle_default = bool(getattr(method, "shuffle_default", False))
     batches = Batches(data, cfg.train, int(cfg.seed), shuffle_default=shuffle_default)
     method.attach(batches)
@@ -120,8 +199,16 @@ def train_run(cfg, rd: RunWriter, label: str = "", comm: Comm | None = None, *, 
         generator.set_state(s["generator"])
         st = LoopState(**s["loop"])
         schedule.load_state_dict(s["schedule"])
-    elif cfg.optimizer.get("state_from"):
-        method.import_state(final_state_of(cfg.out_dir, str(cfg.optimizer.state_from)))
+    else:
+        if cfg.optimizer.get("state_from"):
+            method.import_state(final_state_of(cfg.out_dir, str(cfg.optimizer.state_from)))
+        if cfg.get("ensemble_from"):
+            U = load_ensemble(cfg.out_dir, str(cfg.ensemble_from))
+            J = cfg.optimizer.get("ensemble_size")
+            if isinstance(method, EnsembleMethod) and U.shape[0] != J:
+                raise ConfigError("ensemble_from", str(cfg.ensemble_from), f"an ensemble of optimizer.ensemble_size = "
+                                  f"{J} members (it holds {U.shape[0]}: set optimizer.ensemble_size={U.shape[0]})")
+            proc.ensemble = U
 
     def state() -> dict[str, Any]:
         return {"method": method.state_dict(), "generator": generator.get_state(), "loop": asdict(st),
@@ -130,50 +217,72 @@ def train_run(cfg, rd: RunWriter, label: str = "", comm: Comm | None = None, *, 
     def progress_at() -> float:
         return st.batch + st.rep / st.r
 
+    keeps = isinstance(method, EnsembleMethod)   # a persistent ensemble: scored and kept at the end
+    loggers = Loggers([])
+    if comm.rank == 0:
+        loggers = open_loggers(cfg, RunInfo(rd.path.name, rd.path, rd.folder.flat_config(), start=st.iteration))
+    bar = progress(st.budget, st.iteration, label, bool(cfg.progress) and comm.rank == 0)
+
     def log(rows) -> None:
         head = {"iteration": st.iteration, "epoch": batches.epoch_of(progress_at()),
                 "pass": batches.pass_of(progress_at()), "elapsed_s": round(rd.elapsed(), 3)}
+        rows = list(rows)
         rd.log({**head, **row} for row in rows)
+        if loggers:
+            loggers.rows(st.iteration, rows)
 
     evaluated: dict[str, Any] = {}   # the networks of the last evaluation and its iteration
 
-    def evaluate(last_step: dict[str, Any]) -> None:
+    def evaluate(last_step: dict[str, Any], final: bool = False) -> None:
         rows = []
         evaluated.update(iteration=st.iteration, params=method.eval_params())
         for suffix, theta in evaluated["params"].items():
-            err, loss = model.evaluate(theta, data.test_x, data.test_y, eval_bs)
+            if regression:
+                err, loss = network_regression_scores(model.forward, theta, data.test_x, data.test_y, eval_bs)
+            else:
+                err, loss = model.evaluate(theta, data.test_x, data.test_y, eval_bs)
             if not math.isfinite(err):
                 raise DivergenceError("test error is not finite")
             tail = f"_{suffix}" if suffix else ""
             rows += [{"metric": "test_error" + tail, "value": err}, {"metric": "test_loss" + tail, "value": loss}]
+        bar.note("test RMSE" if regression else "test error", rows[0]["value"], "" if regression else "%")
+        if final and keeps and not regression:
+            U = proc.ensemble                # the whole ensemble (gathered to rank 0 when distributed)
+            if U is not None:
+                scores = ensemble_class_scores(proc.network_forward, U, data.test_x, data.test_y)
+                rows += [{"metric": k, "value": v} for k, v in scores.items()]
         diag = {k: _scalar(v) for k, v in last_step.items() if k != "nonfinite_step"}
         diag.update(method.diagnostics())
         rows += [{"metric": k, "value": v} for k, v in diag.items()]
         rows += schedule.on_eval(st.iteration, rows[0]["value"], st, method)
         log(rows)
 
-    if st.iteration == 0 and rd.resume_state is None:
-        evaluate({})
-    bar = progress(st.budget, st.iteration, label, bool(cfg.progress) and comm.rank == 0)
     last: dict[str, Any] = {}
     try:
+        if st.iteration == 0 and rd.resume_state is None:
+            evaluate({})
         with rd.signals():
             while st.iteration < st.budget and st.batch < batches.total and not method.finished:
-                x, y = batches.get(st.batch)
+                x, y = batches.get(st.batch, onehot=not regression)
                 while st.rep < st.r and st.iteration < st.budget:
-                    last = method.step(x, y)
+                    last = proc.step(x, y)
                     st.iteration += 1
                     st.rep += 1
                     if st.rep >= st.r and (st.batch + 1) % batches.per_epoch == 0:
                         method.on_epoch_end()       # this step completed an epoch
                     if last.get("nonfinite_step"):
                         log([{"metric": "nonfinite_step", "value": last["nonfinite_step"]}])
+                    misfit = last.get("train_misfit", last.get("train_loss"))
+                    if misfit is not None:
+                        bar.note("misfit" if "train_misfit" in last else "loss", misfit)
                     finished = method.finished
                     at_end = (finished or st.iteration >= st.budget
                               or (st.batch + 1 >= batches.total and st.rep >= st.r))
                     if st.iteration % eval_every == 0 or at_end:
-                        evaluate(last)
+                        evaluate(last, final=at_end)       # its rows carry this step's scalars
                         bar.total = st.budget
+                    elif loggers:
+                        loggers.log(st.iteration, last)
                     extra = method.rows(st.iteration, batches.epoch_of(progress_at()))
                     if extra:
                         rd.log({"elapsed_s": round(rd.elapsed(), 3), **row} for row in extra)
@@ -192,8 +301,15 @@ def train_run(cfg, rd: RunWriter, label: str = "", comm: Comm | None = None, *, 
         # the networks just evaluated (EKI's best member costs a forward of the ensemble to find)
         params = evaluated["params"] if evaluated.get("iteration") == st.iteration else method.eval_params()
         rd.save_params(params, st.iteration, method.export_state())
+        if keeps:
+            U = proc.ensemble
+            keep = cfg.get("keep_ensemble")
+            if U is not None and comm.rank == 0 and (keep or (keep is None and U.numel() * U.element_size()
+                                                              <= KEEP_ENSEMBLE_BYTES)):
+                save_atomic({"ensemble": U.detach().to("cpu").clone(), "iteration": st.iteration}, rd.path / ENSEMBLE)
     finally:
         bar.close()
+        loggers.close()
         method.close()
     summary = {"iterations": st.iteration, "batches": st.batch, "device": str(device),
                "machine": f"{describe(device)}, torch {torch.__version__}", "method": name_of(cfg.optimizer.name)}

@@ -1,0 +1,116 @@
+"""GPU plans (``list`` and ``reproduce dry_run=true`` on a named device at a measured or given
+rate, with memory per run and a total) and the small walls of the command line: ``plot`` without
+a figure, ``run --help``, ``bench --help``, another method's key, /proc/cpuinfo left open."""
+
+from __future__ import annotations
+
+import gc
+import warnings
+
+import pytest
+import torch
+
+from enkf_repro.errors import ConfigError
+
+
+def test_rates_parse():
+    from enkf_repro.runs.cost import parse_rate
+
+    assert parse_rate("60T") == parse_rate("6e13") == parse_rate("60 TFLOP/s") == 60e12
+    assert parse_rate("800G") == 800e9
+    with pytest.raises(ConfigError, match="rate='fast' is not allowed: a rate in FLOP/s"):
+        parse_rate("fast")
+
+
+def test_memory_per_run_follows_the_ensemble():
+    from enkf_repro.api import compose
+    from enkf_repro.runs.cost import estimate_memory
+
+    def mem(*ov, device="cuda"):
+        return estimate_memory(compose(["optimizer=eki", "model=dnn2", *ov]), device)
+
+    P = 84_060 + 10                                                    # DNN 2's parameters, roughly
+    small, big = mem("optimizer.ensemble_size=500"), mem("optimizer.ensemble_size=5000")
+    assert big - small >= 4 * 4500 * P                                  # at least the extra J x P fp32
+    assert mem("optimizer.momentum=nesterov", "optimizer.ensemble_size=5000") - big >= 4 * 5000 * P
+    assert mem("optimizer.ensemble_size=5000", device="cpu") < big      # a CPU chunk is 16 members
+    sgd = estimate_memory(compose(["optimizer=sgd"]), "cuda")
+    assert sgd < 400 * 2**20                                            # the data and one small network
+
+
+def test_reproduce_dry_run_plans_a_named_device(cli, synthetic_root, tmp_path):
+    base = ["reproduce", "scale=smoke", "figures=8,thesis", "dry_run=true", "device=cuda",
+            f"dataset.root={synthetic_root}", f"out_dir={tmp_path}"]
+    proc = cli(*base, "rate=60T", check=True)
+    assert "on cuda (at 60000 GFLOP/s, given)" in proc.stderr
+    lines = proc.stderr.splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("figure | runs"))
+    assert lines[head] == "figure | runs | to do | TFLOP to do | estimated on cuda | memory per run (largest)"
+    rows = {ln.split(" | ")[0]: ln.split(" | ") for ln in lines[head + 2:] if " | " in ln}
+    assert set(rows) == {"8", "thesis", "total"}
+    assert int(rows["total"][1]) == int(rows["8"][1]) + int(rows["thesis"][1])
+    assert rows["8"][5].endswith("iB") and rows["total"][5] == max(rows["8"][5], rows["thesis"][5], key=_bytes)
+    assert not list(tmp_path.rglob("*.csv*"))                            # nothing run
+    unknown = cli(*base, check=True)
+    assert "estimated ? on cuda (no cuda rate measured here: give rate=" in unknown.stderr
+
+
+def _bytes(text):
+    value, unit = text.split()
+    return float(value) * {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[unit]
+
+
+def test_list_plans_a_named_device_with_a_total(monkeypatch):
+    from enkf_repro.experiments import base
+    from enkf_repro.report.listing import figure_table
+
+    monkeypatch.setattr(base, "figure_ids", lambda: ["8", "thesis"])
+    text = figure_table(["device=cuda"], rate="50T")
+    rows = [ln for ln in text.splitlines() if " | " in ln]
+    assert rows[-1].startswith("total | every figure |") and len(rows) == 5
+    assert all("cuda " in r and " per run)" in r for r in rows[2:])
+    assert "50 TFLOP/s on cuda (given)" in text and "100 TFLOP" not in text
+    none = figure_table(["device=cuda"])
+    assert "cuda ?" in none and "no cuda rate measured here" in none
+
+
+def test_plot_without_a_figure_lists_them(cli):
+    proc = cli("plot", "scale=smoke")
+    assert proc.returncode == 2 and "None" not in proc.stderr
+    assert "plot needs figure=ID, one of 1, 2, 3" in proc.stderr and "thesis" in proc.stderr
+
+
+def test_run_help_lists_real_choices(cli):
+    out = cli("run", "--help").stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("optimizer:"))
+    assert line == "optimizer: adam, eki, enkf, etki, haber, ienk_simple, sgd"
+    assert "_schema" not in out and "figure_settings" not in out and "== Config ==" in out
+
+
+def test_every_bench_flag_is_explained(capsys):
+    from enkf_repro.bench import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    flags = [ln.split()[0] for ln in out.splitlines() if ln.startswith("  --")]
+    assert len(flags) >= 15
+    for flag in flags:                                   # each flag's entry runs on to a sentence of help
+        block = out.split("\n  " + flag, 1)[1].split("\n  -", 1)[0]
+        assert len(block.split()) > 3, (flag, block)
+
+
+def test_another_methods_key_names_its_method(cli):
+    proc = cli("run", "optimizer=enkf", "optimizer.h0=1")
+    assert proc.returncode == 2
+    assert "h0 belongs to optimizer=eki and optimizer=etki" in proc.stderr
+
+
+def test_describing_the_cpu_leaves_no_file_open():
+    from enkf_repro.runs.cost import describe
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        describe(torch.device("cpu"))
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
