@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from ..config.compose import compose
 from ..config.overrides import override_key
 from ..config.schema import name_of
-from ..errors import ConfigError
+from ..errors import ConfigError, WriteFailed
 from ..experiments.base import FIGURES, Figure, figure_ids, get_figure
 from ..runs.cost import describe, estimate_flops, estimate_seconds, measured_rate
 from ..runs.folder import figure_dir
@@ -142,6 +142,8 @@ def reproduce(cfg: DictConfig, figures: Sequence[str] | None = None, out_dir: st
         fcfg, specs = configs[fig.id], plans[fig.id]
         try:
             plotted = _up_to_date_plot(fcfg, fig, specs) or plot_figure(fcfg, cfg.overrides)
+        except WriteFailed:   # a full disk stops here, with its one line
+            raise
         except Exception as e:  # a figure without runs must not hide the others
             plotted = e
         sections.append(figure_findings(fig, fcfg, specs, plotted, report.parent))
