@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..config.schema import Cost, MethodConfig, RunSize
 from ..errors import ConfigError
-from .base import Method, MethodContext, backprop_cost, register_method
+from .base import FP32, Method, MethodContext, MethodMemory, backprop_cost, register_method
 from .instrument import Instrument
 
 
@@ -89,6 +89,12 @@ class Backprop(Method):
         self.inst: Instrument | None = None
         self.step_count = 0
         self.net.train()
+
+    @classmethod
+    def memory(cls, opt: SGDConfig | AdamConfig, run: RunSize) -> MethodMemory:
+        """One network on the batch (its activations kept for the backward pass: twice the
+        forward's), its gradient and the optimizer's state (momentum, or Adam's two moments)."""
+        return MethodMemory(2, (run.batch_size,), {"network, gradient and optimizer state": 4 * FP32 * run.params})
 
     def attach(self, batches) -> None:
         icfg = self.ctx.instrument

@@ -85,7 +85,16 @@ import torch
 from ..config.schema import Cost, MethodConfig, RunSize
 from ..config.validate import check
 from ..errors import DivergenceError
-from .base import EnsembleMethod, MethodContext, check_ensemble_size, ensemble_cost, register_method
+from .base import (
+    FP32,
+    EnsembleMethod,
+    MethodContext,
+    MethodMemory,
+    check_ensemble_size,
+    ensemble_buffers,
+    ensemble_cost,
+    register_method,
+)
 from .enkf import kalman_factors
 from .failure import NonfinitePolicy
 from .inflation import InflationConfig, check_inflation
@@ -383,6 +392,19 @@ class EKI(Scheduled, EnsembleMethod):
         else:
             eki_kalman_step_(U, G, y, self.gamma, h)
         return {"h": h, "d_norm": d_norm, "loss": psi}
+
+    @classmethod
+    def memory(cls, opt: EKIConfig, run: RunSize) -> MethodMemory:
+        """The ensemble and the update (``base.ensemble_buffers``), u_{n-1} for momentum, the (R)
+        prior noise (J x P each), and the forward of the J members on the ``best_of`` ranking samples."""
+        J, P = int(opt.ensemble_size), run.params
+        out = ensemble_buffers(opt, run)
+        if opt.momentum == Momentum.nesterov and not opt.randomize:
+            out["previous ensemble (momentum)"] = FP32 * J * P
+        if opt.randomize:
+            out["prior noise (R)"] = FP32 * J * P
+        batches = (run.batch_size, int(opt.best_of)) if opt.best_of else (run.batch_size,)
+        return MethodMemory(J, batches, out)
 
     def outputs(self, V: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         G = self.forward(V, x)
