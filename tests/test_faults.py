@@ -547,7 +547,7 @@ class Payload:
         return (Path.touch, (self.marker,))
 
 
-def test_a_checkpoint_holding_a_pickled_object_is_refused(cli, synthetic_root, tmp_path):
+def test_a_checkpoint_holding_a_pickled_object_is_refused(cli, synthetic_root, tmp_path, reference):
     from enkf_repro.errors import Interrupted
     from enkf_repro.runs.loop import train_run
     from enkf_repro.runs.runner import plan
@@ -569,6 +569,9 @@ def test_a_checkpoint_holding_a_pickled_object_is_refused(cli, synthetic_root, t
     assert f"{ckpt}: refused: this checkpoint holds a pickled Python object (" in lines[0]
     assert "could run as code" in lines[0] and "restart=true" in lines[0]
     assert not marker.exists() and _leftovers(tmp_path) == []
+    again = cli("run", *RUN, "restart=true", f"out_dir={tmp_path}", env=_env(synthetic_root))
+    assert again.returncode == 0 and not marker.exists(), again.stderr
+    pd.testing.assert_frame_equal(_values(spec.dir), reference)
 
 
 def test_a_checkpoint_refuses_to_hold_an_object_that_needs_its_class():
@@ -646,3 +649,15 @@ def test_library_input_faults_are_one_line_each():
         with pytest.raises(error) as info:
             train(TwoLayer(4, classes=4), data, method="enkf", **opts, **extra)
         assert text in str(info.value) and len(str(info.value).splitlines()) == 1
+
+
+def test_the_fault_table_names_tests_that_exist():
+    """docs/faults.md: every test it names is a test function of the file it says."""
+    import re
+
+    text = (REPO / "docs" / "faults.md").read_text()
+    named = re.findall(r"`(?:(test_\w+)\.py::)?(test_\w+)`", text)
+    assert len(named) > 25
+    for module, name in named:
+        source = (REPO / "tests" / f"{module or 'test_faults'}.py").read_text()
+        assert re.search(rf"^def {name}\(", source, re.M), (module, name)

@@ -136,6 +136,7 @@ def run_size_of(cfg, model: ModelSpec, sizes: tuple[int, int, int] | None = None
     per_epoch = math.ceil(n_train / B)
     if cfg.train.max_batches:
         per_epoch = min(per_epoch, int(cfg.train.max_batches))
+    # forward_flops: not a size in memory (the cost model's, runs/cost.py)
     return RunSize(batches=math.ceil(float(cfg.train.epochs) * per_epoch), per_epoch=per_epoch, batch_size=B,
                    classes=classes, params=model.num_params, forward_flops=0.0, test_size=n_test,
                    eval_every=cfg.train.eval_every)
@@ -208,7 +209,9 @@ def fixes(cfg, plan: MemoryPlan, **kw: Any) -> list[str]:
         best = _largest_fitting(lambda n: fits_with(**{"ensemble.chunk_size": n}), 1, top)
         if best is not None:
             out.append(f"ensemble.chunk_size={best}")
-    if J and name_of(cfg.optimizer.name) in DISTRIBUTED_METHODS and kw.get("world", 1) == 1:
+    # ranks on other GPUs (processes on one host share its RAM: no help on CPU)
+    if J and plan.device.type == "cuda" and name_of(cfg.optimizer.name) in DISTRIBUTED_METHODS \
+            and kw.get("world", 1) == 1:
         ranks = next((n for n in (2, 4, 8, 16, 32, 64) if plan_memory(cfg, **{**kw, "world": n}).fits), None)
         if ranks is not None:
             out.append(f"{ranks} ranks: torchrun --nproc_per_node={ranks} -m enkf_repro run ... distributed=true "
