@@ -380,7 +380,8 @@ class RunFolder:
         """Rename the damaged file ``name`` to ``<name>.damaged`` (kept for inspection, never read)."""
         src = self.path / name
         dst = self.path / (name + DAMAGED)
-        os.replace(src, dst)
+        with guarded_write(dst):
+            os.replace(src, dst)
         return dst
 
     def write_config(self, cfg) -> None:
