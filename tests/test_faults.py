@@ -113,7 +113,7 @@ class FullDisk:
 
 
 @pytest.mark.parametrize("name,nth,hint", [
-    ("config.yaml.tmp", 1, "no checkpoint was written yet"),
+    pytest.param("config.yaml.tmp", 1, "no checkpoint was written yet", marks=pytest.mark.slow),
     ("checkpoint.pt.tmp", 1, "no checkpoint was written yet"),
     ("checkpoint.pt.tmp", 3, "(iteration 8) is intact"),
     ("metrics.csv", 4, "(iteration 12) is intact"),
@@ -438,7 +438,9 @@ def _damage(run: Path, what: str) -> str:
     raise ValueError(what)
 
 
-DAMAGES = ["unterminated quote", "text in a number column", "truncated gzip", "config", "summary", "params"]
+DAMAGES = ["unterminated quote", pytest.param("text in a number column", marks=pytest.mark.slow),
+           pytest.param("truncated gzip", marks=pytest.mark.slow), "config",
+           pytest.param("summary", marks=pytest.mark.slow), "params"]
 
 
 @pytest.fixture(scope="module")
