@@ -38,3 +38,23 @@ class Interrupted(EnkfReproError):
     """SIGINT/SIGTERM arrived; a checkpoint was written and rerunning the command resumes."""
 
     exit_code = 130
+
+
+class WriteFailed(EnkfReproError):
+    """A file could not be written (a full disk, a quota, read-only or failing storage): the message
+    names the file, the bytes it needed and the bytes free, then what is intact and what to do."""
+
+    HINT = "the file was left as it was: free space and run the command again"
+
+    def __init__(self, message: str, path: object = None, hint: str = HINT):
+        super().__init__(f"{message}; {hint}")
+        self.message, self.path, self.hint = message, path, hint
+
+    def with_hint(self, hint: str) -> "WriteFailed":
+        """The same error with ``hint`` (what is intact, what to do) in place of the general one."""
+        return WriteFailed(self.message, self.path, hint)
+
+
+class OutOfMemory(EnkfReproError):
+    """A run does not fit in the memory of its device: the message gives what it needs, what is
+    free and the settings that make it fit."""

@@ -24,7 +24,7 @@ def test_rates_parse():
 
 def test_memory_per_run_follows_the_ensemble():
     from enkf_repro.api import compose
-    from enkf_repro.runs.cost import estimate_memory
+    from enkf_repro.runs.memory import estimate_memory
 
     def mem(*ov, device="cuda"):
         return estimate_memory(compose(["optimizer=eki", "model=dnn2", *ov]), device)
@@ -49,7 +49,7 @@ def test_reproduce_dry_run_plans_a_named_device(cli, synthetic_root, tmp_path):
     rows = {ln.split(" | ")[0]: ln.split(" | ") for ln in lines[head + 2:] if " | " in ln}
     assert set(rows) == {"8", "thesis", "total"}
     assert int(rows["total"][1]) == int(rows["8"][1]) + int(rows["thesis"][1])
-    assert rows["8"][5].endswith("iB") and rows["total"][5] == max(rows["8"][5], rows["thesis"][5], key=_bytes)
+    assert rows["8"][5].endswith("B") and rows["total"][5] == max(rows["8"][5], rows["thesis"][5], key=_bytes)
     assert not list(tmp_path.rglob("*.csv*"))                            # nothing run
     unknown = cli(*base, check=True)
     assert "estimated ? on cuda (no cuda rate measured here: give rate=" in unknown.stderr
@@ -57,7 +57,7 @@ def test_reproduce_dry_run_plans_a_named_device(cli, synthetic_root, tmp_path):
 
 def _bytes(text):
     value, unit = text.split()
-    return float(value) * {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[unit]
+    return float(value) * {"bytes": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}[unit]
 
 
 def test_list_plans_a_named_device_with_a_total(monkeypatch):

@@ -8,6 +8,11 @@ Fused kernels are trusted only after they proved themselves (:class:`FusedGate`)
 per device, model, precision and kernel configuration they are checked against the PyTorch
 path in float64 on one small chunk; what fails falls back to the PyTorch path (``kernel=auto``,
 one line on stderr, once per process and device) or is a one-line error (``kernel=triton``).
+
+Memory: :func:`forward_memory` estimates what a forward holds at its peak (the outputs and one
+chunk's intermediates) before anything is allocated (``runs/memory.py`` plans a run with it). An
+out-of-memory error during a forward halves the chunk once, says so in one line on stderr and
+goes on; a second one is an ``OutOfMemory`` error.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import time
 import torch
 
 from ..config.schema import name_of
-from ..errors import ConfigError
+from ..errors import ConfigError, OutOfMemory
 from .base import ModelSpec
 
 CPU_CHUNK = 16                 # members per call on CPU: a chunk's intermediates stay in cache
@@ -41,6 +46,32 @@ def auto_chunk_size(model: ModelSpec, batch: int, device: torch.device) -> int:
     if device.type == "cuda":
         return max(1, CUDA_BUDGET_BYTES // max(1, model.activation_bytes(batch)))
     return CPU_CHUNK
+
+
+def planned_chunk(model: ModelSpec, batch: int, device: torch.device, chunk_size: int | None = None) -> int:
+    """The most members per call the engine uses for ``batch`` images: ``ensemble.chunk_size``,
+    else 16 on CPU, else on CUDA the memory budget's cap (the timed choice and the fused
+    kernels' chunk stay within it)."""
+    return int(chunk_size) if chunk_size else auto_chunk_size(model, batch, torch.device(device))
+
+
+def forward_memory(model: ModelSpec, members: int, batch: int, classes: int, device: torch.device | str,
+                   chunk_size: int | None = None, precision: str = "fp32") -> dict[str, int]:
+    """Bytes the forward of ``members`` networks on ``batch`` images holds at its peak, by what
+    holds them: the outputs (members x batch x classes, fp32) and one chunk's intermediates
+    (``ModelSpec.activation_bytes`` per member; half of them under bf16)."""
+    chunk = max(1, min(int(members), planned_chunk(model, batch, torch.device(device), chunk_size)))
+    per_member = model.activation_bytes(batch)
+    if name_of(precision) == "bf16":
+        per_member //= 2
+    return {f"forward outputs ({members} x {batch} x {classes}, fp32)": 4 * int(members) * batch * classes,
+            f"forward chunk ({chunk} members on {batch} images)": chunk * per_member}
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """A failed allocation: CUDA's OutOfMemoryError or the CPU allocator's RuntimeError."""
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
 
 
 @contextlib.contextmanager
@@ -372,6 +403,8 @@ class EnsembleForward:
         self.gate = FusedGate(self)
         self.fused_mode: str | None = None      # the kernel mode of the last fused forward
         self._fused_chunk: int | None = None
+        self._last_chunk: int | None = None     # members per call of the last forward
+        self.oom_chunk: int | None = None       # the halved chunk after an out-of-memory error
         self._fn = model.forward_chunk
         if compile:
             self._fn = torch.compile(model.forward_chunk, dynamic=False)
@@ -406,6 +439,8 @@ class EnsembleForward:
         """Members per call: ``ensemble.chunk_size``; on the fused path the chunk its gate chose;
         else 16 on CPU, else on CUDA the fastest of :data:`PROBE_SIZES` within the memory budget
         (timed once on the first batch, then cached)."""
+        if self.oom_chunk:
+            return self.oom_chunk
         if self.chunk_size:
             return self.chunk_size
         if self.kernel == "triton" and self._fused_chunk:
@@ -423,12 +458,49 @@ class EnsembleForward:
 
     @torch.no_grad()
     def __call__(self, U: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        try:
+            return self._forward(U, x)
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+            return self._after_oom(U, x, e)
+
+    def _forward(self, U: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "triton" and U.dtype == torch.float32:
             plan = self.gate.plan(U, x)
             if plan is not None:
                 self.fused_mode, self._fused_chunk = plan["mode"], plan["chunk"]
-                return self.model.fused_forward(U, x, plan["mode"], plan["chunk"])
-        return self._evaluate(U, x, self.chunk_for(x.shape[0], U.shape[0], U, x))
+                chunk = min(plan["chunk"], self.oom_chunk or plan["chunk"])
+                self._last_chunk = chunk
+                return self.model.fused_forward(U, x, plan["mode"], chunk)
+        cs = self.chunk_for(x.shape[0], U.shape[0], U, x)
+        self._last_chunk = cs
+        return self._evaluate(U, x, cs)
+
+    def _after_oom(self, U: torch.Tensor, x: torch.Tensor, error: BaseException) -> torch.Tensor:
+        """Out of memory in a forward: the first time, halve the chunk, say so and do the forward
+        again (a forward changes nothing, so it can be redone); then an ``OutOfMemory`` line."""
+        J, B = U.shape[0], x.shape[0]
+        cs = min(J, self._last_chunk or planned_chunk(self.model, B, self.device, self.chunk_size))
+        first = _first_line(error)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.oom_chunk is not None or cs <= 1:
+            err = OutOfMemory(f"out of memory on {self.device} in the ensemble forward of {J} members on {B} images "
+                              f"at {cs} members per chunk{' (already halved once)' if self.oom_chunk else ''} "
+                              f"({first})")
+            err.chunk = cs
+            raise err from None
+        self.oom_chunk = cs // 2
+        print(f"enkf-repro: out of memory on {self.device} in the ensemble forward at {cs} members per chunk "
+              f"({first}); continuing with {self.oom_chunk} (ensemble.chunk_size={self.oom_chunk} starts so)",
+              file=sys.stderr, flush=True)
+        try:
+            return self._forward(U, x)
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+            return self._after_oom(U, x, e)
 
     def _evaluate(self, U: torch.Tensor, x: torch.Tensor, cs: int) -> torch.Tensor:
         """The PyTorch path: ``forward_chunk`` a chunk of ``cs`` members at a time."""

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..config.schema import Cost, MethodConfig, RunSize
 from ..errors import ConfigError
-from .base import Method, MethodContext, backprop_cost, backprop_memory, register_method
+from .base import FP32, Method, MethodContext, MethodMemory, backprop_cost, register_method
 from .instrument import Instrument
 
 
@@ -41,9 +41,6 @@ class BackpropConfig(MethodConfig):
 
     def cost(self, run: RunSize) -> Cost:
         return backprop_cost(run)
-
-    def memory(self, run: RunSize) -> float:
-        return backprop_memory(run)
 
 
 @dataclass
@@ -101,6 +98,12 @@ class Backprop(Method):
         self.inst: Instrument | None = None
         self.step_count = 0
         self.net.train()
+
+    @classmethod
+    def memory(cls, opt: SGDConfig | AdamConfig, run: RunSize) -> MethodMemory:
+        """One network on the batch (its activations kept for the backward pass: twice the
+        forward's), its gradient and the optimizer's state (momentum, or Adam's two moments)."""
+        return MethodMemory(2, (run.batch_size,), {"network, gradient and optimizer state": 4 * FP32 * run.params})
 
     def attach(self, batches) -> None:
         icfg = self.ctx.instrument

@@ -44,6 +44,10 @@ device, and the other sections of the run config it may read): ``Method(opt, ctx
   the run cleanly, before its iteration budget, with ``finish_reason`` in the run's summary.
 * ``schedule(batches)`` the schedule the loop consults at every evaluation (the EnKF's
   Algorithm 1, adaptive.py; a fixed one by default).
+* ``memory(opt, run)`` (a classmethod: nothing is built) what a run of the size ``run`` holds on
+  its device besides the data: the networks its ensemble forward evaluates per call, at which
+  batch sizes, and the method's own buffers (the ensemble, the update's factors), in bytes
+  (:class:`MethodMemory`; ``runs/memory.py`` plans a run from it before any work).
 
 Ensemble methods (:class:`EnsembleMethod`) make every update through ``apply_update``: the shared
 non-finite member policy (failure.py), then the shared covariance inflation
@@ -53,7 +57,7 @@ non-finite member policy (failure.py), then the shared covariance inflation
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -158,23 +162,45 @@ def ensemble_cost(J: int, run: RunSize, repetitions: int = 1) -> Cost:
     return Cost(flops, iterations, "step")
 
 
-def ensemble_memory(J: int, run: RunSize, copies: float = 1.0) -> float:
-    """Bytes an ensemble method holds on its device besides the forward's intermediates (the
-    ``memory(run)`` of a method config; runs/cost.py adds the data and the forward): ``copies``
-    J x P fp32 matrices (the ensemble; a momentum copy, a noise draw), the outputs (J x d in fp32
-    and fp64, d = B C), the factors W, Z (J x d, fp64), the small solve (min(J, d)^2, fp64) and
-    the update's column blocks (two J x block temporaries of linalg.BLOCK_ELEMENTS)."""
-    from .linalg import BLOCK_ELEMENTS
+class MethodMemory(NamedTuple):
+    """What a method holds on its device during a run (``Method.memory``): ``members`` networks
+    per call of the ensemble forward (0: none), at the batch sizes ``batches``; ``buffers``:
+    {what: bytes} of its own tensors (the ensemble, the update's factors and work space)."""
 
-    d = run.batch_size * run.classes
-    return (4.0 * copies * J * run.params + 28.0 * J * d + 8.0 * min(J, d) ** 2
-            + 8.0 * min(J * run.params, BLOCK_ELEMENTS))
+    members: int
+    batches: tuple[int, ...]
+    buffers: dict[str, int]
 
 
-def backprop_memory(run: RunSize, states: int = 2) -> float:
-    """Bytes of one network trained by backpropagation: its parameters, their gradients and
-    ``states`` optimizer buffers per parameter (momentum; Adam's two moments), fp32."""
-    return 4.0 * (2 + states) * run.params
+FP32, FP64 = 4, 8
+UPDATE_BLOCK = 1 << 24   # elements of U an update touches at a time (optim/linalg.py BLOCK_ELEMENTS)
+
+
+def ensemble_buffers(opt, run: RunSize, J: int | None = None) -> dict[str, int]:
+    """Bytes of an ensemble method's tensors at J members (default ``opt.ensemble_size``) and P
+    parameters: the ensemble U (J x P, fp32); the update's factors (a few J x d in float64,
+    d = B C, and the d x d or J x J systems), its column blocks of about 2^24 elements; a copy of
+    the finite members when some member fails (``nonfinite`` redraw or ignore); the J x J noise
+    of additive inflation with the ensemble's own covariance."""
+    J = int(opt.ensemble_size if J is None else J)
+    P, d = run.params, run.batch_size * run.classes
+    block = max(256, UPDATE_BLOCK // max(J, 1))
+    # the EnKF's sequential update solves a d x d triangular system; the others work in the
+    # smaller of the data and ensemble spaces
+    mode = getattr(opt, "update_mode", None)
+    system = d * d if getattr(mode, "value", mode) == "sequential" else min(J, d) ** 2
+    out = {
+        f"ensemble U ({J} x {P}, fp32)": FP32 * J * P,
+        "update factors": FP64 * (6 * J * d + 3 * system) + FP32 * min(J, d) ** 2,
+        "update column blocks": FP32 * (J + d) * min(block, P),
+    }
+    policy = getattr(opt, "nonfinite", None)
+    if policy is not None and getattr(policy, "value", policy) != "fail":
+        out["copy of the finite members (when some fail)"] = FP32 * J * P
+    inflation = getattr(opt, "inflation", None)
+    if inflation is not None and (inflation.multiplicative is not None or inflation.additive is not None):
+        out["inflation work space"] = FP64 * J * J + FP32 * J * min(block, P)
+    return out
 
 
 def backprop_cost(run: RunSize) -> Cost:
@@ -259,6 +285,12 @@ class Method:
     def close(self) -> None:
         pass
 
+    @classmethod
+    def memory(cls, opt: MethodConfig, run: RunSize) -> MethodMemory:
+        """What a run of the size ``run`` holds on its device (module docstring): by default one
+        network evaluated on the batch, its parameters and their gradient."""
+        return MethodMemory(1, (run.batch_size,), {"network and gradient": 2 * FP32 * run.params})
+
 
 class EnsembleMethod(Method):
     """A persistent ensemble U (J, P) drawn from the init prior, evaluated through its mean, with
@@ -312,6 +344,10 @@ class EnsembleMethod(Method):
         if U.dim() != 2 or U.shape[1] != P or U.shape[0] < 2:
             raise ConfigError("ensemble", f"a tensor of shape {tuple(U.shape)}", f"an ensemble (J, {P}), J >= 2")
         self.U = U.detach().to(device=self.U.device, dtype=self.U.dtype).clone()
+    @classmethod
+    def memory(cls, opt: MethodConfig, run: RunSize) -> MethodMemory:
+        """The J members forward on the batch; the ensemble and the update (:func:`ensemble_buffers`)."""
+        return MethodMemory(int(opt.ensemble_size), (run.batch_size,), ensemble_buffers(opt, run))
 
     def eval_params(self) -> dict[str, torch.Tensor]:
         return {"": self.U.mean(0)}
@@ -334,6 +370,13 @@ class SingleNetworkMethod(Method):
 
     theta: torch.Tensor
     K: int   # perturbations per step
+
+    @classmethod
+    def memory(cls, opt: MethodConfig, run: RunSize) -> MethodMemory:
+        """theta and K perturbations (``ensemble_size``, 1 if none) forward together, K + 1 networks per call."""
+        K = int(getattr(opt, "ensemble_size", 1) or 1)
+        return MethodMemory(K + 1, (run.batch_size,), {f"perturbations ({K} x {run.params}, twice)":
+                                                       2 * FP32 * (K + 1) * run.params})
 
     def eval_params(self) -> dict[str, torch.Tensor]:
         return {"": self.theta}

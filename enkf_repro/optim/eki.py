@@ -85,7 +85,16 @@ import torch
 from ..config.schema import Cost, MethodConfig, RunSize
 from ..config.validate import check
 from ..errors import DivergenceError
-from .base import EnsembleMethod, MethodContext, check_ensemble_size, ensemble_cost, ensemble_memory, register_method
+from .base import (
+    FP32,
+    EnsembleMethod,
+    MethodContext,
+    MethodMemory,
+    check_ensemble_size,
+    ensemble_buffers,
+    ensemble_cost,
+    register_method,
+)
 from .enkf import kalman_factors
 from .failure import NonfinitePolicy
 from .inflation import InflationConfig, check_inflation
@@ -338,11 +347,6 @@ class EKIConfig(MethodConfig):
         """J networks forward and the update per mini-batch (``base.ensemble_cost``)."""
         return ensemble_cost(self.ensemble_size, run)
 
-    def memory(self, run: RunSize) -> float:
-        """The ensemble, u_{n-1} for momentum, a prior draw for (R) and additive inflation."""
-        copies = 1 + (self.momentum != Momentum.none) + self.randomize + (self.inflation.additive is not None)
-        return ensemble_memory(self.ensemble_size, run, copies)
-
 
 class EKI(Scheduled, EnsembleMethod):
     """``optimizer=eki``: (1) with optional Nesterov momentum (MEKI) and randomisation (R).
@@ -390,6 +394,23 @@ class EKI(Scheduled, EnsembleMethod):
         else:
             eki_kalman_step_(U, G, y, self.gamma, h)
         return {"h": h, "d_norm": d_norm, "loss": psi}
+
+    @classmethod
+    def memory(cls, opt: EKIConfig, run: RunSize) -> MethodMemory:
+        """The ensemble and the update (``base.ensemble_buffers``), u_{n-1} for momentum, the (R)
+        prior noise (J x P each), and the forward of the J members on the ``best_of`` ranking samples."""
+        J, P = int(opt.ensemble_size), run.params
+        out = ensemble_buffers(opt, run)
+        if opt.momentum == Momentum.nesterov and not opt.randomize:
+            out["previous ensemble (momentum)"] = FP32 * J * P
+        if opt.randomize:
+            out["prior noise (R)"] = FP32 * J * P
+        batches = (run.batch_size, int(opt.best_of)) if opt.best_of else (run.batch_size,)
+        return MethodMemory(J, batches, out)
+
+    def outputs(self, V: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        G = self.forward(V, x)
+        return torch.softmax(G, -1) if self.loss == "cross_entropy" else G
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         self.recent.add(x, y)            # the samples the best member is ranked on

@@ -34,7 +34,15 @@ import torch
 from ..config.schema import Cost, MethodConfig, RunSize
 from ..config.validate import check
 from .adaptive import AdaptiveConfig, AdaptiveSchedule, FixedSchedule, check_adaptive, resize_ensemble
-from .base import EnsembleMethod, MethodContext, check_ensemble_size, ensemble_cost, ensemble_memory, register_method
+from .base import (
+    EnsembleMethod,
+    MethodContext,
+    MethodMemory,
+    check_ensemble_size,
+    ensemble_buffers,
+    ensemble_cost,
+    register_method,
+)
 from .failure import NonfinitePolicy
 from .inflation import InflationConfig, check_inflation
 from .linalg import apply_low_rank_, cholesky_jittered
@@ -165,18 +173,19 @@ class EnKFConfig(MethodConfig):
         """J networks forward and the update, r times per mini-batch (``base.ensemble_cost``)."""
         return ensemble_cost(self.ensemble_size, run, self.repetitions)
 
-    def memory(self, run: RunSize) -> float:
-        """The ensemble at its largest J (Algorithm 1 may grow it to b_u) and the update
-        (``base.ensemble_memory``), with a noise draw for additive inflation."""
-        J = max(self.ensemble_size, self.adaptive.b_u) if self.adaptive.enabled else self.ensemble_size
-        return ensemble_memory(J, run, 1 + (self.inflation.additive is not None))
-
 
 class EnKF(EnsembleMethod):
     """``optimizer=enkf``: (1) on an ensemble drawn from the init prior, each mini-batch presented
     ``repetitions`` times; non-finite members follow ``optimizer.nonfinite`` (failure.py)."""
 
     config: EnKFConfig
+
+    @classmethod
+    def memory(cls, opt: EnKFConfig, run: RunSize) -> MethodMemory:
+        """As every ensemble method (``base.ensemble_buffers``), at the largest J Algorithm 1 may
+        grow the ensemble to (``adaptive.b_u``)."""
+        J = max(int(opt.ensemble_size), int(opt.adaptive.b_u)) if opt.adaptive.enabled else int(opt.ensemble_size)
+        return MethodMemory(J, (run.batch_size,), ensemble_buffers(opt, run, J))
 
     def __init__(self, opt: EnKFConfig, ctx: MethodContext):
         super().__init__(opt, ctx)

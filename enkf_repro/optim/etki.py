@@ -69,7 +69,16 @@ from ..config.schema import Cost, MethodConfig, RunSize
 from ..config.validate import check
 from ..errors import DivergenceError
 from ._noise import noise_variance
-from .base import EnsembleMethod, MethodContext, check_ensemble_size, ensemble_cost, ensemble_memory, register_method
+from .base import (
+    FP64,
+    EnsembleMethod,
+    MethodContext,
+    MethodMemory,
+    check_ensemble_size,
+    ensemble_buffers,
+    ensemble_cost,
+    register_method,
+)
 from .eki import eki_frobenius
 from .failure import NonfinitePolicy
 from .inflation import InflationConfig, check_inflation
@@ -196,10 +205,6 @@ class ETKIConfig(MethodConfig):
         """J networks forward and the update per mini-batch (``base.ensemble_cost``)."""
         return ensemble_cost(self.ensemble_size, run)
 
-    def memory(self, run: RunSize) -> float:
-        """The ensemble and the update (``base.ensemble_memory``), a noise draw for additive inflation."""
-        return ensemble_memory(self.ensemble_size, run, 1 + (self.inflation.additive is not None))
-
 
 class ETKI(Scheduled, EnsembleMethod):
     """``optimizer=etki`` (module docstring): one ETKI step per mini-batch with the scheduler's dt."""
@@ -214,6 +219,13 @@ class ETKI(Scheduled, EnsembleMethod):
         self.scheduler = scheduler_from_config(opt)
         self.batch_clock = opt.misfit_clock == MisfitClock.batch
         self.last: dict[str, float] = {}
+
+    @classmethod
+    def memory(cls, opt: ETKIConfig, run: RunSize) -> MethodMemory:
+        """The ensemble and the update (``base.ensemble_buffers``) and the transform's J x J matrices."""
+        J = int(opt.ensemble_size)
+        return MethodMemory(J, (run.batch_size,), {**ensemble_buffers(opt, run),
+                                                   "ensemble transform (J x J, fp64)": 6 * FP64 * J * J})
 
     def _update(self, U: torch.Tensor, G: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         J = G.shape[0]

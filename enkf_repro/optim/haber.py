@@ -35,7 +35,6 @@ from .base import (
     SingleNetworkMethod,
     check_ensemble_size,
     ensemble_cost,
-    ensemble_memory,
     register_method,
 )
 from .linalg import cholesky_jittered
@@ -87,10 +86,6 @@ class HaberConfig(MethodConfig):
         """K perturbed networks forward and the update per mini-batch, counted like an ensemble
         of K (``base.ensemble_cost``)."""
         return ensemble_cost(self.ensemble_size, run)
-
-    def memory(self, run: RunSize) -> float:
-        """The K perturbations and the K + 1 networks evaluated (two K x P matrices)."""
-        return ensemble_memory(self.ensemble_size + 1, run, 2)
 
 
 class Haber(SingleNetworkMethod):

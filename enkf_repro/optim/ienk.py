@@ -49,7 +49,6 @@ from .base import (
     SingleNetworkMethod,
     check_ensemble_size,
     ensemble_cost,
-    ensemble_memory,
     register_method,
 )
 
@@ -159,10 +158,6 @@ class IEnKSimpleConfig(MethodConfig):
         if self.mode == IEnKMode.sample:
             return Cost(cost.flops, run.batches * run.batch_size, "sample")
         return cost
-
-    def memory(self, run: RunSize) -> float:
-        """The K perturbations and the networks evaluated (at most K per layer plus one; counted as 4 layers)."""
-        return ensemble_memory(4 * self.ensemble_size + 1, run, 2)
 
 
 class IEnKSimple(SingleNetworkMethod):

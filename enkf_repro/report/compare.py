@@ -17,11 +17,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 from omegaconf import OmegaConf
 
-from ..experiments.draw import caption, groups_figure, save
+from ..experiments.draw import caption, groups_figure
 from ..runs.folder import slug
 from ..runs.results import write_text_atomic
 from .comparison import Comparison, compare_runs
 from .markdown import comparison_markdown
+from .render import save_figure
 from .select import value_text
 
 
@@ -84,7 +85,7 @@ def compare(out_dir: str | Path = "results", by: str | Sequence[str] = (), metri
         stem += "-" + slug(metric).replace(".", "_")
     dest = Path(out) if out is not None else c.root
     dest.mkdir(parents=True, exist_ok=True)
-    paths = save(draw(c, scale), dest / stem)
+    paths = save_figure(draw(c, scale), dest / stem)
 
     markdown = comparison_markdown(c)
     csv = c.table.copy()

@@ -61,7 +61,8 @@ def _table(overrides: list[str], rate=None) -> str:
     """The table of :func:`figure_table`, planned afresh (every figure at both scales)."""
     from ..config.compose import compose
     from ..experiments.base import FIGURES, figure_ids
-    from ..runs.cost import bytes_text, device_rate, estimate_flops, estimate_memory, estimate_seconds
+    from ..runs.cost import device_rate, estimate_flops, estimate_seconds
+    from ..runs.memory import estimate_memory
     from ..runs.runner import plan
 
     device = plan_device(overrides)
@@ -82,11 +83,11 @@ def _table(overrides: list[str], rate=None) -> str:
             mem = max((estimate_memory(s.cfg, device) for s in specs), default=0.0)
             t = totals[scale]
             t[0], t[1], t[2], t[3], t[4] = t[0] + len(specs), t[1] + flops, t[2] + cpu, t[3] + dev, max(t[4], mem)
-            costs.append(_cell(len(specs), flops, cpu, device, dev, mem, bytes_text))
+            costs.append(_cell(len(specs), flops, cpu, device, dev, mem))
         rows.append((fid, fig.description, *costs))
     lines = ["figure | what it shows | smoke | paper", "--- | --- | --- | ---"]
     lines += [" | ".join(r) for r in rows]
-    lines.append(" | ".join(["total", "every figure"] + [_cell(*totals[s][:3], device, *totals[s][3:], bytes_text)
+    lines.append(" | ".join(["total", "every figure"] + [_cell(*totals[s][:3], device, *totals[s][3:])
                                                          for s in ("smoke", "paper")]))
     where = (f"{dev_rate / 1e12:.3g} TFLOP/s on {device} ({dev_src})" if dev_rate else f"{device}: {dev_src}")
     lines += ["", f"cost: FLOPs from the cost model (enkf_repro/runs/cost.py) at {cpu_rate / 1e9:.0f} GFLOP/s on "
@@ -97,11 +98,13 @@ def _table(overrides: list[str], rate=None) -> str:
     return "\n".join(lines)
 
 
-def _cell(runs: int, flops: float, cpu: float, device: str, dev: float, mem: float, bytes_text) -> str:
+def _cell(runs: int, flops: float, cpu: float, device: str, dev: float, mem: float) -> str:
+    from ..runs.results import human_bytes
+
     text = f"{runs} runs, {_flops(flops)} (CPU {duration(cpu)}"
     if device != "cpu":
         text += f", {device} {duration(dev) if dev == dev else '?'}"
-    return text + f"; {bytes_text(mem)} per run)"
+    return text + f"; {human_bytes(mem)} per run)"
 
 
 def figure_table(overrides: Sequence[str] = (), rate=None) -> str:

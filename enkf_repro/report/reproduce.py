@@ -29,12 +29,13 @@ from omegaconf import DictConfig
 from ..config.compose import compose
 from ..config.overrides import override_key
 from ..config.schema import name_of
-from ..errors import ConfigError
+from ..errors import ConfigError, WriteFailed
 from ..experiments.base import FIGURES, Figure, figure_ids, get_figure
-from ..runs.cost import bytes_text, describe, device_rate, estimate_flops, estimate_memory, estimate_seconds
+from ..runs.cost import describe, device_rate, estimate_flops, estimate_seconds
 from ..runs.folder import figure_dir
+from ..runs.memory import estimate_memory
 from ..runs.progress import duration
-from ..runs.results import write_text_atomic
+from ..runs.results import human_bytes, write_text_atomic
 from ..runs.runner import RunSpec, check_runs, execute, plan
 from .findings import dataset_names, figure_findings
 from .markdown import report_markdown
@@ -90,10 +91,10 @@ def plan_text(rows: list[tuple[str, int, int, float, float, float]], device: str
              "--- | --- | --- | --- | --- | ---"]
     total = ["total", 0, 0, 0.0, 0.0, 0.0]
     for r in rows:
-        lines.append(f"{r[0]} | {r[1]} | {r[2]} | {r[3] / 1e12:.3g} | {duration(r[4])} | {bytes_text(r[5])}")
+        lines.append(f"{r[0]} | {r[1]} | {r[2]} | {r[3] / 1e12:.3g} | {duration(r[4])} | {human_bytes(r[5])}")
         total = ["total", total[1] + r[1], total[2] + r[2], total[3] + r[3], total[4] + r[4], max(total[5], r[5])]
     lines.append(f"total | {total[1]} | {total[2]} | {total[3] / 1e12:.3g} | {duration(total[4])} | "
-                 f"{bytes_text(total[5])}")
+                 f"{human_bytes(total[5])}")
     return "\n".join(lines)
 
 
@@ -126,7 +127,7 @@ def reproduce(cfg: DictConfig, figures: Sequence[str] | None = None, out_dir: st
     plans = {fid: plan(fcfg) for fid, fcfg in configs.items()}
     for spec in (s for specs in plans.values() for s in specs):
         spec.cfg.progress = False
-    check_runs(s for specs in plans.values() for s in specs)
+    check_runs((s for specs in plans.values() for s in specs), memory=not dry_run)
     all_specs = [s for fid in ids for s in plans[fid]]
     pending = [s for s in all_specs if not s.folder.done]
     flops = sum(estimate_flops(s.cfg) for s in pending)
@@ -164,6 +165,8 @@ def reproduce(cfg: DictConfig, figures: Sequence[str] | None = None, out_dir: st
         fcfg, specs = configs[fig.id], plans[fig.id]
         try:
             plotted = _up_to_date_plot(fcfg, fig, specs) or plot_figure(fcfg, cfg.overrides)
+        except WriteFailed:   # a full disk stops here, with its one line
+            raise
         except Exception as e:  # a figure without runs must not hide the others
             plotted = e
         sections.append(figure_findings(fig, fcfg, specs, plotted, report.parent))

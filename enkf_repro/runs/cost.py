@@ -10,10 +10,7 @@ evaluation of n_test f every ``train.eval_every`` iterations. Small models and p
 are bound by a fixed cost per step (kernel launches, Python) rather than by arithmetic, added from
 :data:`STEP_OVERHEAD_S`.
 
-Memory (:func:`estimate_memory`): the data on the device (train and test images, fp32), what the
-method holds (its config's ``memory(run)``: the ensemble and its copies, the outputs and the
-update's factors and blocks) and the forward's intermediates (a chunk of members: on CUDA within
-the chunk budget of ``models/ensemble.py``, on CPU 16 members). The rate of a device
+Memory: runs/memory.py's plan (``estimate_memory`` there). The rate of a device
 (:func:`device_rate`): a given one (``rate=``, :func:`parse_rate`), else the one measured here
 (``enkf-repro bench``, remembered per device type), else, for the CPU only, a quick probe.
 """
@@ -35,7 +32,7 @@ from ..config.paths import rates_file
 from ..config.schema import Cost, RunSize, method_config, name_of
 from ..data.datasets import DATASETS, dataset_sizes
 from ..errors import ConfigError
-from ..models.ensemble import CPU_CHUNK, CUDA_BUDGET_BYTES, precision_scope
+from ..models.ensemble import precision_scope
 from ..models.registry import build_model
 
 # Seconds of fixed cost per step (kernel launches, Python), on top of the FLOPs: small models and
@@ -55,18 +52,24 @@ def estimate_flops(cfg: DictConfig) -> float:
     return estimate_cost(cfg)[0]
 
 
-def run_size(cfg: DictConfig) -> RunSize:
+def run_size(cfg: DictConfig, model=None, sizes: tuple[int, int, int] | None = None) -> RunSize:
     """What the run ``cfg`` processes: its mini-batches (``train.epochs`` passes over the
-    training set, or over ``train.max_batches`` batches of it), the network and the test set."""
-    model = build_model(cfg.model)
-    n_train, n_test = dataset_sizes(cfg.dataset, files=False)
-    B = cfg.train.batch_size
+    training set, or over ``train.max_batches`` batches of it), the network (``model``, default
+    built from ``cfg.model``) and the test set; ``sizes``: (train images, test images, classes) of
+    data given in memory (default: the dataset's, read from no file)."""
+    model = build_model(cfg.model) if model is None else model
+    if sizes is None:
+        n_train, n_test = dataset_sizes(cfg.dataset, files=False)
+        classes = len(DATASETS[name_of(cfg.dataset.name)].classes)
+    else:
+        n_train, n_test, classes = sizes
+    B = int(cfg.train.batch_size)
     per_epoch = math.ceil(n_train / B)
     if cfg.train.max_batches:
-        per_epoch = min(per_epoch, cfg.train.max_batches)
-    return RunSize(batches=math.ceil(cfg.train.epochs * per_epoch), per_epoch=per_epoch, batch_size=B,
-                   classes=len(DATASETS[name_of(cfg.dataset.name)].classes), params=model.num_params,
-                   forward_flops=model.forward_flops(), test_size=n_test, eval_every=cfg.train.eval_every)
+        per_epoch = min(per_epoch, int(cfg.train.max_batches))
+    return RunSize(batches=math.ceil(float(cfg.train.epochs) * per_epoch), per_epoch=per_epoch, batch_size=B,
+                   classes=classes, params=model.num_params, forward_flops=model.forward_flops(), test_size=n_test,
+                   eval_every=cfg.train.eval_every)
 
 
 def estimate_cost(cfg: DictConfig) -> Cost:
@@ -74,31 +77,6 @@ def estimate_cost(cfg: DictConfig) -> Cost:
     (module docstring); steps are iterations, backprop steps, or training samples for methods bound
     by a cost per sample ("sample")."""
     return method_config(cfg.optimizer).cost(run_size(cfg))
-
-
-IMAGE_BYTES = 28 * 28 * 4 + 8    # one image of the built-in datasets on the device (fp32) and its label
-
-
-def estimate_memory(cfg: DictConfig, device: str = "cuda") -> float:
-    """Peak bytes of one run on ``device`` (module docstring): data, method state, forward chunk."""
-    size = run_size(cfg)
-    opt = method_config(cfg.optimizer)
-    state = opt.memory(size) if hasattr(opt, "memory") else 4.0 * getattr(opt, "ensemble_size", 1) * size.params
-    data = IMAGE_BYTES * (dataset_sizes(cfg.dataset, files=False)[0] + size.test_size)
-    members = int(getattr(opt, "ensemble_size", 1))
-    model = build_model(cfg.model)
-    per_member = model.activation_bytes(size.batch_size)
-    chunk = min(members, CPU_CHUNK) * per_member if device != "cuda" else min(members * per_member, CUDA_BUDGET_BYTES)
-    evaluation = model.activation_bytes(int(cfg.train.eval_batch_size))
-    return float(data + state + chunk + evaluation)
-
-
-def bytes_text(n: float) -> str:
-    """``1.2 GiB``, ``340 MiB``."""
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n:.0f} B"
 
 
 _RATE_UNITS = {"": 1.0, "k": 1e3, "g": 1e9, "t": 1e12, "p": 1e15}

@@ -1,16 +1,24 @@
 """Tidy results: the CSV schema (in this one place), its writer and its reader, and the atomic
 writes every output uses. One row per (run, iteration, metric[, layer, bin]); the run's files and
 folders are ``runs/folder.py``'s.
+
+Every write goes through :func:`guarded_write`: a write that fails (a full disk, a quota, a
+read-only or failing device) leaves no temporary file behind and becomes one
+:class:`~enkf_repro.errors.WriteFailed` line naming the file, the bytes it needed and the bytes
+free; whole files are written to a temporary name, synced and renamed over the old one, so the
+previous version stays intact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import io
 import json
 import os
+import shutil
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import pandas as pd
 from omegaconf import DictConfig
@@ -18,7 +26,7 @@ from omegaconf import DictConfig
 from ..config.identity import config_hash
 from ..config.nested import flatten
 from ..config.overrides import did_you_mean
-from ..errors import ConfigError
+from ..errors import ConfigError, WriteFailed
 
 # Measurement columns first, then the run's identity and config.
 COLUMNS = [
@@ -78,6 +86,21 @@ class CsvLog:
         self.static = {k: _fmt(static.get(k, "")) for k in COLUMNS}
         self._fh = None
 
+    @contextlib.contextmanager
+    def _guard(self, needed: int | None) -> Iterator[None]:
+        """A failed write is one WriteFailed line; the file handle is dropped, so that nothing
+        buffered is appended later (the file ends at most in an incomplete line, which readers
+        drop and a resumed run truncates away)."""
+        try:
+            with guarded_write(self.path, needed):
+                yield
+        except WriteFailed:
+            fh, self._fh = self._fh, None
+            if fh is not None:
+                with contextlib.suppress(OSError):
+                    fh.close()
+            raise
+
     def _open(self):
         if self._fh is None:
             self._fh = open(self.path, "ab")
@@ -93,37 +116,56 @@ class CsvLog:
             vals.update({k: _fmt(v) for k, v in row.items()})
             lines.append(",".join(vals[k] for k in COLUMNS))
         if lines:
-            fh = self._open()
-            fh.write(("\n".join(lines) + "\n").encode())
-            fh.flush()
+            data = ("\n".join(lines) + "\n").encode()
+            with self._guard(len(data)):
+                fh = self._open()
+                fh.write(data)
+                fh.flush()
 
     def sync(self) -> int:
         """fsync and return the current size in bytes (stored in checkpoints)."""
-        fh = self._open()
-        fh.flush()
-        os.fsync(fh.fileno())
-        return fh.tell()
+        with self._guard(None):
+            fh = self._open()
+            fh.flush()
+            os.fsync(fh.fileno())
+            return fh.tell()
 
     def truncate(self, size: int) -> None:
         self.close()
         if self.path.exists():
-            with open(self.path, "r+b") as f:
+            with guarded_write(self.path, None), open(self.path, "r+b") as f:
                 f.truncate(size)
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            with self._guard(None):
+                fh.close()
+
+
+# Columns that hold numbers in every row (empty cells read as NaN)
+NUMERIC = ("seed", "iteration", "epoch", "pass", "value", "elapsed_s", "layer", "bin")
 
 
 def parse_rows(raw: bytes) -> pd.DataFrame:
     """The tidy rows of a CSV's bytes, ignoring an incomplete last line (a run still going, or
-    killed mid-write)."""
+    killed mid-write). Rows that are not the tidy CSV raise: pandas' ParserError (an
+    unterminated quote, a row with too many cells) or ValueError (a header that is not this
+    schema's, text in a column of numbers)."""
     end = raw.rfind(b"\n")
     raw = raw[: end + 1] if end >= 0 else b""
     if not raw.strip():
         return pd.DataFrame(columns=COLUMNS)
-    return pd.read_csv(io.BytesIO(raw), dtype={"figure": str, "series": str, "run_id": str})
+    df = pd.read_csv(io.BytesIO(raw), dtype={"figure": str, "series": str, "run_id": str})
+    unknown = [c for c in df.columns if c not in COLUMNS]
+    if unknown or not {"iteration", "metric", "value"} <= set(df.columns):
+        raise ValueError(f"the header is not the tidy CSV's columns ({', '.join(map(str, unknown[:3])) or 'missing'})")
+    for col in NUMERIC if len(df) else ():
+        if col in df.columns and not pd.api.types.is_numeric_dtype(df[col]):
+            bad = pd.to_numeric(df[col], errors="coerce").isna() & df[col].notna()
+            row = int(bad.idxmax()) + 2 if bad.any() else "?"
+            raise ValueError(f"column {col} holds text where numbers belong (line {row})")
+    return df
 
 
 def flat_config(config: Mapping) -> dict[str, Any]:
@@ -173,19 +215,100 @@ def config_key(key: str, flats: Iterable[Mapping[str, Any]]) -> str:
     raise AssertionError("unreachable")
 
 
+# -- writing files ---------------------------------------------------------------------------------
+# torch.save reports a failed write of its zip container as a RuntimeError naming its writer
+# ("[enforce fail at inline_container.cc:...] . unexpected pos ..."), not as an OSError.
+TORCH_WRITE_ERRORS = ("PytorchStreamWriter", "inline_container", "file write failed")
+
+
+def human_bytes(n: float | None) -> str:
+    """``1440000000000`` -> ``"1.44 TB"`` (decimal units)."""
+    if n is None:
+        return "an unknown size"
+    n = float(n)
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{int(n)} bytes" if unit == "bytes" else f"{n:.3g} {unit}"
+        n /= 1000.0
+    raise AssertionError("unreachable")
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Bytes free for this user on the file system holding ``path`` (its nearest existing folder)."""
+    p = Path(path).absolute()
+    for q in (p, *p.parents):
+        if q.exists():
+            try:
+                return shutil.disk_usage(q).free
+            except OSError:
+                return None
+    return None
+
+
+def is_write_error(e: BaseException) -> bool:
+    """An error of the storage under a write: any OSError, or torch.save's container writer failing."""
+    return isinstance(e, OSError) or (isinstance(e, RuntimeError) and any(m in str(e) for m in TORCH_WRITE_ERRORS))
+
+
+def write_failed(path: str | Path, error: BaseException, needed: int | None = None) -> WriteFailed:
+    """The one line of a failed write of ``path``: the reason, the bytes needed and free."""
+    free = free_bytes(Path(path).parent)
+    if isinstance(error, OSError) and error.errno is not None:
+        reason = os.strerror(error.errno).lower()
+    elif needed is not None and free is not None and needed > free:
+        reason = "no space left on device"
+    else:
+        text = str(error).strip().splitlines()
+        reason = f"the write failed ({type(error).__name__}: {text[0][:120] if text else ''})"
+    sizes = ([f"it needs {human_bytes(needed)}"] if needed else []) + [f"{human_bytes(free)} free"]
+    return WriteFailed(f"cannot write {path}: {reason} ({', '.join(sizes)})", Path(path))
+
+
+@contextlib.contextmanager
+def guarded_write(path: str | Path, needed: int | Callable[[], int | None] | None = None,
+                  tmp: str | Path | None = None) -> Iterator[None]:
+    """Write ``path`` inside the block: on any failure the temporary file ``tmp`` is removed, and a
+    storage error becomes one :class:`WriteFailed` line naming ``path`` (``needed``: its size in
+    bytes, or a function computing it, called only on failure)."""
+    try:
+        yield
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, Exception) and not isinstance(e, WriteFailed) and is_write_error(e):
+            size = needed() if callable(needed) else needed
+            raise write_failed(path, e, size) from None
+        raise
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make a rename in ``folder`` durable (where the file system allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """``data`` to a temporary file beside ``path``, fsync, rename over ``path``; a failed write
+    leaves ``path`` as it was and no temporary file (:func:`guarded_write`)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with guarded_write(path, len(data), tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, json.dumps(obj, indent=2, default=str).encode())
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, text.encode())

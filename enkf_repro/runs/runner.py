@@ -9,6 +9,12 @@ composed config with data merged on (``OmegaConf``): the figure's per-scale ``ov
 variant's values, the series' ``series_overrides``, skipping every key the user set (the user's
 overrides win). Runs whose configs come out identical are done once; finished runs are skipped; an
 interrupted run resumes from its checkpoint.
+
+Faults: before any data is loaded every run's memory plan is checked against the memory free on
+its device (``runs/memory.py``; one line with the fixes when it does not fit); a run whose
+folder holds a damaged file is repaired (a config rewritten from the run's settings) or trained
+again, the damaged file set aside; an out-of-memory error during a run is one line saying that
+the last good checkpoint is intact and how to resume. docs/faults.md has the whole table.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import torch
 from omegaconf import DictConfig
 
 from ..config.compose import GROUPS, compose
@@ -29,12 +36,14 @@ from ..config.nested import flatten, nest, without
 from ..config.overrides import config_dir, format_value, is_hydra_override, override_key
 from ..config.schema import name_of
 from ..config.validate import validate
-from ..errors import ConfigError, DivergenceError, EnkfReproError
+from ..errors import ConfigError, DivergenceError, EnkfReproError, OutOfMemory
 from ..experiments.base import get_figure
+from ..models.ensemble import is_out_of_memory, planned_chunk, resolve_device
 from . import budget, distributed
 from .comm import LocalComm
-from .folder import FollowerWriter, RunBusy, RunFolder, RunWriter, figure_dir, slug
+from .folder import CONFIG, DONE, PARAMS, FollowerWriter, RunBusy, RunFolder, RunWriter, figure_dir, slug
 from .loop import train_run
+from .memory import check_memory, device_free
 from .progress import duration
 from .results import config_columns
 
@@ -214,24 +223,35 @@ def plan(cfg: DictConfig) -> list[RunSpec]:
     return specs
 
 
-def check_runs(specs: Iterable[RunSpec]) -> None:
-    """Fail before any work when a run's dataset files are missing, its batch does not fit, or
-    it cannot run over several processes (each distinct dataset config and batch checked once)."""
+def check_runs(specs: Iterable[RunSpec], memory: bool = True) -> None:
+    """Fail before any work when a run's dataset files are missing, its batch does not fit, it
+    cannot run over several processes, or (``memory``) it does not fit in the memory of its device
+    (each distinct dataset config and batch, and each run, checked once). A plan for a device not
+    here (a dry run for ``device=cuda``) checks no memory."""
     from ..data.datasets import dataset_sizes
 
     seen = set()
+    planned: set[str] = set()
+    free: dict[str, tuple[int | None, str]] = {}
     for spec in specs:
         cfg = spec.cfg
+        world = 1
         if cfg.get("distributed", False):
             distributed.validate_distributed(cfg)
+            world = distributed.launcher_world_size() or 1
         key = (repr(to_plain(cfg.dataset)), int(cfg.train.batch_size))
-        if key in seen:
-            continue
-        seen.add(key)
-        sizes = dataset_sizes(cfg.dataset)
-        if sizes is not None and cfg.train.batch_size > sizes[0]:
-            raise ConfigError("train.batch_size", cfg.train.batch_size,
-                              f"at most the training set size {sizes[0]} of dataset {name_of(cfg.dataset.name)}")
+        if key not in seen:
+            seen.add(key)
+            sizes = dataset_sizes(cfg.dataset)
+            if sizes is not None and cfg.train.batch_size > sizes[0]:
+                raise ConfigError("train.batch_size", cfg.train.batch_size,
+                                  f"at most the training set size {sizes[0]} of dataset {name_of(cfg.dataset.name)}")
+        if memory and spec.run_id not in planned:
+            planned.add(spec.run_id)
+            device = resolve_device(cfg.device)
+            if str(device) not in free:
+                free[str(device)] = device_free(device)
+            check_memory(cfg, device, world=world, free=free[str(device)][0], where=free[str(device)][1])
 
 
 def _open_run(spec: RunSpec, restart: bool, comm) -> RunWriter | dict:
@@ -240,6 +260,8 @@ def _open_run(spec: RunSpec, restart: bool, comm) -> RunWriter | dict:
     leader = comm.rank == 0
     status = None
     folder = spec.folder
+    if leader and not restart:
+        restart = _repair(spec)
     state = folder.state if leader and not restart else None
     if state == "diverged":   # the same config diverges again: report it, do not retrain
         status = {"status": "diverged", "message": folder.summary().get("message", ""), "dir": str(spec.dir)}
@@ -264,9 +286,57 @@ def _open_run(spec: RunSpec, restart: bool, comm) -> RunWriter | dict:
         raise exc
     distributed.raise_shared(err)
     resume = comm.broadcast_object(distributed.without_ensemble(writer.resume_state) if leader else None)
+    if leader:
+        for line in writer.repaired:
+            say(f"{spec.describe()}: {line}")
     if leader and writer.resume_state is not None:
         say(f"{spec.label} seed={spec.seed}: resumed from iteration {writer.resume_state['loop']['iteration']}")
     return writer if leader else FollowerWriter(comm, folder, resume, int(spec.cfg.checkpoint_every))
+
+
+def _repair(spec: RunSpec) -> bool:
+    """Repair the damaged files of the run's folder before it is opened (RunFolder.damage): a
+    config that does not load is rewritten from the run's settings (the folder's name carries the
+    run's id); damaged rows, summary or params of a finished run are set aside and the run is
+    trained again (True: open it with restart). The damaged rows of a run still going are the
+    writer's (it resumes when the damage lies past its checkpoint)."""
+    folder = spec.folder
+    damage = folder.damage()
+    if damage is not None and damage.file.name == CONFIG:
+        folder.write_config(spec.cfg)
+        say(f"{spec.describe()}: {damage}; rewritten from this run's settings")
+        damage = folder.damage()
+    if damage is None:
+        return False
+    if not (folder.path / DONE).exists():   # a run still going or cut short
+        if damage.file.name == PARAMS:       # written again at its end
+            kept = folder.set_aside(PARAMS)
+            say(f"{spec.describe()}: {damage}; set aside as {kept.name}, the run writes it again")
+        return False
+    kept = folder.set_aside(damage.file.name)
+    say(f"{spec.describe()}: {damage}; training this run again from the start (the damaged file kept as {kept.name})")
+    return True
+
+
+def _out_of_memory(spec: RunSpec, writer: RunWriter, text: str, chunk: int | None) -> OutOfMemory:
+    """The one line of an out-of-memory error during the run (``text``, at ``chunk`` members per
+    forward call if known): the last good checkpoint and the chunk size (or ranks) to resume with."""
+    smaller = max(1, (chunk or planned_chunk_of(spec.cfg)) // 2)
+    todo = (f"rerun with ensemble.chunk_size={smaller} (or over more GPUs: torchrun ... distributed=true) "
+            f"or free memory")
+    return OutOfMemory(f"{spec.dir}: {text}; {writer.resume_hint(todo)} (a smaller optimizer.ensemble_size starts "
+                       f"another run)")
+
+
+def planned_chunk_of(cfg) -> int:
+    """The most members per forward call of the run ``cfg`` on its device."""
+    from ..models.registry import build_model
+
+    try:
+        return planned_chunk(build_model(cfg.model), int(cfg.train.batch_size), resolve_device(cfg.device),
+                             cfg.ensemble.chunk_size)
+    except Exception:  # noqa: BLE001 - only a suggestion in a message
+        return 2
 
 
 def run_one(spec: RunSpec, restart: bool = False, *, data=None, model=None) -> dict[str, Any]:
@@ -274,16 +344,32 @@ def run_one(spec: RunSpec, restart: bool = False, *, data=None, model=None) -> d
     status record: skipped, reused, finished or diverged. ``data`` (a ``Data``) and ``model`` (a
     ``ModelSpec``) are handed to the loop ready-made (``enkf_repro.train``)."""
     comm = distributed.setup(spec.cfg) if spec.cfg.get("distributed", False) else LocalComm()
+    if comm.world == 1 and (restart or not spec.folder.done):
+        # what is free may have changed since check_runs (and enkf_repro.train hands its own data and model)
+        sizes = (data.train_x.shape[0], data.test_x.shape[0], data.num_classes) if data is not None else None
+        check_memory(spec.cfg, model=model, sizes=sizes)
     writer = _open_run(spec, restart, comm)
     if isinstance(writer, dict):
         return writer
     try:
         t0 = time.perf_counter()
+        oom: tuple[str, int | None] | None = None
         try:
             summary = train_run(spec.cfg, writer, spec.label, comm, data=data, model=model)
         except DivergenceError as e:
             writer.finish({"status": "diverged", "message": str(e)})
             return {"status": "diverged", "message": str(e), "dir": str(spec.dir)}
+        except Exception as e:
+            if not (isinstance(e, OutOfMemory) or is_out_of_memory(e)):
+                raise
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            where = resolve_device(spec.cfg.device)
+            text = str(e) if isinstance(e, OutOfMemory) else f"out of memory on {where} ({first})"
+            oom = (text, getattr(e, "chunk", None))
+        if oom is not None:   # raised out of the except block: the run's tensors are let go first
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise _out_of_memory(spec, writer, *oom) from None
         if comm.world > 1:
             summary["ranks"] = comm.world
         writer.finish({"status": "finished", **summary, "overrides": list(spec.overrides)})
