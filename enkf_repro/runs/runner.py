@@ -20,6 +20,7 @@ the last good checkpoint is intact and how to resume. docs/faults.md has the who
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import sys
 import time
@@ -63,8 +64,10 @@ class RunSpec:
     # the run is written, which composes the defaults of its group choices)
     settings: str | None = None
 
-    @property
+    @functools.cached_property
     def run_id(self) -> str:
+        """The hash of the settings that change the run's numbers (computed once: a spec's config
+        does not change in those once planned)."""
         return config_hash(self.cfg)
 
     @property
