@@ -105,10 +105,14 @@ register(Figure(
                     measure_error_at(ADAM1, 10, accuracy=True)),
         PaperNumber("Adam sigma=3 first epoch of sustained learning (paper: ~28-30)", 29.0,
                     measure_first_learning(ADAM3, EPOCHS)),
+        PaperNumber("Adam sigma=3 first epoch with the test error below 50 % to stay (paper: learns after ~28-30)",
+                    29.0, measure_first_learning(ADAM3, EPOCHS, 50.0)),
         PaperNumber(f"Adam sigma=3 best test accuracy (%) within {EPOCHS} epochs (paper: up to 84 %)", 84.0,
                     measure_best_accuracy(ADAM3, EPOCHS)),
         PaperNumber("Adam sigma=3 from the sigma=1 run's optimizer state: first epoch of sustained learning "
                     "(paper: ~28-30)", 29.0, measure_first_learning(SHARED, EPOCHS)),
+        PaperNumber("Adam sigma=3 from the sigma=1 run's optimizer state: first epoch with the test error below "
+                    "50 % to stay (paper: learns after ~28-30)", 29.0, measure_first_learning(SHARED, EPOCHS, 50.0)),
         PaperNumber(f"Adam sigma=3 from the sigma=1 run's optimizer state: best test accuracy (%) within {EPOCHS} "
                     "epochs (paper: up to 84 %)", 84.0, measure_best_accuracy(SHARED, EPOCHS)),
         PaperNumber(f"SGD sigma=1 test error (%) at epoch {EPOCHS} (paper: no learning)", "no learning",

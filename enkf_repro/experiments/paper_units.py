@@ -70,9 +70,10 @@ class Learning:
     dips: int
 
 
-def learning(err: pd.DataFrame, until: float | None = None) -> list[Learning]:
-    """Per run of the test-error rows ``err`` (with ``pe``): when it learned (module docstring),
-    considering the evaluations up to the paper's epoch ``until`` (None: all of them)."""
+def learning(err: pd.DataFrame, until: float | None = None, threshold: float = LEARNED) -> list[Learning]:
+    """Per run of the test-error rows ``err`` (with ``pe``): when it learned (module docstring:
+    below ``threshold`` at SUSTAIN consecutive evaluations), considering the evaluations up to
+    the paper's epoch ``until`` (None: all of them)."""
     out = []
     for _, run in by_run(err):
         run = run[run["iteration"] > 0]
@@ -80,7 +81,7 @@ def learning(err: pd.DataFrame, until: float | None = None) -> list[Learning]:
             run = run[run["pe"] <= until + 1e-9]
         if run.empty:
             continue
-        below = (run["value"] < LEARNED).to_numpy()
+        below = (run["value"] < threshold).to_numpy()
         first = next((k for k in range(len(below) - SUSTAIN + 1) if below[k:k + SUSTAIN].all()), None)
         dips = int(below.sum()) - (int(below[first:].sum()) if first is not None else 0)
         out.append(Learning(None if first is None else float(run["pe"].iloc[first]),
@@ -252,16 +253,18 @@ def measure_error_at(select: dict, epoch: float, accuracy: bool = False):
     return f
 
 
-def measure_first_learning(select: dict, until: float):
-    """A measure: the paper's epoch at which sustained learning starts (mean over the runs that learn)."""
+def measure_first_learning(select: dict, until: float, threshold: float = LEARNED):
+    """A measure: the paper's epoch at which the test error falls below ``threshold`` for SUSTAIN
+    consecutive evaluations (by default: sustained learning starts), mean over the runs that do."""
     def f(df, cfg):
-        ls = learning(errors(df, **select), until)
+        ls = learning(errors(df, **select), until, threshold)
         if not ls:
             return None
         got = [x for x in ls if x.at is not None]
         if not got:
             return None, f"never within {epochs_text(min(until, max(x.ends for x in ls)))}"
-        return float(np.mean([x.at for x in got])), f"{LEARNS}; step {got[0].iteration}"
+        rule = LEARNS if threshold == LEARNED else f"test error < {threshold:g} % at {SUSTAIN} consecutive evaluations"
+        return float(np.mean([x.at for x in got])), f"{rule}; step {got[0].iteration}"
 
     return f
 
@@ -317,6 +320,10 @@ def diagnose_learning(select: dict, until: float):
             last = run.iloc[-1]
             text = (f"{_name(select)}: best test error {best['value']:.1f} % at {epochs_text(best['pe'])} (step "
                     f"{int(best['iteration'])}), {last['value']:.1f} % at {epochs_text(last['pe'])}")
+            for threshold in (LEARNED, 50.0):
+                (got,) = learning(run, until, threshold)
+                if got.at is not None:
+                    text += f"; below {threshold:g} % to stay from {epochs_text(got.at)}"
             lrun = loss[loss["run_dir"] == run_dir].sort_values("iteration")
             if not lrun.empty:
                 final = float(lrun["value"].iloc[-1])
