@@ -30,16 +30,22 @@ from .schema import FIGURE_SETTINGS, OPTIMIZER_SCHEMAS, Config
 GROUPS = ("dataset", "model", "optimizer", "scale", "figure")
 
 
+_REGISTERED: set[tuple[str, str]] = set()
+
+
 def register_configs() -> None:
-    """Register the schemas with Hydra's ConfigStore (idempotent; cheap)."""
+    """Register the schemas with Hydra's ConfigStore: each once per process (a schema registered
+    later, by a module imported later, is added at the next call)."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
-    cs.store(name="config_schema", node=Config)
-    for name, schema in OPTIMIZER_SCHEMAS.items():
-        cs.store(group="optimizer", name=f"{name}_schema", node=schema)
-    for name, settings in FIGURE_SETTINGS.items():
-        cs.store(group="figure_settings", name=name, node=settings)
+    entries = [("", "config_schema", Config)]
+    entries += [("optimizer", f"{name}_schema", schema) for name, schema in OPTIMIZER_SCHEMAS.items()]
+    entries += [("figure_settings", name, settings) for name, settings in FIGURE_SETTINGS.items()]
+    for group, name, node in entries:
+        if (group, name) not in _REGISTERED:
+            cs.store(group=group or None, name=name, node=node)
+            _REGISTERED.add((group, name))
 
 
 @contextlib.contextmanager
