@@ -458,12 +458,13 @@ class EnsembleForward:
 
     @torch.no_grad()
     def __call__(self, U: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        try:
-            return self._forward(U, x)
-        except Exception as e:
-            if not is_out_of_memory(e):
-                raise
-            return self._after_oom(U, x, e)
+        while True:
+            try:
+                return self._forward(U, x)
+            except Exception as e:
+                if not is_out_of_memory(e):
+                    raise
+                self._halve_chunk(U, x, e)   # the first time; an OutOfMemory line the second
 
     def _forward(self, U: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "triton" and U.dtype == torch.float32:
@@ -477,9 +478,10 @@ class EnsembleForward:
         self._last_chunk = cs
         return self._evaluate(U, x, cs)
 
-    def _after_oom(self, U: torch.Tensor, x: torch.Tensor, error: BaseException) -> torch.Tensor:
-        """Out of memory in a forward: the first time, halve the chunk, say so and do the forward
-        again (a forward changes nothing, so it can be redone); then an ``OutOfMemory`` line."""
+    def _halve_chunk(self, U: torch.Tensor, x: torch.Tensor, error: BaseException) -> None:
+        """Out of memory in a forward: the first time, halve the chunk and say so (the caller does
+        the forward again: a forward changes nothing, so it can be redone); then an ``OutOfMemory``
+        line."""
         J, B = U.shape[0], x.shape[0]
         cs = min(J, self._last_chunk or planned_chunk(self.model, B, self.device, self.chunk_size))
         first = _first_line(error)
@@ -495,12 +497,6 @@ class EnsembleForward:
         print(f"enkf-repro: out of memory on {self.device} in the ensemble forward at {cs} members per chunk "
               f"({first}); continuing with {self.oom_chunk} (ensemble.chunk_size={self.oom_chunk} starts so)",
               file=sys.stderr, flush=True)
-        try:
-            return self._forward(U, x)
-        except Exception as e:
-            if not is_out_of_memory(e):
-                raise
-            return self._after_oom(U, x, e)
 
     def _evaluate(self, U: torch.Tensor, x: torch.Tensor, cs: int) -> torch.Tensor:
         """The PyTorch path: ``forward_chunk`` a chunk of ``cs`` members at a time."""
