@@ -379,3 +379,12 @@ print("ok", png.name)
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
                          env={**__import__("os").environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0 and "ok gamma_sweep.png" in out.stdout, out.stderr[-3000:]
+
+
+def test_only_runs_names_the_files_of_a_run_folder():
+    """A run folder's files are runs/folder.py's (and the loop's, which writes through it): no
+    module outside runs/ names them, in code or docstrings."""
+    names = ("done.json", "metrics.csv", "params.pt", "checkpoint.pt")
+    bad = [f"{name}: {n}" for name, path in modules().items() if not name.startswith("enkf_repro.runs")
+           for n in names if n in path.read_text()]
+    assert not bad, "run files named outside runs/: " + ", ".join(bad)
