@@ -68,7 +68,7 @@ def test_reproduce_two_figures_writes_report_then_reruns_without_training(cli, s
     stamps = [c.stat().st_mtime_ns for c in csvs]
     again = cli("reproduce", *TINY, f"out_dir={tmp_path}", env=env)
     assert again.returncode == 0, again.stderr
-    assert "(4 already finished); to do 0 TFLOP" in again.stderr and "[1/" not in again.stderr
+    assert "(4 already finished); nothing to train" in again.stderr and "[1/" not in again.stderr
     assert [c.stat().st_mtime_ns for c in csvs] == stamps
 
 

@@ -145,9 +145,10 @@ def reproduce(cfg: DictConfig, figures: Sequence[str] | None = None, out_dir: st
     by_fig = {fid: sum(cost[id(s)] for s in pending if s.figure == fid) for fid in ids}
     pending.sort(key=lambda s: (by_fig[s.figure], ids.index(s.figure)))
     at = f"at {flops_rate / 1e9:.0f} GFLOP/s, {source}" if flops_rate else source
+    todo = (f"to do {flops / 1e12:.3g} TFLOP, estimated {duration(total)} on {device} ({at})" if pending
+            else "nothing to train: the report is written from the finished runs")
     _say(f"reproduce scale={scale}: {len(figs)} figures, {len(all_specs)} runs "
-         f"({len(all_specs) - len(pending)} already finished); to do {flops / 1e12:.3g} TFLOP, "
-         f"estimated {duration(total)} on {device} ({at})")
+         f"({len(all_specs) - len(pending)} already finished); {todo}")
     if dry_run:
         rows = []
         for fig in figs:
