@@ -67,7 +67,7 @@ def _cheapest(n: int):
     runs = [(float(json.loads((spec.dir / "done.json").read_text())["elapsed_s"]), fid, spec)
             for fid, spec in planned() if spec.folder.finished]
     families = {}
-    for secs, fid, spec in sorted(runs, key=lambda r: r[0]):
+    for _secs, fid, spec in sorted(runs, key=lambda r: r[0]):
         families.setdefault(str(spec.cfg.optimizer.name), (fid, spec))
     return list(families.values())[:n]
 
@@ -81,5 +81,5 @@ def test_the_cheapest_committed_smoke_run_of_each_method_reproduces_its_csv(tmp_
 @pytest.mark.slow
 @pytest.mark.skipif(data_root() is None, reason="needs the MNIST files (ENKF_REPRO_DATA)")
 def test_every_committed_smoke_run_reproduces_its_csv(tmp_path):
-    for i, (fid, spec) in enumerate(planned()):
+    for i, (_fid, spec) in enumerate(planned()):
         _rerun(spec, tmp_path / f"{i}")
