@@ -125,18 +125,22 @@ def user_overrides(cfg: DictConfig) -> list[str]:
 def merged(cfg: DictConfig, data: dict, what: str) -> DictConfig:
     """A copy of ``cfg`` with the nested ``data`` merged on; a key or value the config cannot take
     is one ConfigError line (``what`` says where the data came from)."""
+    return merge_into(cfg.copy(), data, what)
+
+
+def merge_into(cfg: DictConfig, data: dict, what: str) -> DictConfig:
+    """:func:`merged` in place: ``cfg`` itself takes ``data`` (no copy)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    out = cfg.copy()
     try:
-        out.merge_with(data)
+        cfg.merge_with(data)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", "") or "?"
         value = OmegaConf.select(OmegaConf.create(data), key, default=None) if key != "?" else None
         reason = str(getattr(e, "msg", "") or e).strip().splitlines()[0]
         raise ConfigError(key, value, f"a key and value of the run config ({reason}; set by {what})") from None
-    return out
+    return cfg
 
 
 def as_overrides(data: dict) -> list[str]:
@@ -192,10 +196,11 @@ def plan(cfg: DictConfig) -> list[RunSpec]:
         data = [without(settings.overrides, keys), without(nest(v.values), keys),
                 without(settings.series_overrides.get(v.series) or {}, keys)]
         try:
-            run_cfg = compose(user + [f"{g}={o}" for g, o in groups.items()]) if groups else cfg
+            # one copy per variant: compose() returns a fresh one, the parts merge into it in place
+            run_cfg = compose(user + [f"{g}={o}" for g, o in groups.items()]) if groups else cfg.copy()
             for part, what in zip(data, ("the figure's overrides", "the series", "the series' overrides")):
                 if part:
-                    run_cfg = merged(run_cfg, part, f"{what}, figure {fig_id} series {v.series}")
+                    merge_into(run_cfg, part, f"{what}, figure {fig_id} series {v.series}")
         except ConfigError as e:
             # e.g. optimizer.lr=... on a figure that also runs the EnKF (which has no lr)
             raise EnkfReproError(
@@ -207,7 +212,7 @@ def plan(cfg: DictConfig) -> list[RunSpec]:
             [f"{g}={o}" for g, o in groups.items()] + [o for part in data for o in as_overrides(part)]
         for i in range(int(settings.seeds)):
             seed = int(cfg.seed) + i
-            seeded = run_cfg.copy()
+            seeded = run_cfg if i == 0 else run_cfg.copy()   # the variant's own copy serves its first seed
             seeded.seed = seed
             extra: tuple[str, ...] = ()
             if v.state_from:
