@@ -5,6 +5,7 @@ Numbers in the instrumentation tests are worked out by hand in the comments."""
 from __future__ import annotations
 
 import math
+import shutil
 
 import pandas as pd
 import pytest
@@ -496,3 +497,9 @@ def test_a_shared_optimizer_run_starts_from_the_source_runs_final_state(syntheti
     assert first["adam-sigma3"] == first["adam-sigma3-shared"]      # the same fresh weights at the start ...
     final = {k: RunFolder(s.dir).params()["params"][""] for k, s in by.items()}
     assert not torch.equal(final["adam-sigma3"], final["adam-sigma3-shared"])   # ... then another state
+    # committed results leave the state files out: a finished source without one is named in one line
+    (source.dir / "params.pt").unlink()
+    shutil.rmtree(shared.dir)
+    again = cli("run", *ov, "only=shared", f"out_dir={tmp_path / 'res'}")
+    assert again.returncode == 2 and "keeps no final state" in again.stderr and source.run_id in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1

@@ -129,9 +129,13 @@ def final_state_of(out_dir, run_id: str) -> dict[str, Any]:
     """What the finished run ``run_id`` under ``out_dir`` exported of its method's final state
     (``optimizer.state_from``: a backprop run starting from another run's optimizer state)."""
     folder = RunFolder.finished_with_id(out_dir, run_id)
-    if folder is None or not folder.has_params():
+    if folder is None:
         raise ConfigError("optimizer.state_from", run_id, f"the id of a finished run under {out_dir} (the run whose "
                           "final optimizer state this one starts from; run it first)")
+    if not folder.has_params():
+        raise ConfigError.line(f"optimizer.state_from={run_id}: the run {folder.path} is finished but keeps no final "
+                               "state (its params file is missing; committed results leave it out): train it again "
+                               "with its command and restart=true, then rerun this one")
     return dict(folder.params().get("state") or {})
 
 
