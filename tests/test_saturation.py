@@ -127,8 +127,13 @@ def test_a_diagnosis_names_the_statistic_that_still_moves():
     settle = get_figure("3").claims[1]
     assert settle.check(jump, None)[1] is False
     why = settle.diagnose(jump, None)
-    assert why == ("layer 1 mean: the largest change between consecutive 20-step means after step 200 is 0.060, "
-                   "at steps 241-260")
+    assert why == ("layer 1 mean: a jump; its 20-step means span 0.060 after step 200 and the largest change "
+                   "between consecutive ones is 0.060, at steps 241-260")
+    # a steady rise of 0.04 over steps 200-938: each 20-step mean 0.04 x 20 / 738 above the last
+    drift = one_epoch_frame(lambda it: 0.5 + 0.04 * max(it - 200, 0) / 738, opt="sgd", sigma=1.0)
+    why = settle.diagnose(drift, None)
+    assert why.startswith("layer 1 mean: a slow drift, not a jump; its 20-step means span 0.03")
+    assert "largest change between consecutive ones is 0.001" in why
 
 
 def test_learning_is_sustained():

@@ -170,19 +170,22 @@ def check_settles(stats: tuple[tuple[str, int], ...], at: int, expect: bool):
     return check
 
 
-def last_move(df: pd.DataFrame, name: str, layer: int, at: int, block: int = BLOCK) -> tuple[int, float] | None:
+def last_move(df: pd.DataFrame, name: str, layer: int, at: int,
+              block: int = BLOCK) -> tuple[int, float, float] | None:
     """(the step, the size) of the largest change between consecutive ``block``-step means after
-    step ``at`` within the paper's epoch: where a statistic that does not settle still moves."""
+    step ``at`` within the paper's epoch, and the range of those means: where a statistic that does
+    not settle still moves, and whether by a jump or a drift."""
     s = seed_mean(layer_rows(df, name, layer))
     s = s[s.index <= EPOCH_STEPS]
     if s.empty:
         return None
     blocks = s.groupby((np.asarray(s.index) - 1) // block).mean()
-    steps = blocks[blocks.index >= at // block].diff().abs().dropna()
+    late = blocks[blocks.index >= at // block]
+    steps = late.diff().abs().dropna()
     if steps.empty:
         return None
     k = int(steps.idxmax())
-    return (k + 1) * block, float(steps.max())
+    return (k + 1) * block, float(steps.max()), float(late.max() - late.min())
 
 
 # -- per-epoch statistics on the paper's epochs ------------------------------------------------------
@@ -256,9 +259,12 @@ def diagnose_settles(stats: tuple[tuple[str, int], ...], at: int):
             move = last_move(df, name, layer, at)
             if move is None or check_settles(((name, layer),), at, True)(df, cfg)[1] is not False:
                 continue
-            step, size = move
-            parts.append(f"layer {layer} {name.replace('act_', '')}: the largest change between consecutive "
-                         f"{BLOCK}-step means after step {at} is {size:.3f}, at steps {step - BLOCK + 1}-{step}")
+            step, size, span = move
+            # a jump: one change between neighbouring block means makes at least half the range
+            kind = "a jump" if size >= 0.5 * span else "a slow drift, not a jump"
+            parts.append(f"layer {layer} {name.replace('act_', '')}: {kind}; its {BLOCK}-step means span "
+                         f"{span:.3f} after step {at} and the largest change between consecutive ones is "
+                         f"{size:.3f}, at steps {step - BLOCK + 1}-{step}")
         return "; ".join(parts) or None
 
     return diagnose
