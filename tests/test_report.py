@@ -5,6 +5,7 @@ matches."""
 from __future__ import annotations
 
 import re
+import shutil
 
 import pytest
 import torch
@@ -70,6 +71,13 @@ def test_reproduce_two_figures_writes_report_then_reruns_without_training(cli, s
     assert again.returncode == 0, again.stderr
     assert "(4 already finished); nothing to train" in again.stderr and "[1/" not in again.stderr
     assert [c.stat().st_mtime_ns for c in csvs] == stamps
+    # time_budget=0 trains nothing: the report comes from the finished runs, the missing one counted
+    gone = csvs[0].parent
+    shutil.rmtree(gone)
+    partial = cli("reproduce", *TINY, f"out_dir={tmp_path}", "time_budget=0", env=env)
+    assert partial.returncode == 0, partial.stderr
+    assert "time budget spent; 1 run left" in partial.stderr and "(1 run left)" in partial.stderr
+    assert not gone.exists() and "4 runs (3 finished)" in report_path.read_text()
 
 
 def test_reproduce_rejects_figure_and_bad_scale(cli):

@@ -31,6 +31,7 @@ from ..config.overrides import override_key
 from ..config.schema import name_of
 from ..errors import ConfigError, WriteFailed
 from ..experiments.base import FIGURES, Figure, figure_ids, get_figure
+from ..runs import budget
 from ..runs.cost import describe, device_rate, estimate_flops, estimate_seconds
 from ..runs.folder import figure_dir
 from ..runs.memory import estimate_memory
@@ -159,7 +160,13 @@ def reproduce(cfg: DictConfig, figures: Sequence[str] | None = None, out_dir: st
         _say(plan_text(rows, device))
         return report
 
-    outcome = execute(pending, time_budget=cfg.get("time_budget"), weights=cost)
+    # this call's deadline ends with it: a later reproduce in the same process (the library) starts its own
+    started = budget.start(cfg.get("time_budget"))
+    try:
+        outcome = execute(pending, time_budget=cfg.get("time_budget"), weights=cost)
+    finally:
+        if started:
+            budget.clear()
 
     sections = []
     for fig in figs:
@@ -176,5 +183,6 @@ def reproduce(cfg: DictConfig, figures: Sequence[str] | None = None, out_dir: st
                            dataset_names(s.cfg for s in all_specs), sections)
     report.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(report, text)
-    _say(f"report: {report}" + (f" ({outcome.left} runs left)" if outcome.left else ""))
+    left = outcome.left
+    _say(f"report: {report}" + (f" ({left} run{'s' if left != 1 else ''} left)" if left else ""))
     return report

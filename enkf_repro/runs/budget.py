@@ -29,16 +29,17 @@ def now() -> float:
     return time.time()
 
 
-def start(time_budget) -> None:
+def start(time_budget) -> bool:
     """Start the clock for ``time_budget`` (or the SLURM job's end); a deadline already running
-    (a ``reproduce`` of several figures) is kept."""
+    is kept. True when this call set the deadline (its caller then ends it with :func:`clear`)."""
     global _deadline
     if _deadline is not None:
-        return
+        return False
     if time_budget not in (None, ""):
         _deadline = now() + parse_duration(time_budget, "time_budget")
     elif os.environ.get("SLURM_JOB_END_TIME", "").isdigit():
         _deadline = float(os.environ["SLURM_JOB_END_TIME"]) - SLURM_MARGIN_S
+    return _deadline is not None
 
 
 def clear() -> None:
