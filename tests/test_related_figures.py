@@ -183,6 +183,31 @@ def judge(fig: str, df: pd.DataFrame) -> list:
     return [c.check(df, None) for c in get_figure(fig).claims]
 
 
+def _ienk_course(accuracy: list[float], train_loss: list[float]) -> pd.DataFrame:
+    """IEnK rows as a run writes them: batch 500 (120 steps per thesis epoch), the test error
+    after each epoch (and at 0), the training loss as each epoch's mean."""
+    rows = [{"series": "ienk", "run_dir": "/runs/ienk-s0", "iteration": 120 * e, "batch_size": 500,
+             "metric": "test_error", "value": 100.0 * (1.0 - a)} for e, a in enumerate([0.1] + accuracy)]
+    rows += [{"series": "ienk", "run_dir": "/runs/ienk-s0", "iteration": 120 * (e + 1), "batch_size": 500,
+              "metric": "train_loss", "value": v} for e, v in enumerate(train_loss)]
+    return pd.DataFrame(rows)
+
+
+def test_the_thesis_diagnosis_tells_a_drifting_iteration_from_overfitting_and_slow_learning():
+    why = get_figure("thesis").claims[1].diagnose
+    peak = [0.76, 0.82, 0.84, 0.85, 0.86, 0.86, 0.86, 0.85, 0.84, 0.82]
+    drifts = why(_ienk_course(peak, [1.2, 0.7, 0.5, 0.41, 0.40, 0.37, 0.38, 0.43, 0.46, 0.53]), None)
+    assert drifts == ("IEnK: best test accuracy 0.8600 after epoch 5, 0.8200 after epoch 10; training loss "
+                      "(epoch means) 0.370 in epoch 6, 0.530 in epoch 10: its training loss rises with it, so the "
+                      "iteration itself drifts away; it does not overfit")
+    overfits = why(_ienk_course(peak, [1.2, 0.7, 0.5, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.1]), None)
+    assert overfits.endswith("0.100 in epoch 10: its training loss keeps falling: it overfits")
+    slow = why(_ienk_course([0.5 + 0.03 * e for e in range(10)], [1.0] * 10), None)
+    assert slow == ("IEnK: best test accuracy 0.7700 after epoch 10, 0.7700 after epoch 10 (still at its best at "
+                    "the end: it learns more slowly than SGD)")
+    assert why(_ienk_course([], []).iloc[0:0], None) is None
+
+
 def test_eki_table_claims():
     df = final_rows({"dnn1-eki": 0.80, "dnn1-eki_r": 0.85, "dnn1-sgd": 0.90,
                      "dnn3-eki": 0.70, "dnn3-eki_r": 0.75, "dnn3-sgd": 0.65})
