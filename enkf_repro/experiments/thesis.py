@@ -167,8 +167,8 @@ def ienk_course(df, cfg) -> str | None:
     if best - last <= 0.005:
         return text + " (still at its best at the end: it learns more slowly than SGD)"
     train = rows[rows["metric"] == "train_loss"]
-    train = train.assign(epoch=paper_epochs(train)).assign(epoch=lambda d: d["epoch"].clip(lower=1e-9))
-    means = train.groupby(np.ceil(train["epoch"]))["value"].mean()
+    # a row at step k reports epoch ceil(k / steps per epoch) (step 0 counted in the first)
+    means = train.groupby(np.ceil(paper_epochs(train).clip(lower=1e-9)))["value"].mean()
     after = means[(means.index > best_at) & (means.index <= EPOCHS)]
     if len(after) < 2:
         return text
