@@ -1,11 +1,12 @@
 """GPU plans (``list`` and ``reproduce dry_run=true`` on a named device at a measured or given
-rate, with memory per run and a total) and the small walls of the command line: ``plot`` without
+rate, with memory per run and a total), the key of the cached ``list`` table, and the small walls of the command line: ``plot`` without
 a figure, ``run --help``, ``bench --help``, another method's key, /proc/cpuinfo left open."""
 
 from __future__ import annotations
 
 import gc
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,6 +73,37 @@ def test_list_plans_a_named_device_with_a_total(monkeypatch):
     assert "50 TFLOP/s on cuda (given)" in text and "100 TFLOP" not in text
     none = figure_table(["device=cuda"])
     assert "cuda ?" in none and "no cuda rate measured here" in none
+
+
+def test_the_list_cache_follows_content_not_place(tmp_path):
+    """A fresh clone (same files elsewhere, newer times) finds the table listed before; a changed
+    config, a renamed file or other overrides do not."""
+    import os
+    import shutil
+
+    from enkf_repro.config.overrides import config_dir
+    from enkf_repro.report.listing import _cache_key
+
+    pkg = Path(__file__).resolve().parents[1] / "enkf_repro"
+    ignore = shutil.ignore_patterns("__pycache__")
+    clones = []
+    for name in ("a", "b"):
+        root = tmp_path / name / "deeper" if name == "b" else tmp_path / name
+        shutil.copytree(pkg, root / "enkf_repro", ignore=ignore)
+        shutil.copytree(config_dir(), root / "configs", ignore=ignore)
+        clones.append((root / "enkf_repro", root / "configs"))
+    later = clones[1][1] / "scale" / "smoke.yaml"
+    os.utime(later, (later.stat().st_atime, later.stat().st_mtime + 3600))
+    key = _cache_key([], None, clones[0])
+    assert _cache_key([], None, clones[1]) == key
+    assert _cache_key(["dataset.test_only=true"], None, clones[0]) != key
+    assert _cache_key([], "60T", clones[0]) != key
+    with later.open("a") as f:
+        f.write("# a comment\n")
+    assert _cache_key([], None, clones[1]) != key
+    moved = clones[0][1] / "scale" / "smoke.yaml"
+    moved.rename(moved.with_name("tiny.yaml"))
+    assert _cache_key([], None, clones[0]) != key
 
 
 def test_plot_without_a_figure_lists_them(cli):
