@@ -6,7 +6,7 @@ The config tree is Hydra's (``configs/config.yaml`` with the groups ``dataset``,
 schemas are registered with Hydra's ConfigStore: the run config of ``config/schema.py``, each
 method's config (``optimizer/<name>_schema``, registered by its module in ``optim/``) and each
 figure's settings (``figure_settings/<config>``, registered by its module in ``experiments/``).
-Each distinct list of overrides is composed once per process (Hydra takes about 70 ms); callers
+Each distinct list of overrides is composed once per process (Hydra takes about 0.1 s); callers
 get their own copy. A figure's runs are its composed config with each variant's values merged
 on (``runs/runner.py``), so a figure costs one composition per group choice of its variants.
 
