@@ -22,8 +22,9 @@ commands:
   plot figure=ID [overrides]    draw <out_dir>/<scale>/fig<ID>/fig<ID>.png and .pdf from its CSVs
   compare by=KEY[,KEY] [where=KEY=VALUE ...] [out_dir=DIR] [scale=S] [metric=M]
                                 group a sweep's runs by config keys: mean +/- std plot, final-value table
-  list [device=cuda] [rate=60T] every figure id, what it shows, its cost at each scale on this CPU
-                                and a planned device (memory per run, a total)
+  list [figures=1,8,...] [scale=smoke|paper] [device=cuda] [rate=60T]
+                                every figure id (or those named), what it shows, its cost at each
+                                scale on this CPU and a planned device (memory per run, a total)
   bench [--help]                time the ensemble engine against the naive loop (table)
   reproduce [scale=smoke|paper] [figures=1,8,...] [dry_run=true] [device=cuda] [rate=60T]
                                 run, plot and report every figure (REPORT.md); dry_run: the plan, its
@@ -144,12 +145,35 @@ def _rate(overrides: list[str]) -> tuple[list[str], str | None]:
     return rest, rate
 
 
+def _figures(value: str) -> list[str]:
+    """``figures=1,8,thesis`` (or ``[1,8]``) as a list of ids."""
+    return [f.strip() for f in value.replace("[", "").replace("]", "").split(",") if f.strip()]
+
+
+def parse_list(args: list[str]) -> tuple[list[str], str | None, list[str] | None, list[str]]:
+    """(overrides, rate, figures or None for all, scales) of a ``list`` command line."""
+    overrides, rate = _rate(_overrides(args))
+    rest, figures, scales = [], None, ["smoke", "paper"]
+    for a in overrides:
+        key, _, value = a.partition("=")
+        if key == "figures":
+            figures = _figures(value)
+        elif key.lstrip("+") == "figure":
+            raise ConfigError("figure", value.removeprefix("fig"), "list takes figures=ID,ID,... (or nothing for all)")
+        elif key == "scale":
+            scales = [value]
+        else:
+            rest.append(a)
+    return rest, rate, figures, scales
+
+
 def list_command(args: list[str]) -> int:
-    """``enkf-repro list [device=cuda] [rate=60T] [overrides]``: print the table of every figure and its cost."""
+    """``enkf-repro list [figures=ID,...] [scale=smoke|paper] [device=cuda] [rate=60T] [overrides]``:
+    print the table of the figures and their cost."""
     from .report.listing import figure_table
 
-    overrides, rate = _rate(_overrides(args))
-    print(figure_table(overrides, rate) if rate else figure_table(overrides))
+    overrides, rate, figures, scales = parse_list(args)
+    print(figure_table(overrides, rate, figures, scales))
     return 0
 
 
@@ -171,9 +195,10 @@ def parse_reproduce(args: list[str]) -> tuple[list[str], list[str] | None, bool]
                 raise ConfigError("dry_run", value, "true or false")
             dry = value.lower() in ("true", "1")
         elif key == "figures":
-            figures = [f.strip() for f in value.replace("[", "").replace("]", "").split(",") if f.strip()]
+            figures = _figures(value)
         elif key.lstrip("+") == "figure":
-            raise ConfigError("figure", value, "reproduce takes figures=ID,ID,... (or nothing for all)")
+            raise ConfigError("figure", value.removeprefix("fig"),
+                              "reproduce takes figures=ID,ID,... (or nothing for all)")
         else:
             scale = value if key == "scale" else scale
             rest.append(a)

@@ -1,6 +1,7 @@
 """GPU plans (``list`` and ``reproduce dry_run=true`` on a named device at a measured or given
-rate, with memory per run and a total), the key of the cached ``list`` table, and the small walls of the command line: ``plot`` without
-a figure, ``run --help``, ``bench --help``, another method's key, /proc/cpuinfo left open."""
+rate, with memory per run and a total), ``list``'s figures and scale and the key of its cached
+table, and the small walls of the command line: ``plot`` without a figure, ``run --help``,
+``bench --help``, another method's key, /proc/cpuinfo left open."""
 
 from __future__ import annotations
 
@@ -73,6 +74,25 @@ def test_list_plans_a_named_device_with_a_total(monkeypatch):
     assert "50 TFLOP/s on cuda (given)" in text and "100 TFLOP" not in text
     none = figure_table(["device=cuda"])
     assert "cuda ?" in none and "no cuda rate measured here" in none
+
+
+def test_list_names_figures_and_a_scale(cli):
+    """``list figures=8,thesis scale=smoke``: those rows and that column only, totals over them;
+    ``figure=`` (reproduce's spelling) and an unknown scale or figure are one line each; an
+    override one figure cannot take names that figure."""
+    proc = cli("list", "figures=8,thesis", "scale=smoke", check=True)
+    rows = [ln.split(" | ") for ln in proc.stdout.splitlines() if " | " in ln]
+    assert rows[0] == ["figure", "what it shows", "smoke"]
+    assert [r[0] for r in rows[2:]] == ["8", "thesis", "total"] and all(len(r) == 3 for r in rows)
+    runs = [int(r[2].split()[0]) for r in rows[2:]]
+    assert runs[0] + runs[1] == runs[2] and rows[2][2].startswith("5 runs") and rows[-1][1] == "figures 8, thesis"
+    for args, text in ((["figure=8"], "figure='8' is not allowed: list takes figures=ID,ID,..."),
+                       (["scale=tiny"], "scale='tiny' is not allowed: smoke or paper"),
+                       (["figures=8,99"], "figure='99' is not allowed: one of 1, 2, 3"),
+                       (["figures=1,8", "optimizer.gamma=0.5"],
+                        "figure 1 at scale=smoke: optimizer.gamma=0.5 is not allowed: optimizer has no key 'gamma'")):
+        bad = cli("list", *args)
+        assert bad.returncode == 2 and text in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 
 def test_the_list_cache_follows_content_not_place(tmp_path):

@@ -19,6 +19,7 @@ from typing import Sequence
 
 from ..config.overrides import config_dir
 from ..config.paths import cache_dir, rates_file
+from ..errors import ConfigError
 
 
 def _flops(f: float) -> str:
@@ -66,32 +67,41 @@ def plan_device(overrides: Sequence[str]) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _table(overrides: list[str], rate=None) -> str:
-    """The table of :func:`figure_table`, planned afresh (every figure at both scales)."""
+SCALES = ("smoke", "paper")
+
+
+def _table(overrides: list[str], rate=None, figures: Sequence[str] | None = None,
+           scales: Sequence[str] = SCALES) -> str:
+    """The table of :func:`figure_table`, planned afresh."""
     from ..config.compose import compose
-    from ..experiments.base import FIGURES, figure_ids
+    from ..experiments.base import FIGURES, figure_ids, get_figure
     from ..runs.cost import device_rate, estimate_flops, estimate_seconds
     from ..runs.memory import estimate_memory
     from ..runs.progress import progress
     from ..runs.runner import plan
 
+    ids = [get_figure(f).id for f in figures] if figures else figure_ids()
     device = plan_device(overrides)
     cpu_rate, cpu_src = device_rate("cpu", rate if device == "cpu" else None)
     dev_rate, dev_src = (cpu_rate, cpu_src) if device == "cpu" else device_rate(device, rate)
-    rows, totals = [], {"smoke": [0, 0.0, 0.0, 0.0, 0.0], "paper": [0, 0.0, 0.0, 0.0, 0.0]}
-    ids = figure_ids()
+    rows, totals = [], {s: [0, 0.0, 0.0, 0.0, 0.0] for s in scales}
     # on a terminal, a bar while the figures are planned (seconds; the table is then kept)
-    bar = progress(2 * len(ids), 0, "planning every figure at both scales (once; kept for the next list)",
+    bar = progress(len(scales) * len(ids), 0, "planning the figures (once; kept for the next list)",
                    enabled=sys.stderr.isatty())
     for fid in ids:
         fig = FIGURES[fid]
         costs = []
-        for scale in ("smoke", "paper"):
+        for scale in scales:
             if not fig.needs_runs:
                 costs.append("drawn, no runs")
                 bar.update()
                 continue
-            specs = plan(compose(fig.applicable(overrides) + [f"figure={fig.config}", f"scale={scale}"]))
+            try:
+                specs = plan(compose(fig.applicable(overrides) + [f"figure={fig.config}", f"scale={scale}"]))
+            except ConfigError as e:   # which figure a setting does not fit, and how to leave it out
+                bar.close()
+                raise ConfigError.line(f"figure {fid} at scale={scale}: {e} (list the figures it applies to "
+                                       "with figures=ID,ID,...)") from None
             flops = sum(estimate_flops(s.cfg) for s in specs)
             cpu = sum(estimate_seconds(s.cfg, cpu_rate, "cpu") for s in specs)
             dev = sum(estimate_seconds(s.cfg, dev_rate, device) for s in specs) if dev_rate else float("nan")
@@ -102,10 +112,10 @@ def _table(overrides: list[str], rate=None) -> str:
             bar.update()
         rows.append((fid, fig.description, *costs))
     bar.close()
-    lines = ["figure | what it shows | smoke | paper", "--- | --- | --- | ---"]
+    lines = [" | ".join(["figure", "what it shows", *scales]), " | ".join(["---"] * (2 + len(scales)))]
     lines += [" | ".join(r) for r in rows]
-    lines.append(" | ".join(["total", "every figure"] + [_cell(*totals[s][:3], device, *totals[s][3:])
-                                                         for s in ("smoke", "paper")]))
+    which = "figures " + ", ".join(ids) if figures else "every figure"
+    lines.append(" | ".join(["total", which] + [_cell(*totals[s][:3], device, *totals[s][3:]) for s in scales]))
     where = (f"{dev_rate / 1e12:.3g} TFLOP/s on {device} ({dev_src})" if dev_rate else f"{device}: {dev_src}")
     lines += ["", f"cost: FLOPs from the cost model (enkf_repro/runs/cost.py) at {cpu_rate / 1e9:.0f} GFLOP/s on "
               f"this CPU ({cpu_src})" + ("" if device == "cpu" else f" and {where}") + ", plus a fixed cost per step "
@@ -124,21 +134,27 @@ def _cell(runs: int, flops: float, cpu: float, device: str, dev: float, mem: flo
     return text + f"; {human_bytes(mem)} per run)"
 
 
-def figure_table(overrides: Sequence[str] = (), rate=None) -> str:
-    """The table of every figure: its id, what it shows and, at smoke and at paper scale, its runs,
-    their FLOPs, the estimated time on this CPU and on the planned device (``device=cuda`` among
-    the overrides, or this machine's GPU: at ``rate`` FLOP/s (a number or ``"60T"``) or the rate
-    measured here) and the largest run's memory there, then a total row and a line on the rates
-    used; the composed configs changed by ``overrides`` (``["dataset.test_only=true"]``). Kept in
-    the cache folder and read back while nothing it depends on changed."""
-    overrides = list(overrides)
-    path = cache_dir() / f"list-{_cache_key(overrides, rate)}.txt"
+def figure_table(overrides: Sequence[str] = (), rate=None, figures: Sequence[str] | None = None,
+                 scales: Sequence[str] = SCALES) -> str:
+    """The table of ``figures`` (ids such as ``["8", "thesis"]``; default every figure): each one's
+    id, what it shows and, at each of ``scales`` (smoke and paper), its runs, their FLOPs, the
+    estimated time on this CPU and on the planned device (``device=cuda`` among the overrides, or
+    this machine's GPU: at ``rate`` FLOP/s (a number or ``"60T"``) or the rate measured here) and
+    the largest run's memory there, then a total row and a line on the rates used; the composed
+    configs changed by ``overrides`` (``["dataset.test_only=true"]``). Kept in the cache folder and
+    read back while nothing it depends on changed."""
+    overrides, figures, scales = list(overrides), list(figures or []), list(scales)
+    for scale in scales:
+        if scale not in SCALES:
+            raise ConfigError("scale", scale, "smoke or paper (or nothing for both)")
+    asked = overrides + [f"figures={','.join(figures)}", f"scales={','.join(scales)}"]
+    path = cache_dir() / f"list-{_cache_key(asked, rate)}.txt"
     try:
         return path.read_text()
     except OSError:
         pass
-    text = _table(overrides, rate)
-    path = cache_dir() / f"list-{_cache_key(overrides, rate)}.txt"   # a probe may have just saved a rate
+    text = _table(overrides, rate, figures, scales)
+    path = cache_dir() / f"list-{_cache_key(asked, rate)}.txt"   # a probe may have just saved a rate
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
@@ -147,3 +163,4 @@ def figure_table(overrides: Sequence[str] = (), rate=None) -> str:
     except OSError:
         pass
     return text
+
