@@ -76,6 +76,23 @@ def test_list_plans_a_named_device_with_a_total(monkeypatch):
     assert "cuda ?" in none and "no cuda rate measured here" in none
 
 
+@pytest.mark.parametrize("only,labels", [
+    ("J100", ["logistic-J100"]),                       # a word, not a prefix of J10000
+    ("logistic-J100", ["logistic-J100"]),
+    ("relu", ["relu-J5000"]),
+    ("*J100*", ["logistic-J100", "logistic-J10000"]),  # a glob when asked for
+    ("tanh|J10000", ["tanh-J5000", "logistic-J10000"]),
+    ("J5000", ["logistic-J5000", "relu-J5000", "tanh-J5000"]),
+])
+def test_only_selects_series_by_whole_words(only, labels):
+    from enkf_repro.config.compose import compose
+    from enkf_repro.runs.runner import plan
+
+    assert [s.label for s in plan(compose(["figure=fig8", "scale=paper", f"only={only}"]))] == labels
+    with pytest.raises(ConfigError, match="only='J10' is not allowed: a pattern matching one of: logistic-J5000"):
+        plan(compose(["figure=fig8", "scale=paper", "only=J10"]))
+
+
 def test_list_names_figures_and_a_scale(cli):
     """``list figures=8,thesis scale=smoke``: those rows and that column only, totals over them;
     ``figure=`` (reproduce's spelling) and an unknown scale or figure are one line each; an

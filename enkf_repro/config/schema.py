@@ -233,7 +233,9 @@ class Config:
     restart: bool = False        # ignore checkpoints and finished runs, start over
     checkpoint_every: int = 500  # iterations (or optimizer steps) between checkpoints
     progress: bool = True
-    only: Optional[str] = None  # run only the series matching this pattern ("relu", "*J100", "relu|tanh")
+    # run only the series with these dash-separated words ("relu", "logistic-J100"; "J100" is not
+    # "J10000"), several with "|" ("relu|tanh"), or a glob of the whole series ("*J100*")
+    only: Optional[str] = None
     # One ensemble over the ranks of a torchrun launch or a multi-task submitit job (distributed.py);
     # the same numbers as one process, so not part of the run identity.
     distributed: bool = False

@@ -91,14 +91,24 @@ class RunSpec:
         return f"{head}{self.label} seed={self.seed}"
 
 
-def _matches(label: str, pattern: str | None) -> bool:
+def _matches(series: str, pattern: str | None) -> bool:
+    """Whether ``only=pattern`` selects ``series``: any ``|``-separated part that is a glob
+    (``*J100*``) matching the whole series, or whose dash-separated words appear, in order and
+    together, among the series' (``relu``, ``J100`` and ``logistic-J100`` select
+    ``logistic-J100``; ``J100`` does not select ``logistic-J10000``)."""
     if not pattern:
         return True
+    words = series.split("-")
     for part in str(pattern).split("|"):
         part = part.strip()
-        if any(c in part for c in "*?[") and fnmatch.fnmatch(label, part):
-            return True
-        if part and part in label:
+        if not part:
+            continue
+        if any(c in part for c in "*?["):
+            if fnmatch.fnmatch(series, part):
+                return True
+            continue
+        want = part.split("-")
+        if any(words[i:i + len(want)] == want for i in range(len(words) - len(want) + 1)):
             return True
     return False
 
