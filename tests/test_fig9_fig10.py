@@ -6,7 +6,6 @@ import math
 
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 from PIL import Image
 from test_letters import make_letter_folders
 
@@ -15,9 +14,12 @@ from enkf_repro.optim.adaptive import decide, decide_as_run
 from enkf_repro.runs.folder import read_runs
 
 
-def _paper_numbers(fig_id, fig_dir):
+def _paper_numbers(fig_id, fig_dir, *overrides):
+    """The figure's paper numbers read off the runs in ``fig_dir``, planned with ``overrides``."""
+    from enkf_repro.config.compose import compose
+
     df = read_runs(fig_dir)
-    cfg = OmegaConf.create({"scale": {"name": "smoke"}})
+    cfg = compose([f"figure=fig{fig_id}", "scale=smoke", *overrides])
     return {p.quantity: p.measure(df, cfg) for p in get_figure(fig_id).paper_numbers}
 
 
@@ -42,7 +44,7 @@ def test_figure9_on_letter_folders(cli, tmp_path):
     with Image.open(out / "smoke" / "fig9" / "fig9.png") as im:
         assert im.size[0] > 400
     # read after the paper's epoch of 60,000 letters: these runs see 64 images
-    nums = _paper_numbers("9", out / "smoke" / "fig9")
+    nums = _paper_numbers("9", out / "smoke" / "fig9", "figure.smoke.ensemble_sizes=[4,8]")
     assert all(v[0] is None and "not reached" in v[1] for v in nums.values()), nums
 
 

@@ -42,6 +42,16 @@ def main_ensemble_size(df: pd.DataFrame) -> int:
     return int(max(j for j, c in counts.items() if c == best))
 
 
+def planned_sizes(cfg) -> dict[str, int | None]:
+    """The J the figure plans at the config's scale: ``main`` (the activations panel), the
+    ``smallest`` and ``largest`` of the logistic panel. The paper's numbers and claims are read at
+    these J only, so runs missing at one J are "not in these runs", never another J's."""
+    s = FIGURE.settings_of(cfg)
+    sizes = sorted(int(j) for j in s.ensemble_sizes)
+    return {"main": int(s.ensemble_size), "smallest": sizes[0] if sizes else None,
+            "largest": sizes[-1] if sizes else None}
+
+
 def plot(df: pd.DataFrame, cfg):
     err = metric(df, "test_error")
     J = main_ensemble_size(err)
@@ -93,7 +103,7 @@ def _measure(act: str, when: str):
         err = metric(df, "test_error")
         if err.empty:
             return None
-        j = main_ensemble_size(err)
+        j = planned_sizes(cfg)["main"]
         return _at(runs_where(err, activation=act, ensemble_size=j), when, j)
 
     return f
@@ -107,12 +117,14 @@ def _logistic(df):
 def _measure_size(rank: str, when: str):
     def f(df, cfg):
         err = _logistic(df)
-        sizes = sorted(err["ensemble_size"].astype(int).unique())
-        if not sizes:
+        j = planned_sizes(cfg)[rank]
+        if err.empty or j is None:
             return None
-        j = {"smallest": sizes[0], "main": main_ensemble_size(metric(df, "test_error")), "largest": sizes[-1]}[rank]
         if when == "plateau":
-            v = plateau(runs_where(err, ensemble_size=j))
+            d = runs_where(err, ensemble_size=j)
+            if d.empty:
+                return None
+            v = plateau(d)
             return (None, "not reached: the run ends before the paper's epoch") if v is None else \
                 (v, f"mean over the second half of the epoch, J={j}")
         return _at(runs_where(err, ensemble_size=j), when, j)
@@ -139,10 +151,9 @@ EPOCH_UNIT = "the paper's epoch (60,000 images = 7,504 EnKF iterations at r = 8)
 
 def _claim_activations(df, cfg):
     finals, short = _finals(df)
-    err = metric(df, "test_error")
-    if err.empty:
+    if metric(df, "test_error").empty:
         return "no runs", None
-    j = main_ensemble_size(err)
+    j = planned_sizes(cfg)["main"]
     got = {a: finals.get((a, j)) for a in ("logistic", "relu", "tanh")}
     if any(v is None for v in got.values()):
         present = sorted(a for a, v in got.items() if v is not None)
@@ -156,24 +167,29 @@ def _claim_activations(df, cfg):
 def _claim_falls_with_J(df, cfg):
     finals, short = _finals(df)
     finals = {j: v for (a, j), v in finals.items() if a == "logistic"}
-    if len(finals) < 2:
-        return "fewer than two ensemble sizes reach the paper's epoch" + (f" ({short})" if short else ""), None
-    js = sorted(finals)
+    js = sorted(int(j) for j in FIGURE.settings_of(cfg).ensemble_sizes)
+    missing = [j for j in js if j not in finals]
+    if len(js) < 2 or missing:
+        return (f"logistic at J={', '.join(map(str, js))} after the paper's epoch are needed; missing or short of "
+                "it: J=" + ", ".join(map(str, missing)) + (f" ({short})" if short else "")), None
     evidence = "test error after the epoch (logistic) " + ", ".join(f"J={j}: {finals[j]:.2f} %" for j in js)
     return evidence, bool(all(finals[a] > finals[b] for a, b in zip(js, js[1:])))
 
 
 def _claim_smallest_plateaus(df, cfg):
     err = _logistic(df)
-    js = sorted(err["ensemble_size"].astype(int).unique())
-    if len(js) < 2:
-        return "fewer than two ensemble sizes", None
-    small = plateau(runs_where(err, ensemble_size=js[0]))
-    large = _at(runs_where(err, ensemble_size=js[-1]), "epoch", js[-1])
+    sizes = planned_sizes(cfg)
+    small_j, large_j = sizes["smallest"], sizes["largest"]
+    if small_j is None or small_j == large_j:
+        return "fewer than two ensemble sizes planned", None
+    at_small = runs_where(err, ensemble_size=small_j)
+    small = None if at_small.empty else plateau(at_small)
+    large = _at(runs_where(err, ensemble_size=large_j), "epoch", large_j)
     if small is None or large is None or large[0] is None:
-        return f"J={js[0]} and J={js[-1]} over the paper's whole epoch are needed (the runs end before it)", None
-    evidence = (f"J={js[0]} stagnates at {small:.2f} % (mean over the second half of the epoch); "
-                f"J={js[-1]} ends at {large[0]:.2f} %")
+        return (f"J={small_j} and J={large_j} over the paper's whole epoch are needed (not there, or the runs end "
+                "before it)"), None
+    evidence = (f"J={small_j} stagnates at {small:.2f} % (mean over the second half of the epoch); "
+                f"J={large_j} ends at {large[0]:.2f} %")
     return evidence, bool(small > 2 * large[0])
 
 
@@ -182,9 +198,12 @@ def _claim_early_gain(df, cfg):
     err = metric(df, "test_error")
     if err.empty:
         return "no runs", None
-    j = main_ensemble_size(err)
+    j = planned_sizes(cfg)["main"]
+    at_j = runs_where(err, ensemble_size=j)
+    if at_j.empty:
+        return f"no runs at J={j}", None
     parts, ok = [], []
-    for act, d in runs_where(err, ensemble_size=j).groupby("activation"):
+    for act, d in at_j.groupby("activation"):
         start = float(d[d["iteration"] == 0]["value"].mean())
         first, last = _at(d, "it500", j), _at(d, "epoch", j)
         if first is None or last is None or first[0] is None or last[0] is None:
@@ -200,7 +219,7 @@ def _claim_early_gain(df, cfg):
     return "; ".join(parts), bool(all(ok))
 
 
-register(Figure(
+FIGURE = register(Figure(
     id="8", config="fig8", settings=Fig8Settings,
     title="EnKF test error: activations and ensemble sizes",
     description="EnKF, 1 epoch: logistic/ReLU/tanh at J=5000; J=100/5000/10000 (logistic)",
