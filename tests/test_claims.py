@@ -115,3 +115,21 @@ def test_figure9_and_10_claims():
     # comparison is at matched iterations: 5.2 vs the fixed run's 4.1 at it 2500 is not
     worse.loc[(worse.run_dir == "g") & (worse.metric == "test_error") & (worse.iteration == 2500), "value"] = 5.2
     assert same.check(worse, None)[1] is False
+
+
+def test_figure1_says_which_seeds_learn_when_sgd_does():
+    """SGD at sigma = 1 "does not learn": one seed of three learning decides "no", and the
+    diagnosis names that seed, when it learned and where every run ended."""
+    rows = []
+    for seed, course in ((0, [90, 89, 90, 90]), (1, [90, 60, 30, 12]), (2, [90, 90, 88, 90.2])):
+        for k, v in enumerate(course):
+            rows.append({"run_dir": f"r{seed}", "seed": seed, "optimizer": "sgd", "batch_size": 64, "repetitions": 1,
+                         "iteration": 300 * k, "metric": "test_error", "value": v})
+    df = pd.DataFrame(rows)
+    cfg = compose(["figure=1", "scale=paper"])
+    sgd = claim("1", "SGD at sigma = 1 does not learn")
+    assert sgd.check(df, cfg)[1] is False
+    assert sgd.diagnose(df, cfg) == ("SGD: 1 of 3 runs learn: seed 1 from the paper's epoch 0.32 (step 300), 12.00 % "
+                                     "at the end; the other 2 end at 90.00-90.20 % (chance: 90 %); mean over the 3 "
+                                     "runs at the end 64.07 %")
+    assert sgd.diagnose(df[df.seed != 1], cfg) is None

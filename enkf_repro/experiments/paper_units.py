@@ -334,3 +334,34 @@ def diagnose_learning(select: dict, until: float):
         return "; ".join(parts) or None
 
     return diagnose
+
+
+def diagnose_runs_that_learn(select: dict, until: float, rows=None):
+    """Why "does not learn" fails over several seeds: which runs learned (their seed, when, and
+    their test error at the end), the range the others ended in, and the mean over all of them at
+    the end (the number a curve of the mean shows)."""
+    def diagnose(df, cfg):
+        err = rows(df, cfg) if rows else errors(df, **select)
+        if err.empty:
+            return None
+        learned, stayed, ends = [], [], []
+        for _, run in by_run(err[err["pe"] <= until + 1e-9]):
+            (got,) = learning(run, until) or (None,)
+            if got is None:
+                continue
+            end = float(run["value"].iloc[-1])
+            ends.append(end)
+            seed = run["seed"].iloc[0] if "seed" in run else "?"
+            if got.at is not None:
+                learned.append(f"seed {seed} from {epochs_text(got.at)} (step {got.iteration}), {end:.2f} % at the end")
+            else:
+                stayed.append(end)
+        if not learned:
+            return None
+        text = f"{_name(select)}: {len(learned)} of {len(ends)} runs learn: " + "; ".join(learned)
+        if stayed:
+            text += (f"; the other {len(stayed)} end at {min(stayed):.2f}-{max(stayed):.2f} % (chance: 90 %)")
+        return text + f"; mean over the {len(ends)} runs at the end {sum(ends) / len(ends):.2f} %"
+
+    return diagnose
+
