@@ -133,3 +133,15 @@ def test_figure1_says_which_seeds_learn_when_sgd_does():
                                      "at the end; the other 2 end at 90.00-90.20 % (chance: 90 %); mean over the 3 "
                                      "runs at the end 64.07 %")
     assert sgd.diagnose(df[df.seed != 1], cfg) is None
+
+
+def test_figure8_left_panel_is_the_planned_J_or_a_comparison_of_activations():
+    from enkf_repro.experiments.draw import metric
+    from enkf_repro.experiments.fig8 import activations_panel_size
+
+    err = metric(curves(PAPER), "test_error")
+    assert activations_panel_size(err, CFG8) == 5000
+    only_100 = err[err.ensemble_size == 100]          # the J = 100 curve alone: the right panel's
+    assert activations_panel_size(only_100, CFG8) is None
+    swept = curves({(f"s{a}", a, 100, "enkf"): [(0, 90), (500, 50)] for a in ("logistic", "relu", "tanh")})
+    assert activations_panel_size(metric(swept, "test_error"), CFG8) == 100   # every run's J set to 100

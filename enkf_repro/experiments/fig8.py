@@ -52,14 +52,25 @@ def planned_sizes(cfg) -> dict[str, int | None]:
             "largest": sizes[-1] if sizes else None}
 
 
+def activations_panel_size(err: pd.DataFrame, cfg) -> int | None:
+    """The J of the left panel: the planned one when it has runs, else the J with the most
+    activations when that is more than one (a sweep that set every run's J), else None (one
+    activation at another J is the right panel's curve, not a comparison of activations)."""
+    planned = planned_sizes(cfg)["main"]
+    if not runs_where(err, ensemble_size=planned).empty or err.empty:
+        return planned
+    J = main_ensemble_size(err)
+    return J if runs_where(err, ensemble_size=J)["activation"].nunique() > 1 else None
+
+
 def plot(df: pd.DataFrame, cfg):
     err = metric(df, "test_error")
-    J = main_ensemble_size(err)
+    J = activations_panel_size(err, cfg)
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), sharey=False)
     for i, act in enumerate(["logistic", "relu", "tanh"]):
-        d = runs_where(err, activation=act, ensemble_size=J)
-        band(left, d, f"{ACT_LABEL[act]}", COLORS[i])
-    left.set_title(f"activation functions (J = {J})")
+        if J is not None:
+            band(left, runs_where(err, activation=act, ensemble_size=J), f"{ACT_LABEL[act]}", COLORS[i])
+    left.set_title(f"activation functions (J = {J if J is not None else planned_sizes(cfg)['main']})")
     logistic = err[err["activation"] == "logistic"]
     for i, j in enumerate(sorted(logistic["ensemble_size"].astype(int).unique())):
         band(right, runs_where(logistic, ensemble_size=j), f"J = {j}", COLORS[i + 3])
