@@ -42,6 +42,22 @@ def test_every_planned_smoke_run_is_committed_finished_under_its_id():
     assert not missing, "planned smoke runs not committed finished: " + "; ".join(missing)
 
 
+def test_every_committed_paper_run_is_one_the_paper_scale_plan_names():
+    """results/paper holds only the tool's own runs: each finished folder there is a run that
+    `reproduce scale=paper` plans today, under the same figure, label, seed and run id (so a
+    rerun of the README's command finds it finished and trains nothing for it)."""
+    names = set()
+    for fig in FIGURES.values():
+        if fig.needs_runs:
+            cfg = compose(["scale=paper", f"figure={fig.config}", f"out_dir={REPO / 'results'}"])
+            names |= {str(spec.dir.relative_to(REPO / "results" / "paper")) for spec in plan(cfg)}
+    committed = sorted(str(d.parent.relative_to(REPO / "results" / "paper"))
+                       for d in (REPO / "results" / "paper").glob("*/*/done.json"))
+    assert len(committed) >= 49
+    assert [c for c in committed if c not in names] == []
+    assert all(RunFolder(REPO / "results" / "paper" / c).finished for c in committed)
+
+
 def _values(folder: RunFolder) -> list[str]:
     lines = folder.rows_bytes().decode().splitlines()
     k = lines[0].split(",").index("elapsed_s")
