@@ -145,3 +145,21 @@ def test_figure8_left_panel_is_the_planned_J_or_a_comparison_of_activations():
     assert activations_panel_size(only_100, CFG8) is None
     swept = curves({(f"s{a}", a, 100, "enkf"): [(0, 90), (500, 50)] for a in ("logistic", "relu", "tanh")})
     assert activations_panel_size(metric(swept, "test_error"), CFG8) == 100   # every run's J set to 100
+    relu = curves({("r", "relu", 6, "enkf"): [(0, 90), (500, 50)]})       # only=relu at another J: drawn
+    assert activations_panel_size(metric(relu, "test_error"), CFG8) == 6
+
+
+def test_figure8_and_9_take_a_J_set_on_the_command_line_as_every_runs():
+    """``optimizer.ensemble_size=100`` replaces every variant's J: the figure's numbers are read at
+    it, and the claims over several J are not decided (there is one)."""
+    cfg8 = compose(["figure=8", "scale=paper", "optimizer.ensemble_size=100"])
+    swept = curves({(f"s{k[1]}", k[1], 100, "enkf"): v for k, v in PAPER.items() if k[2] == 5000})
+    first = get_figure("8").paper_numbers[0].measure(swept, cfg8)
+    assert first == (6.11, "it 500, J=100")
+    assert claim("8", "the test error after the epoch falls").check(swept, cfg8) == (
+        "fewer than two ensemble sizes planned", None)
+    assert claim("8", "the smallest J").check(swept, cfg8)[1] is None
+    cfg9 = compose(["figure=9", "scale=paper", "optimizer.ensemble_size=100"])
+    one = curves({("a", "logistic", 100, "enkf"): [(0, 90), (7504, 20.0)]})
+    assert get_figure("9").paper_numbers[0].measure(one, cfg9) == (20.0, "it 7504 = the paper's epoch 1, J=100")
+    assert get_figure("9").claims[0].check(one, cfg9) == ("fewer than two ensemble sizes planned", None)

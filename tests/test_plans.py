@@ -103,6 +103,8 @@ def test_list_names_figures_and_a_scale(cli):
     assert [r[0] for r in rows[2:]] == ["8", "thesis", "total"] and all(len(r) == 3 for r in rows)
     runs = [int(r[2].split()[0]) for r in rows[2:]]
     assert runs[0] + runs[1] == runs[2] and rows[2][2].startswith("5 runs") and rows[-1][1] == "figures 8, thesis"
+    twice = cli("list", "figures=8,fig8", "scale=smoke", check=True).stdout    # one row, counted once
+    assert [ln.split(" | ")[2] for ln in twice.splitlines() if ln.startswith(("8 |", "total |"))] == [rows[2][2]] * 2
     for args, text in ((["figure=8"], "figure='8' is not allowed: list takes figures=ID,ID,..."),
                        (["scale=tiny"], "scale='tiny' is not allowed: smoke or paper"),
                        (["figures=8,99"], "figure='99' is not allowed: one of 1, 2, 3"),

@@ -11,6 +11,14 @@ from ..errors import ConfigError
 from .base import Variant
 
 
+def set_by_user(cfg, key: str) -> bool:
+    """Whether the command line set ``key`` (``optimizer.ensemble_size=100``): the user's value
+    then holds for every run of the figure, over the variants' own (runs/runner.py)."""
+    from ..config.overrides import override_key
+
+    return any(override_key(o) == key for o in (cfg.get("overrides") or []))
+
+
 def runs_where(df: pd.DataFrame, **cols) -> pd.DataFrame:
     """Rows whose config columns equal the given values (compared as strings)."""
     mask = pd.Series(True, index=df.index)

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..config.schema import Activation, FigureSettings, name_of
 from .base import Claim, Figure, PaperNumber, Variant, register
-from .common import curve, runs_where
+from .common import curve, runs_where, set_by_user
 from .draw import COLORS, band, caption, metric
 from .paper_units import error_after, paper_epochs
 
@@ -45,7 +45,11 @@ def main_ensemble_size(df: pd.DataFrame) -> int:
 def planned_sizes(cfg) -> dict[str, int | None]:
     """The J the figure plans at the config's scale: ``main`` (the activations panel), the
     ``smallest`` and ``largest`` of the logistic panel. The paper's numbers and claims are read at
-    these J only, so runs missing at one J are "not in these runs", never another J's."""
+    these J only, so runs missing at one J are "not in these runs", never another J's. A J set on
+    the command line (``optimizer.ensemble_size=100``) is every run's."""
+    if set_by_user(cfg, "optimizer.ensemble_size"):
+        j = int(cfg.optimizer.ensemble_size)
+        return {"main": j, "smallest": j, "largest": j}
     s = FIGURE.settings_of(cfg)
     sizes = sorted(int(j) for j in s.ensemble_sizes)
     return {"main": int(s.ensemble_size), "smallest": sizes[0] if sizes else None,
@@ -54,13 +58,13 @@ def planned_sizes(cfg) -> dict[str, int | None]:
 
 def activations_panel_size(err: pd.DataFrame, cfg) -> int | None:
     """The J of the left panel: the planned one when it has runs, else the J with the most
-    activations when that is more than one (a sweep that set every run's J), else None (one
-    activation at another J is the right panel's curve, not a comparison of activations)."""
+    activations unless that is logistic alone (the right panel's curve: a figure holding only the
+    J = 100 run draws it once), else None."""
     planned = planned_sizes(cfg)["main"]
     if not runs_where(err, ensemble_size=planned).empty or err.empty:
         return planned
     J = main_ensemble_size(err)
-    return J if runs_where(err, ensemble_size=J)["activation"].nunique() > 1 else None
+    return None if set(runs_where(err, ensemble_size=J)["activation"].astype(str)) == {"logistic"} else J
 
 
 def plot(df: pd.DataFrame, cfg):
@@ -178,9 +182,13 @@ def _claim_activations(df, cfg):
 def _claim_falls_with_J(df, cfg):
     finals, short = _finals(df)
     finals = {j: v for (a, j), v in finals.items() if a == "logistic"}
-    js = sorted(int(j) for j in FIGURE.settings_of(cfg).ensemble_sizes)
+    sizes = planned_sizes(cfg)
+    js = sorted(int(j) for j in FIGURE.settings_of(cfg).ensemble_sizes) if sizes["smallest"] != sizes["largest"] \
+        else []
+    if len(js) < 2:
+        return "fewer than two ensemble sizes planned", None
     missing = [j for j in js if j not in finals]
-    if len(js) < 2 or missing:
+    if missing:
         return (f"logistic at J={', '.join(map(str, js))} after the paper's epoch are needed; missing or short of "
                 "it: J=" + ", ".join(map(str, missing)) + (f" ({short})" if short else "")), None
     evidence = "test error after the epoch (logistic) " + ", ".join(f"J={j}: {finals[j]:.2f} %" for j in js)

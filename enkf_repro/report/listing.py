@@ -13,6 +13,7 @@ content of the package's and the configs' files, the overrides and the measured 
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -52,6 +53,9 @@ def _cache_key(overrides: Sequence[str], rate, roots: Sequence[Path] | None = No
     rates = rates_file()
     if rates.exists():
         h.update(rates.read_bytes())
+    # without device= the plan is for this machine's GPU if it has one: a cache folder shared by a
+    # CPU node and a GPU node keeps a table for each (read without importing torch)
+    h.update(f"|gpu={os.path.exists('/dev/nvidiactl')}|{os.environ.get('CUDA_VISIBLE_DEVICES')}".encode())
     return h.hexdigest()[:16]
 
 
@@ -80,7 +84,7 @@ def _table(overrides: list[str], rate=None, figures: Sequence[str] | None = None
     from ..runs.progress import progress
     from ..runs.runner import plan
 
-    ids = [get_figure(f).id for f in figures] if figures else figure_ids()
+    ids = list(dict.fromkeys(get_figure(f).id for f in figures)) if figures else figure_ids()
     device = plan_device(overrides)
     cpu_rate, cpu_src = device_rate("cpu", rate if device == "cpu" else None)
     dev_rate, dev_src = (cpu_rate, cpu_src) if device == "cpu" else device_rate(device, rate)
@@ -88,30 +92,31 @@ def _table(overrides: list[str], rate=None, figures: Sequence[str] | None = None
     # on a terminal, a bar while the figures are planned (seconds; the table is then kept)
     bar = progress(len(scales) * len(ids), 0, "planning the figures (once; kept for the next list)",
                    enabled=sys.stderr.isatty())
-    for fid in ids:
-        fig = FIGURES[fid]
-        costs = []
-        for scale in scales:
-            if not fig.needs_runs:
-                costs.append("drawn, no runs")
+    try:
+        for fid in ids:
+            fig = FIGURES[fid]
+            costs = []
+            for scale in scales:
+                if not fig.needs_runs:
+                    costs.append("drawn, no runs")
+                    bar.update()
+                    continue
+                try:
+                    specs = plan(compose(fig.applicable(overrides) + [f"figure={fig.config}", f"scale={scale}"]))
+                except ConfigError as e:   # which figure a setting does not fit, and how to leave it out
+                    raise ConfigError.line(f"figure {fid} at scale={scale}: {e} (list the figures it applies to "
+                                           "with figures=ID,ID,...)") from None
+                flops = sum(estimate_flops(s.cfg) for s in specs)
+                cpu = sum(estimate_seconds(s.cfg, cpu_rate, "cpu") for s in specs)
+                dev = sum(estimate_seconds(s.cfg, dev_rate, device) for s in specs) if dev_rate else float("nan")
+                mem = max((estimate_memory(s.cfg, device) for s in specs), default=0.0)
+                t = totals[scale]
+                t[0], t[1], t[2], t[3], t[4] = t[0] + len(specs), t[1] + flops, t[2] + cpu, t[3] + dev, max(t[4], mem)
+                costs.append(_cell(len(specs), flops, cpu, device, dev, mem))
                 bar.update()
-                continue
-            try:
-                specs = plan(compose(fig.applicable(overrides) + [f"figure={fig.config}", f"scale={scale}"]))
-            except ConfigError as e:   # which figure a setting does not fit, and how to leave it out
-                bar.close()
-                raise ConfigError.line(f"figure {fid} at scale={scale}: {e} (list the figures it applies to "
-                                       "with figures=ID,ID,...)") from None
-            flops = sum(estimate_flops(s.cfg) for s in specs)
-            cpu = sum(estimate_seconds(s.cfg, cpu_rate, "cpu") for s in specs)
-            dev = sum(estimate_seconds(s.cfg, dev_rate, device) for s in specs) if dev_rate else float("nan")
-            mem = max((estimate_memory(s.cfg, device) for s in specs), default=0.0)
-            t = totals[scale]
-            t[0], t[1], t[2], t[3], t[4] = t[0] + len(specs), t[1] + flops, t[2] + cpu, t[3] + dev, max(t[4], mem)
-            costs.append(_cell(len(specs), flops, cpu, device, dev, mem))
-            bar.update()
-        rows.append((fid, fig.description, *costs))
-    bar.close()
+            rows.append((fid, fig.description, *costs))
+    finally:
+        bar.close()
     lines = [" | ".join(["figure", "what it shows", *scales]), " | ".join(["---"] * (2 + len(scales)))]
     lines += [" | ".join(r) for r in rows]
     which = "figures " + ", ".join(ids) if figures else "every figure"
