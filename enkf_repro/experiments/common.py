@@ -19,6 +19,15 @@ def set_by_user(cfg, key: str) -> bool:
     return any(override_key(o) == key for o in (cfg.get("overrides") or []))
 
 
+def planned_ensemble_sizes(cfg, sizes: Iterable[int]) -> list[int]:
+    """The J a figure's runs have, smallest first: the figure's own ``sizes``, or the one J set
+    on the command line, which every run then has. Paper numbers and claims are read at these J
+    only, never at another J that happens to be among the runs."""
+    if set_by_user(cfg, "optimizer.ensemble_size"):
+        return [int(cfg.optimizer.ensemble_size)]
+    return sorted(int(j) for j in sizes)
+
+
 def runs_where(df: pd.DataFrame, **cols) -> pd.DataFrame:
     """Rows whose config columns equal the given values (compared as strings)."""
     mask = pd.Series(True, index=df.index)

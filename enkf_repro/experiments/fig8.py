@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..config.schema import Activation, FigureSettings, name_of
 from .base import Claim, Figure, PaperNumber, Variant, register
-from .common import curve, runs_where, set_by_user
+from .common import curve, planned_ensemble_sizes, runs_where
 from .draw import COLORS, band, caption, metric
 from .paper_units import error_after, paper_epochs
 
@@ -43,17 +43,12 @@ def main_ensemble_size(df: pd.DataFrame) -> int:
 
 
 def planned_sizes(cfg) -> dict[str, int | None]:
-    """The J the figure plans at the config's scale: ``main`` (the activations panel), the
-    ``smallest`` and ``largest`` of the logistic panel. The paper's numbers and claims are read at
-    these J only, so runs missing at one J are "not in these runs", never another J's. A J set on
-    the command line (``optimizer.ensemble_size=100``) is every run's."""
-    if set_by_user(cfg, "optimizer.ensemble_size"):
-        j = int(cfg.optimizer.ensemble_size)
-        return {"main": j, "smallest": j, "largest": j}
+    """The J the figure's runs have (common.planned_ensemble_sizes): ``main`` (the activations
+    panel), the ``smallest`` and ``largest`` of the logistic panel (None when it plans none)."""
     s = FIGURE.settings_of(cfg)
-    sizes = sorted(int(j) for j in s.ensemble_sizes)
-    return {"main": int(s.ensemble_size), "smallest": sizes[0] if sizes else None,
-            "largest": sizes[-1] if sizes else None}
+    (main,) = planned_ensemble_sizes(cfg, [s.ensemble_size])
+    sizes = planned_ensemble_sizes(cfg, s.ensemble_sizes)
+    return {"main": main, "smallest": sizes[0] if sizes else None, "largest": sizes[-1] if sizes else None}
 
 
 def activations_panel_size(err: pd.DataFrame, cfg) -> int | None:
@@ -71,9 +66,8 @@ def plot(df: pd.DataFrame, cfg):
     err = metric(df, "test_error")
     J = activations_panel_size(err, cfg)
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), sharey=False)
-    for i, act in enumerate(["logistic", "relu", "tanh"]):
-        if J is not None:
-            band(left, runs_where(err, activation=act, ensemble_size=J), f"{ACT_LABEL[act]}", COLORS[i])
+    for i, act in enumerate(["logistic", "relu", "tanh"] if J is not None else []):
+        band(left, runs_where(err, activation=act, ensemble_size=J), f"{ACT_LABEL[act]}", COLORS[i])
     left.set_title(f"activation functions (J = {J if J is not None else planned_sizes(cfg)['main']})")
     logistic = err[err["activation"] == "logistic"]
     for i, j in enumerate(sorted(logistic["ensemble_size"].astype(int).unique())):
@@ -182,9 +176,7 @@ def _claim_activations(df, cfg):
 def _claim_falls_with_J(df, cfg):
     finals, short = _finals(df)
     finals = {j: v for (a, j), v in finals.items() if a == "logistic"}
-    sizes = planned_sizes(cfg)
-    js = sorted(int(j) for j in FIGURE.settings_of(cfg).ensemble_sizes) if sizes["smallest"] != sizes["largest"] \
-        else []
+    js = planned_ensemble_sizes(cfg, FIGURE.settings_of(cfg).ensemble_sizes)
     if len(js) < 2:
         return "fewer than two ensemble sizes planned", None
     missing = [j for j in js if j not in finals]

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..config.schema import FigureSettings
 from .base import Claim, Figure, PaperNumber, Variant, register
-from .common import runs_where, set_by_user
+from .common import planned_ensemble_sizes, runs_where
 from .draw import COLORS, band, caption, metric
 from .paper_units import error_after
 
@@ -51,12 +51,8 @@ def plot(df: pd.DataFrame, cfg):
 
 
 def planned_sizes(cfg) -> list[int]:
-    """The J the figure plans at the config's scale (the paper: 5000 and 10000); the paper's
-    numbers and the claim are read at these J only, never at another J that happens to be there;
-    a J set on the command line (``optimizer.ensemble_size=100``) is every run's."""
-    if set_by_user(cfg, "optimizer.ensemble_size"):
-        return [int(cfg.optimizer.ensemble_size)]
-    return sorted(int(j) for j in FIGURE.settings_of(cfg).ensemble_sizes)
+    """The J the figure's runs have (the paper: 5000 and 10000; common.planned_ensemble_sizes)."""
+    return planned_ensemble_sizes(cfg, FIGURE.settings_of(cfg).ensemble_sizes)
 
 
 def _measure(rank: str):
